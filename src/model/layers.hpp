@@ -1,0 +1,286 @@
+// layers.hpp: the dense transformer layers as forward/backward pairs.
+//
+// Conventions (llm.c): buffers are flat, row-major, and each argument carries
+// its shape in a comment; N = B*T tokens. Backward functions ACCUMULATE into
+// parameter gradients (+=) and into the input gradient named d<inp> (+=), so
+// a residual stream's gradient can be summed over branches. Every kernel is
+// labelled "<layer>::<what>". The exact definition is doc/model.md.
+#pragma once
+
+#include <cmath>
+
+#include "model/kokkos_types.hpp"
+
+namespace fulcrum {
+
+// ---------------------------------------------------------------- embedding
+// out is (N,C), tokens is (N), wte is (V,C)
+template <class T>
+void embedding_forward(T* out, const int* tokens, const T* wte, int N, int C) {
+  Kokkos::parallel_for("embedding::forward", RangePolicy(0, (long)N * C), KOKKOS_LAMBDA(const long i) {
+    const long n = i / C, c = i % C;
+    out[i] = wte[(long)tokens[n] * C + c];
+  });
+}
+// dwte is (V,C), dout is (N,C). Atomic: a token may repeat in the batch.
+template <class T>
+void embedding_backward(T* dwte, const T* dout, const int* tokens, int N, int C) {
+  Kokkos::parallel_for("embedding::backward", RangePolicy(0, (long)N * C), KOKKOS_LAMBDA(const long i) {
+    const long n = i / C, c = i % C;
+    Kokkos::atomic_add(&dwte[(long)tokens[n] * C + c], dout[i]);
+  });
+}
+
+// ---------------------------------------------------------------- RMSNorm
+// out is (N,C), rstd is (N), inp is (N,C), weight is (C)
+template <class T>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int C, double eps) {
+  const T teps = static_cast<T>(eps);
+  Kokkos::parallel_for("rmsnorm::forward", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
+    const T* x = inp + (long)n * C;
+    T ms = 0;
+    for (int c = 0; c < C; ++c) ms += x[c] * x[c];
+    ms /= C;
+    const T r = T(1) / math::sqrt(ms + teps);
+    rstd[n] = r;
+    T* o = out + (long)n * C;
+    for (int c = 0; c < C; ++c) o[c] = x[c] * r * weight[c];
+  });
+}
+// dinp is (N,C) (+=), dweight is (C) (+=), dout is (N,C), inp is (N,C), rstd is (N)
+template <class T>
+void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
+                      const T* rstd, int N, int C) {
+  Kokkos::parallel_for("rmsnorm::backward_input", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
+    const T* x = inp + (long)n * C;
+    const T* dy = dout + (long)n * C;
+    const T r = rstd[n];
+    // dx = r * (w dy - xhat * mean(w dy xhat)),  xhat = x r
+    T dot = 0;
+    for (int c = 0; c < C; ++c) dot += weight[c] * dy[c] * x[c] * r;
+    dot /= C;
+    T* dx = dinp + (long)n * C;
+    for (int c = 0; c < C; ++c) dx[c] += r * (weight[c] * dy[c] - x[c] * r * dot);
+  });
+  Kokkos::parallel_for("rmsnorm::backward_weight", RangePolicy(0, C), KOKKOS_LAMBDA(const int c) {
+    T s = 0;
+    for (int n = 0; n < N; ++n) s += dout[(long)n * C + c] * inp[(long)n * C + c] * rstd[n];
+    dweight[c] += s;
+  });
+}
+
+// ---------------------------------------------------------------- RoPE
+// rope_cos, rope_sin are (T, hd/2): angle(t,i) = t * theta^(-2i/hd)
+template <class T>
+void rope_tables(DeviceBuffer<T>& cos_table, DeviceBuffer<T>& sin_table, int seq_len, int head_dim,
+                 double theta) {
+  const int half = head_dim / 2;
+  cos_table = DeviceBuffer<T>("rope::cos", (long)seq_len * half);
+  sin_table = DeviceBuffer<T>("rope::sin", (long)seq_len * half);
+  auto hc = Kokkos::create_mirror_view(cos_table);
+  auto hs = Kokkos::create_mirror_view(sin_table);
+  for (int t = 0; t < seq_len; ++t)
+    for (int i = 0; i < half; ++i) {
+      const double angle = t * std::pow(theta, -2.0 * i / head_dim);
+      hc(t * half + i) = static_cast<T>(std::cos(angle));
+      hs(t * half + i) = static_cast<T>(std::sin(angle));
+    }
+  Kokkos::deep_copy(cos_table, hc);
+  Kokkos::deep_copy(sin_table, hs);
+}
+
+// Head-major permute with optional rotation (rotate-half convention):
+// out is (B,H,T,hd), inp is (B,T,H*hd)
+template <class T>
+void rope_permute_forward(T* out, const T* inp, const T* cos_t, const T* sin_t, int B, int Tn,
+                          int H, int hd, bool rotate) {
+  const int half = hd / 2;
+  Kokkos::parallel_for("rope::permute_forward", RangePolicy(0, (long)B * Tn * H * half),
+                       KOKKOS_LAMBDA(const long idx) {
+    const int i = idx % half;
+    const int h = (idx / half) % H;
+    const int t = (idx / ((long)half * H)) % Tn;
+    const int b = idx / ((long)half * H * Tn);
+    const T* x = inp + (((long)b * Tn + t) * H + h) * hd;
+    T* o = out + (((long)b * H + h) * Tn + t) * hd;
+    const T x1 = x[i], x2 = x[i + half];
+    if (rotate) {
+      const T c = cos_t[t * half + i], s = sin_t[t * half + i];
+      o[i] = x1 * c - x2 * s;
+      o[i + half] = x2 * c + x1 * s;
+    } else {
+      o[i] = x1;
+      o[i + half] = x2;
+    }
+  });
+}
+// dinp is (B,T,H*hd) (overwritten), dout is (B,H,T,hd)
+template <class T>
+void rope_permute_backward(T* dinp, const T* dout, const T* cos_t, const T* sin_t, int B, int Tn,
+                           int H, int hd, bool rotate) {
+  const int half = hd / 2;
+  Kokkos::parallel_for("rope::permute_backward", RangePolicy(0, (long)B * Tn * H * half),
+                       KOKKOS_LAMBDA(const long idx) {
+    const int i = idx % half;
+    const int h = (idx / half) % H;
+    const int t = (idx / ((long)half * H)) % Tn;
+    const int b = idx / ((long)half * H * Tn);
+    T* dx = dinp + (((long)b * Tn + t) * H + h) * hd;
+    const T* d = dout + (((long)b * H + h) * Tn + t) * hd;
+    const T d1 = d[i], d2 = d[i + half];
+    if (rotate) {
+      const T c = cos_t[t * half + i], s = sin_t[t * half + i];
+      dx[i] = d1 * c + d2 * s;
+      dx[i + half] = -d1 * s + d2 * c;
+    } else {
+      dx[i] = d1;
+      dx[i + half] = d2;
+    }
+  });
+}
+
+// ---------------------------------------------------------------- attention
+// Causal GQA attention on head-major, already rotated q/k.
+// out is (B,nh,T,hd), att is (B,nh,T,T) (softmax probabilities, kept for
+// backward), q is (B,nh,T,hd), k and v are (B,nkv,T,hd).
+template <class T>
+void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B, int Tn, int nh,
+                       int nkv, int hd) {
+  const int group = nh / nkv;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  const long qs = (long)Tn * hd, as = (long)Tn * Tn;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < nh; ++h) {
+      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
+      matmul<T>('N', 'T', Tn, Tn, hd, scale, q + bh * qs, k + bg * qs, T(0), att + bh * as);
+    }
+  Kokkos::parallel_for("attention::causal_softmax", RangePolicy(0, (long)B * nh * Tn),
+                       KOKKOS_LAMBDA(const long row) {
+    const int t = row % Tn;
+    T* p = att + row * Tn;
+    T mx = p[0];
+    for (int j = 1; j <= t; ++j) mx = p[j] > mx ? p[j] : mx;
+    T sum = 0;
+    for (int j = 0; j <= t; ++j) {
+      p[j] = math::exp(p[j] - mx);
+      sum += p[j];
+    }
+    const T inv = T(1) / sum;
+    for (int j = 0; j <= t; ++j) p[j] *= inv;
+    for (int j = t + 1; j < Tn; ++j) p[j] = 0;
+  });
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < nh; ++h) {
+      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
+      matmul<T>('N', 'N', Tn, hd, Tn, T(1), att + bh * as, v + bg * qs, T(0), out + bh * qs);
+    }
+}
+// dq is (B,nh,T,hd) (overwritten); dk, dv are (B,nkv,T,hd) (overwritten);
+// datt is (B,nh,T,T) scratch; dout is (B,nh,T,hd)
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* att, const T* q,
+                        const T* k, const T* v, int B, int Tn, int nh, int nkv, int hd) {
+  const int group = nh / nkv;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  const long qs = (long)Tn * hd, as = (long)Tn * Tn;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < nh; ++h) {
+      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
+      const T beta = (h % group == 0) ? T(0) : T(1);  // heads of a group sum into dv
+      matmul<T>('N', 'T', Tn, Tn, hd, T(1), dout + bh * qs, v + bg * qs, T(0), datt + bh * as);
+      matmul<T>('T', 'N', Tn, hd, Tn, T(1), att + bh * as, dout + bh * qs, beta, dv + bg * qs);
+    }
+  // dS = P * (dP - sum_j P_j dP_j) * scale
+  Kokkos::parallel_for("attention::softmax_backward", RangePolicy(0, (long)B * nh * Tn),
+                       KOKKOS_LAMBDA(const long row) {
+    const int t = row % Tn;
+    const T* p = att + row * Tn;
+    T* d = datt + row * Tn;
+    T dot = 0;
+    for (int j = 0; j <= t; ++j) dot += p[j] * d[j];
+    for (int j = 0; j <= t; ++j) d[j] = p[j] * (d[j] - dot) * scale;
+    for (int j = t + 1; j < Tn; ++j) d[j] = 0;
+  });
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < nh; ++h) {
+      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
+      const T beta = (h % group == 0) ? T(0) : T(1);
+      matmul<T>('N', 'N', Tn, hd, Tn, T(1), datt + bh * as, k + bg * qs, T(0), dq + bh * qs);
+      matmul<T>('T', 'N', Tn, hd, Tn, T(1), datt + bh * as, q + bh * qs, beta, dk + bg * qs);
+    }
+}
+
+// ---------------------------------------------------------------- SwiGLU
+// swiglu(h) = (silu(h w1^T) * (h w3^T)) w2^T, width W.
+// out is (N,C) (out = beta*out + result), h1, h3, act are (N,W) (kept for
+// backward), inp is (N,C), w1, w3 are (W,C), w2 is (C,W)
+template <class T>
+void swiglu_forward(T* out, T* h1, T* h3, T* act, const T* inp, const T* w1, const T* w3,
+                    const T* w2, int N, int C, int W, T beta) {
+  if (N == 0) return;
+  matmul<T>('N', 'T', N, W, C, T(1), inp, w1, T(0), h1);
+  matmul<T>('N', 'T', N, W, C, T(1), inp, w3, T(0), h3);
+  Kokkos::parallel_for("swiglu::activation", RangePolicy(0, (long)N * W), KOKKOS_LAMBDA(const long i) {
+    const T z = h1[i];
+    const T sig = T(1) / (T(1) + math::exp(-z));
+    act[i] = z * sig * h3[i];
+  });
+  matmul<T>('N', 'T', N, C, W, T(1), act, w2, beta, out);
+}
+// dinp is (N,C) (+=); dw1, dw3 are (W,C) (+=); dw2 is (C,W) (+=); dout is (N,C);
+// dact is (N,W) scratch; dh1, dh3 are (N,W) scratch
+template <class T>
+void swiglu_backward(T* dinp, T* dw1, T* dw3, T* dw2, T* dact, T* dh1, T* dh3, const T* dout,
+                     const T* h1, const T* h3, const T* act, const T* inp, const T* w1,
+                     const T* w3, const T* w2, int N, int C, int W) {
+  if (N == 0) return;
+  matmul<T>('T', 'N', C, W, N, T(1), dout, act, T(1), dw2);
+  matmul<T>('N', 'N', N, W, C, T(1), dout, w2, T(0), dact);
+  Kokkos::parallel_for("swiglu::activation_backward", RangePolicy(0, (long)N * W),
+                       KOKKOS_LAMBDA(const long i) {
+    const T z = h1[i];
+    const T sig = T(1) / (T(1) + math::exp(-z));
+    const T silu = z * sig;
+    dh3[i] = dact[i] * silu;
+    dh1[i] = dact[i] * h3[i] * sig * (T(1) + z * (T(1) - sig));
+  });
+  matmul<T>('T', 'N', W, C, N, T(1), dh1, inp, T(1), dw1);
+  matmul<T>('T', 'N', W, C, N, T(1), dh3, inp, T(1), dw3);
+  matmul<T>('N', 'N', N, C, W, T(1), dh1, w1, T(1), dinp);
+  matmul<T>('N', 'N', N, C, W, T(1), dh3, w3, T(1), dinp);
+}
+
+// ---------------------------------------------------------------- cross-entropy
+// Returns the mean loss over the N positions. logits is (N,V), targets is (N).
+template <class T>
+double crossentropy_forward(const T* logits, const int* targets, int N, int V) {
+  double total = 0;
+  Kokkos::parallel_reduce("crossentropy::forward", RangePolicy(0, N),
+                          KOKKOS_LAMBDA(const int n, double& acc) {
+    const T* z = logits + (long)n * V;
+    T mx = z[0];
+    for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
+    T sum = 0;
+    for (int v = 0; v < V; ++v) sum += math::exp(z[v] - mx);
+    acc += static_cast<double>(mx + math::log(sum) - z[targets[n]]);
+  }, total);
+  return total / N;
+}
+// dlogits is (N,V) (overwritten) = d(dloss * mean loss)/dlogits = dloss (softmax - onehot) / N
+template <class T>
+void crossentropy_backward(T* dlogits, const T* logits, const int* targets, int N, int V, T dloss) {
+  const T scale = dloss / static_cast<T>(N);
+  Kokkos::parallel_for("crossentropy::backward", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
+    const T* z = logits + (long)n * V;
+    T* dz = dlogits + (long)n * V;
+    T mx = z[0];
+    for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
+    T sum = 0;
+    for (int v = 0; v < V; ++v) sum += math::exp(z[v] - mx);
+    const T lse = mx + math::log(sum);
+    for (int v = 0; v < V; ++v) dz[v] = math::exp(z[v] - lse) * scale;
+    dz[targets[n]] -= scale;
+  });
+}
+
+}  // namespace fulcrum

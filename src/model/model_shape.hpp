@@ -1,0 +1,69 @@
+// model_shape.hpp: the architecture numbers of one model (from [model] and
+// [moe]), and its exact parameter and FLOP accounting (Appendix C of the
+// method notes, doc/model.md). No Kokkos here: --describe uses it alone.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "config/run_config.hpp"
+
+namespace fulcrum {
+
+struct ModelShape {
+  int vocab_size = 0;   // V
+  int d_model = 0;      // C
+  int n_layers = 0;     // L
+  int n_heads = 0;      // nh
+  int n_kv_heads = 0;   // nkv
+  int head_dim = 0;     // hd = C / nh
+  int d_ffn = 0;        // F (dense SwiGLU width)
+  int seq_len = 0;      // T
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;
+  // MoE (is_moe == false: every layer is dense)
+  bool is_moe = false;
+  int num_experts = 0;         // E
+  int num_active = 0;          // E_a = top-k
+  int num_shared = 0;          // E_s
+  int d_expert = 0;            // De
+  int first_k_dense = 0;
+  bool renormalize_topk = false;
+  double capacity_factor = 0.0;
+  double aux_loss_coef = 0.0;
+  double z_loss_coef = 0.0;
+
+  bool is_moe_layer(int layer) const { return is_moe && layer >= first_k_dense; }
+  int n_moe_layers() const { return is_moe ? n_layers - first_k_dense : 0; }
+  int shared_width() const { return num_shared * d_expert; }
+};
+
+ModelShape model_shape_from_config(const RunConfig& config);
+
+// One named parameter tensor in the flat parameter buffer (doc/model.md names).
+struct ParameterTensor {
+  std::string name;          // e.g. "layers.3.experts_w1"
+  std::vector<long> shape;   // e.g. {E, De, C}
+  long offset = 0;           // in elements, into the flat buffer
+  long size = 0;
+  bool is_matrix = false;    // rank >= 2: receives weight decay
+};
+
+// The order and shapes of every parameter: one allocation, named views.
+std::vector<ParameterTensor> parameter_layout(const ModelShape& shape);
+long parameter_count(const std::vector<ParameterTensor>& layout);
+
+struct ModelAccounting {
+  double params_total = 0;      // non-embedding (excludes wte and lm_head)
+  double params_active = 0;     // non-embedding, per token: shared + top-k experts
+  double params_embedding = 0;  // wte + lm_head
+  double flops_per_token = 0;   // M, Appendix C: 3 x forward, per token
+  double activation_ratio = 1;  // A = (E_a + E_s) / (E + E_s); 1 for dense
+  double granularity = 0;       // G = 2 d_model / d_expert; 0 for dense
+  double shared_ratio = 0;      // S = E_s / (E_a + E_s); 0 for dense
+  double attention_flops_fraction = 0;  // attention share of M
+};
+
+ModelAccounting model_accounting(const ModelShape& shape);
+
+}  // namespace fulcrum

@@ -1,0 +1,115 @@
+// moe_layer.hpp: the MoE FFN. It only wires route -> dispatch -> compute ->
+// combine (plus the always-active shared experts); each piece lives in its
+// own file (router.hpp, token_dispatcher.hpp, experts.hpp).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/experts.hpp"
+#include "model/model_shape.hpp"
+#include "model/router.hpp"
+#include "model/token_dispatcher.hpp"
+
+namespace fulcrum {
+
+// Weights of one MoE layer inside the flat parameter (or gradient) buffer.
+template <class T>
+struct MoeWeights {
+  T* router = nullptr;      // (E,C)
+  T* experts_w1 = nullptr;  // (E,De,C)
+  T* experts_w3 = nullptr;  // (E,De,C)
+  T* experts_w2 = nullptr;  // (E,C,De)
+  T* shared_w1 = nullptr;   // (Es*De,C) or null
+  T* shared_w3 = nullptr;   // (Es*De,C)
+  T* shared_w2 = nullptr;   // (C,Es*De)
+};
+
+// Routing statistics of one MoE layer, accumulated between snapshots.
+struct RoutingAccumulator {
+  std::vector<double> assignments;  // (E) top-k assignments per expert
+  double dropped = 0, routed = 0, entropy_sum = 0, token_count = 0;
+  void reset(int E) {
+    assignments.assign(E, 0.0);
+    dropped = routed = entropy_sum = token_count = 0;
+  }
+};
+
+template <class T>
+class MoeLayer {
+ public:
+  MoeLayer(const ModelShape& s, int max_tokens, const std::string& dispatcher)
+      : C_(s.d_model), E_(s.num_experts), k_(s.num_active), Ws_(s.shared_width()),
+        router_(max_tokens, s.d_model, s.num_experts, s.num_active, s.renormalize_topk,
+                s.aux_loss_coef, s.z_loss_coef),
+        dispatcher_(make_token_dispatcher<T>(dispatcher, max_tokens, s.d_model, s.num_experts,
+                                             s.num_active, s.capacity_factor)),
+        experts_((long)max_tokens * s.num_active, s.d_model, s.d_expert),
+        shared_h1_("moe::shared_h1", (long)max_tokens * Ws_),
+        shared_h3_("moe::shared_h3", (long)max_tokens * Ws_),
+        shared_act_("moe::shared_act", (long)max_tokens * Ws_),
+        shared_dact_("moe::shared_dact", (long)max_tokens * Ws_),
+        shared_dh1_("moe::shared_dh1", (long)max_tokens * Ws_),
+        shared_dh3_("moe::shared_dh3", (long)max_tokens * Ws_),
+        counts_host_(Kokkos::create_mirror_view(router_.counts())),
+        dtopk_weight_("moe::dtopk_weight", (long)max_tokens * s.num_active) {
+    stats.reset(E_);
+  }
+
+  // out is (N,C) (overwritten), h is (N,C). Returns the router losses.
+  typename Router<T>::Losses forward(T* out, const T* h, const MoeWeights<T>& w, int N) {
+    auto losses = router_.forward(h, w.router, N);
+    dispatcher_->dispatch(h, router_.topk_idx(), N);
+    experts_.forward(dispatcher_->permuted_output(), dispatcher_->permuted_input(), w.experts_w1,
+                     w.experts_w3, w.experts_w2, dispatcher_->tokens_per_local_expert());
+    if (Ws_ > 0)
+      swiglu_forward<T>(out, shared_h1_.data(), shared_h3_.data(), shared_act_.data(), h,
+                        w.shared_w1, w.shared_w3, w.shared_w2, N, C_, Ws_, T(0));
+    else
+      zero(out, (std::size_t)N * C_);
+    dispatcher_->combine(out, router_.topk_weight(), N);
+    accumulate_statistics(losses, N);
+    return losses;
+  }
+
+  // dh is (N,C) (+=), dout is (N,C), h is (N,C); g: gradients (+=).
+  void backward(T* dh, const MoeWeights<T>& g, const T* dout, const T* h, const MoeWeights<T>& w,
+                int N, T dloss) {
+    dispatcher_->combine_backward(dtopk_weight_.data(), dout, router_.topk_weight(), N);
+    experts_.backward(dispatcher_->permuted_input_grad(), g.experts_w1, g.experts_w3, g.experts_w2,
+                      dispatcher_->permuted_output_grad(), dispatcher_->permuted_input(),
+                      w.experts_w1, w.experts_w3, w.experts_w2,
+                      dispatcher_->tokens_per_local_expert());
+    dispatcher_->dispatch_backward(dh, N);
+    if (Ws_ > 0)
+      swiglu_backward<T>(dh, g.shared_w1, g.shared_w3, g.shared_w2, shared_dact_.data(),
+                         shared_dh1_.data(), shared_dh3_.data(), dout, shared_h1_.data(),
+                         shared_h3_.data(), shared_act_.data(), h, w.shared_w1, w.shared_w3,
+                         w.shared_w2, N, C_, Ws_);
+    router_.backward(dh, g.router, dtopk_weight_.data(), h, w.router, N, dloss);
+  }
+
+  const Router<T>& router() const { return router_; }
+  RoutingAccumulator stats;
+
+ private:
+  void accumulate_statistics(const typename Router<T>::Losses& losses, int N) {
+    Kokkos::deep_copy(counts_host_, router_.counts());
+    for (int e = 0; e < E_; ++e) stats.assignments[e] += counts_host_(e);
+    stats.routed += static_cast<double>(N) * k_;
+    stats.dropped += static_cast<double>(dispatcher_->dropped_assignments());
+    stats.entropy_sum += losses.entropy * N;
+    stats.token_count += N;
+  }
+
+  int C_, E_, k_, Ws_;
+  Router<T> router_;
+  std::unique_ptr<TokenDispatcher<T>> dispatcher_;
+  Experts<T> experts_;
+  DeviceBuffer<T> shared_h1_, shared_h3_, shared_act_, shared_dact_, shared_dh1_, shared_dh3_;
+  typename DeviceBuffer<int>::HostMirror counts_host_;
+  DeviceBuffer<T> dtopk_weight_;
+};
+
+}  // namespace fulcrum

@@ -1,0 +1,184 @@
+// token_dispatcher.hpp: moves routed tokens to their experts and back.
+//
+// The dispatcher owns the permutation and the per-expert split counts
+// (Megatron-Core's TokenDispatcher). Implementations are registry entries
+// keyed by the deck string [parallel] dispatcher; "local" (EP = 1) only
+// permutes. Assignment a = t*k + j is token t's j-th choice; permuted rows are
+// grouped by expert, in assignment order within an expert, so the result is
+// deterministic and capacity dropping keeps the earliest tokens.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/kokkos_types.hpp"
+
+namespace fulcrum {
+
+template <class T>
+class TokenDispatcher {
+ public:
+  virtual ~TokenDispatcher() = default;
+  // Groups the N*k assignments by expert and gathers their inputs.
+  // h is (N,C), topk_idx is (N,k).
+  virtual void dispatch(const T* h, const int* topk_idx, int N) = 0;
+  // Rows per local expert after dispatch (host copy, drives the grouped GEMM).
+  virtual const std::vector<int>& tokens_per_local_expert() const = 0;
+  virtual int num_local_experts() const = 0;
+  virtual T* permuted_input() = 0;    // (rows,C) input rows grouped by local expert
+  virtual T* permuted_output() = 0;   // (rows,C) the experts' outputs
+  virtual T* permuted_input_grad() = 0;   // (rows,C)
+  virtual T* permuted_output_grad() = 0;  // (rows,C)
+  // y is (N,C) (+=): y[t] += sum_j w[t,j] * out[pos(t,j)]; topk_weight is (N,k)
+  virtual void combine(T* y, const T* topk_weight, int N) = 0;
+  // dy is (N,C): fills permuted_output_grad() and dtopk_weight (N,k, overwritten)
+  virtual void combine_backward(T* dtopk_weight, const T* dy, const T* topk_weight, int N) = 0;
+  // dh is (N,C) (+=): dh[t] += sum_j permuted_input_grad()[pos(t,j)]
+  virtual void dispatch_backward(T* dh, int N) = 0;
+  // Assignments dropped by the capacity factor in the last dispatch.
+  virtual long dropped_assignments() const = 0;
+};
+
+// EP = 1: every expert is local; permute and un-permute only.
+template <class T>
+class LocalTokenDispatcher : public TokenDispatcher<T> {
+ public:
+  LocalTokenDispatcher(int max_tokens, int d_model, int num_experts, int top_k,
+                       double capacity_factor)
+      : C_(d_model), E_(num_experts), k_(top_k), capacity_factor_(capacity_factor),
+        position_("dispatch::position", (long)max_tokens * top_k),
+        rank_in_expert_("dispatch::rank_in_expert", (long)max_tokens * top_k),
+        kept_("dispatch::kept", num_experts),
+        offset_("dispatch::offset", num_experts + 1),
+        kept_host_(Kokkos::create_mirror_view(kept_)),
+        input_("dispatch::permuted_input", (long)max_tokens * top_k * d_model),
+        output_("dispatch::permuted_output", (long)max_tokens * top_k * d_model),
+        input_grad_("dispatch::permuted_input_grad", (long)max_tokens * top_k * d_model),
+        output_grad_("dispatch::permuted_output_grad", (long)max_tokens * top_k * d_model),
+        tokens_per_expert_(num_experts, 0) {}
+
+  void dispatch(const T* h, const int* topk_idx, int N) override {
+    const int E = E_, k = k_, C = C_;
+    const long NK = (long)N * k;
+    // capacity = ceil(c N k / E); 0 means dropless
+    const long capacity = capacity_factor_ > 0
+        ? static_cast<long>(std::ceil(capacity_factor_ * NK / E)) : NK;
+    int* rank = rank_in_expert_.data();
+    int* kept = kept_.data();
+    // One thread per expert scans the assignments in order: deterministic
+    // ranks without atomics (E * N * k work; the GEMMs dominate).
+    Kokkos::parallel_for("moe::dispatch_rank", RangePolicy(0, E), KOKKOS_LAMBDA(const int e) {
+      long r = 0;
+      for (long a = 0; a < NK; ++a) {
+        if (topk_idx[a] != e) continue;
+        rank[a] = r < capacity ? static_cast<int>(r) : -1;
+        ++r;
+      }
+      kept[e] = static_cast<int>(r < capacity ? r : capacity);
+    });
+    int* offset = offset_.data();
+    Kokkos::parallel_scan("moe::dispatch_offsets", RangePolicy(0, E + 1),
+                          KOKKOS_LAMBDA(const int e, int& sum, const bool final) {
+      if (final) offset[e] = sum;
+      if (e < E) sum += kept[e];
+    });
+    int* position = position_.data();
+    Kokkos::parallel_for("moe::dispatch_position", RangePolicy(0, NK), KOKKOS_LAMBDA(const long a) {
+      position[a] = rank[a] < 0 ? -1 : offset[topk_idx[a]] + rank[a];
+    });
+    T* in = input_.data();
+    Kokkos::parallel_for("moe::permute", RangePolicy(0, NK * C), KOKKOS_LAMBDA(const long i) {
+      const long a = i / C, c = i % C;
+      const int p = position[a];
+      if (p >= 0) in[(long)p * C + c] = h[(a / k) * C + c];
+    });
+    // The grouped GEMM needs the split sizes on the host (as Megatron's
+    // tokens_per_expert.cpu()): E integers per MoE layer per micro-batch.
+    Kokkos::deep_copy(kept_host_, kept_);
+    dropped_ = NK;
+    for (int e = 0; e < E; ++e) {
+      tokens_per_expert_[e] = kept_host_(e);
+      dropped_ -= kept_host_(e);
+    }
+  }
+
+  const std::vector<int>& tokens_per_local_expert() const override { return tokens_per_expert_; }
+  int num_local_experts() const override { return E_; }
+  T* permuted_input() override { return input_.data(); }
+  T* permuted_output() override { return output_.data(); }
+  T* permuted_input_grad() override { return input_grad_.data(); }
+  T* permuted_output_grad() override { return output_grad_.data(); }
+
+  void combine(T* y, const T* topk_weight, int N) override {
+    const int k = k_, C = C_;
+    const int* position = position_.data();
+    const T* out = output_.data();
+    Kokkos::parallel_for("moe::unpermute", RangePolicy(0, (long)N * C), KOKKOS_LAMBDA(const long i) {
+      const long t = i / C, c = i % C;
+      T acc = 0;
+      for (int j = 0; j < k; ++j) {
+        const int p = position[t * k + j];
+        if (p >= 0) acc += topk_weight[t * k + j] * out[(long)p * C + c];
+      }
+      y[i] += acc;
+    });
+  }
+
+  void combine_backward(T* dtopk_weight, const T* dy, const T* topk_weight, int N) override {
+    const int k = k_, C = C_;
+    const int* position = position_.data();
+    const T* out = output_.data();
+    T* dout = output_grad_.data();
+    Kokkos::parallel_for("moe::unpermute_backward", RangePolicy(0, (long)N * k),
+                         KOKKOS_LAMBDA(const long a) {
+      const int p = position[a];
+      const long t = a / k;
+      T dw = 0;
+      if (p >= 0) {
+        const T w = topk_weight[a];
+        for (int c = 0; c < C; ++c) {
+          dout[(long)p * C + c] = w * dy[t * C + c];
+          dw += dy[t * C + c] * out[(long)p * C + c];
+        }
+      }
+      dtopk_weight[a] = dw;
+    });
+  }
+
+  void dispatch_backward(T* dh, int N) override {
+    const int k = k_, C = C_;
+    const int* position = position_.data();
+    const T* din = input_grad_.data();
+    Kokkos::parallel_for("moe::permute_backward", RangePolicy(0, (long)N * C), KOKKOS_LAMBDA(const long i) {
+      const long t = i / C, c = i % C;
+      T acc = 0;
+      for (int j = 0; j < k; ++j) {
+        const int p = position[t * k + j];
+        if (p >= 0) acc += din[(long)p * C + c];
+      }
+      dh[i] += acc;
+    });
+  }
+
+  long dropped_assignments() const override { return dropped_; }
+
+ private:
+  int C_, E_, k_;
+  double capacity_factor_;
+  DeviceBuffer<int> position_, rank_in_expert_, kept_, offset_;
+  typename DeviceBuffer<int>::HostMirror kept_host_;
+  DeviceBuffer<T> input_, output_, input_grad_, output_grad_;
+  std::vector<int> tokens_per_expert_;
+  long dropped_ = 0;
+};
+
+// Registry of dispatchers keyed by the deck string [parallel] dispatcher.
+std::vector<std::string> token_dispatcher_names();
+
+template <class T>
+std::unique_ptr<TokenDispatcher<T>> make_token_dispatcher(const std::string& name, int max_tokens,
+                                                          int d_model, int num_experts, int top_k,
+                                                          double capacity_factor);
+
+}  // namespace fulcrum

@@ -1,0 +1,198 @@
+// transformer.hpp: the decoder-only model (doc/model.md), dense or MoE.
+//
+// Parameters live in ONE device allocation; gradients and the optimiser's
+// moments share its layout (parameter_layout()). Activations needed by
+// backward are kept per layer; gradient scratch is shared across layers.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "model/layers.hpp"
+#include "model/model_shape.hpp"
+#include "model/moe_layer.hpp"
+
+namespace fulcrum {
+
+// Named views into a flat parameter-shaped buffer (params or grads).
+template <class T>
+struct LayerWeights {
+  T* ln1_w = nullptr;  // (C)
+  T* wq = nullptr;     // (nh*hd,C)
+  T* wk = nullptr;     // (nkv*hd,C)
+  T* wv = nullptr;     // (nkv*hd,C)
+  T* wo = nullptr;     // (C,nh*hd)
+  T* ln2_w = nullptr;  // (C)
+  T* w1 = nullptr;     // (F,C)   dense layers
+  T* w3 = nullptr;     // (F,C)
+  T* w2 = nullptr;     // (C,F)
+  MoeWeights<T> moe;   // MoE layers
+};
+
+template <class T>
+struct ModelWeights {
+  T* wte = nullptr;      // (V,C)
+  std::vector<LayerWeights<T>> layers;
+  T* lnf_w = nullptr;    // (C)
+  T* lm_head = nullptr;  // (V,C)
+};
+
+struct ModelLosses {
+  double lm = 0;    // mean cross-entropy
+  double aux = 0;   // load-balancing loss, summed over MoE layers
+  double z = 0;     // router z-loss, summed over MoE layers
+  double total() const { return lm + aux + z; }
+};
+
+template <class T>
+class Transformer {
+ public:
+  // max_batch: sequences per micro-batch (B); every batch has T = seq_len.
+  Transformer(const ModelShape& shape, int max_batch, const std::string& dispatcher = "local")
+      : s_(shape), B_(max_batch), layout_(parameter_layout(shape)) {
+    const long n = parameter_count(layout_);
+    for (std::size_t i = 0; i < layout_.size(); ++i) index_[layout_[i].name] = i;
+    params_ = DeviceBuffer<T>("model::params", n);
+    grads_ = DeviceBuffer<T>("model::grads", n);
+    weights_ = bind(params_.data());
+    grad_weights_ = bind(grads_.data());
+    allocate_activations(dispatcher);
+    rope_tables<T>(rope_cos_, rope_sin_, s_.seq_len, s_.head_dim, s_.rope_theta);
+  }
+
+  const ModelShape& shape() const { return s_; }
+  const std::vector<ParameterTensor>& layout() const { return layout_; }
+  long num_parameters() const { return params_.extent(0); }
+  DeviceBuffer<T>& params() { return params_; }
+  DeviceBuffer<T>& grads() { return grads_; }
+  const ParameterTensor& tensor(const std::string& name) const {
+    auto it = index_.find(name);
+    if (it == index_.end()) throw std::out_of_range("no parameter named '" + name + "'");
+    return layout_[it->second];
+  }
+  MoeLayer<T>* moe_layer(int l) { return moe_[l].get(); }
+
+  // Normal(0, std) for matrices, 1 for norm weights; a counter-based generator
+  // (SplitMix64 + Box-Muller) makes the values independent of the build.
+  void init_parameters(std::uint64_t seed, double std) {
+    auto host = Kokkos::create_mirror_view(params_);
+    std::uint64_t state = seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
+    auto next_uniform = [&state]() {
+      std::uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+      z ^= z >> 31;
+      return ((z >> 11) + 0.5) * (1.0 / 9007199254740992.0);  // (0,1)
+    };
+    for (const auto& t : layout_) {
+      for (long i = 0; i < t.size; ++i) {
+        if (!t.is_matrix) {
+          host(t.offset + i) = T(1);
+          continue;
+        }
+        const double u1 = next_uniform(), u2 = next_uniform();
+        host(t.offset + i) = static_cast<T>(std * std::sqrt(-2.0 * std::log(u1)) *
+                                            std::cos(6.283185307179586 * u2));
+      }
+    }
+    Kokkos::deep_copy(params_, host);
+  }
+
+  // tokens, targets are (B,T) on the host; B <= max_batch.
+  void set_batch(const std::vector<int>& tokens, const std::vector<int>& targets, int B) {
+    if (B > B_ || (long)tokens.size() != (long)B * s_.seq_len || targets.size() != tokens.size())
+      throw std::invalid_argument("set_batch: wrong batch shape");
+    batch_ = B;
+    auto tok = Kokkos::subview(tokens_, std::make_pair(0L, (long)tokens.size()));
+    auto tgt = Kokkos::subview(targets_, std::make_pair(0L, (long)targets.size()));
+    Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>
+        htok(tokens.data(), tokens.size()), htgt(targets.data(), targets.size());
+    Kokkos::deep_copy(tok, htok);
+    Kokkos::deep_copy(tgt, htgt);
+  }
+
+  ModelLosses forward();
+  // Accumulates d(dloss * loss)/dparams into grads() (+=).
+  void backward(T dloss);
+  void zero_grads() { Kokkos::deep_copy(grads_, T(0)); }
+
+  const T* logits() const { return logits_.data(); }  // (B,T,V) of the last forward
+  int batch() const { return batch_; }
+
+ private:
+  ModelWeights<T> bind(T* base) {
+    ModelWeights<T> w;
+    auto at = [&](const std::string& name) { return base + tensor(name).offset; };
+    auto maybe = [&](const std::string& name) {
+      return index_.count(name) ? base + tensor(name).offset : nullptr;
+    };
+    w.wte = at("wte");
+    w.lnf_w = at("lnf_w");
+    w.lm_head = at("lm_head");
+    for (int l = 0; l < s_.n_layers; ++l) {
+      const std::string p = "layers." + std::to_string(l) + ".";
+      LayerWeights<T> lw;
+      lw.ln1_w = at(p + "ln1_w");
+      lw.wq = at(p + "wq");
+      lw.wk = at(p + "wk");
+      lw.wv = at(p + "wv");
+      lw.wo = at(p + "wo");
+      lw.ln2_w = at(p + "ln2_w");
+      if (!s_.is_moe_layer(l)) {
+        lw.w1 = at(p + "w1");
+        lw.w3 = at(p + "w3");
+        lw.w2 = at(p + "w2");
+      } else {
+        lw.moe.router = at(p + "router");
+        lw.moe.experts_w1 = at(p + "experts_w1");
+        lw.moe.experts_w3 = at(p + "experts_w3");
+        lw.moe.experts_w2 = at(p + "experts_w2");
+        lw.moe.shared_w1 = maybe(p + "shared_w1");
+        lw.moe.shared_w3 = maybe(p + "shared_w3");
+        lw.moe.shared_w2 = maybe(p + "shared_w2");
+      }
+      w.layers.push_back(lw);
+    }
+    return w;
+  }
+
+  void allocate_activations(const std::string& dispatcher);
+
+  ModelShape s_;
+  int B_;
+  int batch_ = 0;
+  std::vector<ParameterTensor> layout_;
+  std::map<std::string, std::size_t> index_;
+  DeviceBuffer<T> params_, grads_;
+  ModelWeights<T> weights_, grad_weights_;
+  DeviceBuffer<T> rope_cos_, rope_sin_;
+  DeviceBuffer<int> tokens_, targets_;
+  // kept for backward, per layer l (N = B*T):
+  DeviceBuffer<T> resid_;     // (L+1,N,C) residual stream entering layer l; [L] = final
+  DeviceBuffer<T> mid_;       // (L,N,C)   residual after attention
+  DeviceBuffer<T> ln1_, ln2_; // (L,N,C)
+  DeviceBuffer<T> rstd1_, rstd2_;  // (L,N)
+  DeviceBuffer<T> q_;         // (L,B,nh,T,hd) rotated
+  DeviceBuffer<T> k_, v_;     // (L,B,nkv,T,hd), k rotated
+  DeviceBuffer<T> att_;       // (L,B,nh,T,T)
+  DeviceBuffer<T> attn_out_;  // (L,N,nh*hd) attention output before wo
+  DeviceBuffer<T> ffn_h1_, ffn_h3_, ffn_act_;  // (L,N,F) dense layers
+  DeviceBuffer<T> lnf_, rstdf_, logits_;       // (N,C), (N), (N,V)
+  std::vector<std::unique_ptr<MoeLayer<T>>> moe_;
+  // gradient scratch, shared across layers:
+  DeviceBuffer<T> proj_q_, proj_k_, proj_v_;   // (N,nh*hd), (N,nkv*hd) x2
+  DeviceBuffer<T> heads_;                      // (B,nh,T,hd)
+  DeviceBuffer<T> dq_, dk_, dv_, datt_;        // head-major grads, (B,nh,T,T)
+  DeviceBuffer<T> dresid_, dln_, ffn_out_;     // (N,C)
+  DeviceBuffer<T> dffn_act_, dffn_h1_, dffn_h3_;  // (N,F)
+  DeviceBuffer<T> dlogits_;                    // (N,V)
+  ModelLosses last_losses_;
+};
+
+}  // namespace fulcrum
+
+#include "model/transformer_impl.hpp"
