@@ -1,0 +1,81 @@
+// fulcrum-train: trains one dense or MoE model from an input deck.
+//
+//   fulcrum-train DECK [--set section.key=value]... [--describe] [--quiet]
+//
+// Exit codes: 0 completed, 1 failed, 2 bad input (deck, data, command line),
+// 3 diverged (doc/running.md). Nothing is written for bad input.
+#include <mpi.h>
+
+#include <CLI/CLI.hpp>
+#include <Kokkos_Core.hpp>
+#include <cstdio>
+
+#include "deck/deck_reader.hpp"
+#include "fulcrum_version.hpp"
+#include "train/run_plan.hpp"
+#include "train/trainer.hpp"
+
+namespace {
+
+int run(int argc, char** argv, int world_rank, int world_size) {
+  CLI::App app{"fulcrum-train: train a dense or MoE transformer from an input deck"};
+  std::string deck_path;
+  std::vector<std::string> overrides;
+  bool describe = false, quiet = false;
+  app.add_option("deck", deck_path, "input deck (TOML), see doc/input-decks.md")->required();
+  app.add_option("--set", overrides, "override a deck key: section.key=value (TOML value)");
+  app.add_flag("--describe", describe, "print parameter counts, FLOPs per token, A, G, S and exit");
+  app.add_flag("--quiet", quiet, "no progress lines");
+  app.set_version_flag("--version", std::string("fulcrum-train ") + FULCRUM_VERSION + " (" +
+                                        FULCRUM_GIT_REVISION + ")");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : fulcrum::kExitBadInput;
+  }
+  try {
+    const fulcrum::LoadedDeck deck = fulcrum::read_deck(deck_path, overrides);
+    const auto& cfg = deck.config;
+    if (cfg.parallel.world_size > 0 && cfg.parallel.world_size != world_size)
+      throw deck.error("parallel.world_size", "is " + std::to_string(cfg.parallel.world_size) +
+                                                  " but the job was launched with " +
+                                                  std::to_string(world_size) + " ranks");
+    if (describe) {
+      const auto plan = fulcrum::make_run_plan(cfg, world_size);
+      if (world_rank == 0)
+        for (const auto& [key, value] : fulcrum::describe_run(cfg, plan))
+          std::printf("%s = %s\n", key.c_str(), fulcrum::format_config_value(value).c_str());
+      return fulcrum::kExitCompleted;
+    }
+    if (world_size > 1)
+      throw deck.error("parallel.expert_parallel",
+                       "this build trains on one rank only; launched with " + std::to_string(world_size));
+    fulcrum::TrainOptions options;
+    options.quiet = quiet;
+    return fulcrum::train(deck, options);
+  } catch (const fulcrum::DeckError& e) {
+    if (world_rank == 0) std::fprintf(stderr, "fulcrum-train: error: %s\n", e.what());
+    return fulcrum::kExitBadInput;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fulcrum-train: error: %s\n", e.what());
+    return fulcrum::kExitFailed;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int rc = 0;
+  {
+    Kokkos::initialize();  // defaults; Kokkos flags are not taken from our command line
+    rc = run(argc, argv, rank, size);
+    Kokkos::finalize();
+  }
+  MPI_Finalize();
+  return rc;
+}

@@ -1,0 +1,330 @@
+#include "train/trainer.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <map>
+#include <memory>
+
+#include "data/token_file.hpp"
+#include "fulcrum_version.hpp"
+#include "io/run_file.hpp"
+#include "model/transformer.hpp"
+#include "train/adamw.hpp"
+#include "train/data_loader.hpp"
+#include "train/lr_schedule.hpp"
+#include "train/run_plan.hpp"
+
+namespace fulcrum {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Real = float;  // the model trains in float; tests instantiate double
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+// Named wall-clock accumulators, written to /timers at the end.
+struct Timers {
+  std::map<std::string, std::pair<double, long>> totals;
+  void add(const std::string& name, double s) {
+    auto& e = totals[name];
+    e.first += s;
+    e.second += 1;
+  }
+};
+
+void write_config(RunFile& file, const RunConfig& c, const RunPlan& plan) {
+  for (const auto& [key, value] : describe_run(c, plan)) {
+    if (auto i = std::get_if<std::int64_t>(&value)) file.set_config(key, *i);
+    else if (auto d = std::get_if<double>(&value)) file.set_config(key, *d);
+    else file.set_config(key, std::get<std::string>(value));
+  }
+}
+
+RunFile::RoutingSnapshot routing_snapshot(Transformer<Real>& model, std::int64_t step, std::int64_t tokens) {
+  const ModelShape& s = model.shape();
+  RunFile::RoutingSnapshot snap;
+  snap.step = step;
+  snap.tokens = tokens;
+  snap.n_moe_layers = s.n_moe_layers();
+  snap.n_experts = s.num_experts;
+  for (int l = 0; l < s.n_layers; ++l) {
+    MoeLayer<Real>* moe = model.moe_layer(l);
+    if (!moe) continue;
+    RoutingAccumulator& acc = moe->stats;
+    double total = 0, mx = 0;
+    for (double a : acc.assignments) {
+      total += a;
+      mx = std::max(mx, a);
+    }
+    for (double a : acc.assignments) snap.expert_share.push_back(total > 0 ? a / total : 0.0);
+    const double mean = total / s.num_experts;
+    snap.max_violation.push_back(mean > 0 ? mx / mean - 1.0 : 0.0);
+    snap.router_entropy.push_back(acc.token_count > 0 ? acc.entropy_sum / acc.token_count : 0.0);
+    snap.dropped_fraction.push_back(acc.routed > 0 ? acc.dropped / acc.routed : 0.0);
+    snap.moe_layer_index.push_back(l);
+    acc.reset(s.num_experts);
+  }
+  return snap;
+}
+
+double evaluate(Transformer<Real>& model, const TokenDataset& valid, std::uint64_t eval_tokens, int micro_batch) {
+  const std::int64_t rows = valid.eval_row_count(eval_tokens);
+  std::vector<int> inputs, targets;
+  double sum = 0;
+  std::int64_t done = 0;
+  while (done < rows) {
+    const int n = static_cast<int>(std::min<std::int64_t>(micro_batch, rows - done));
+    valid.eval_rows(done, n, inputs, targets);
+    model.set_batch(inputs, targets, n);
+    sum += model.forward().lm * n;
+    done += n;
+  }
+  return sum / static_cast<double>(rows);
+}
+
+class ProgressPrinter {
+ public:
+  explicit ProgressPrinter(bool quiet) : quiet_(quiet), tty_(isatty(fileno(stdout)) != 0) {}
+  void update(std::int64_t step, std::int64_t steps, double tokens, double loss, double lr, double tps,
+              double eta_s, bool log_point) {
+    if (quiet_) return;
+    if (tty_) {
+      std::printf("\rstep %6lld/%lld  tokens %.3e  loss %.4f  lr %.3e  %.0f tok/s  ETA %5.0fs   ",
+                  (long long)step, (long long)steps, tokens, loss, lr, tps, eta_s);
+      std::fflush(stdout);
+    } else if (log_point) {
+      std::printf("step %lld/%lld tokens %.6e loss %.5f lr %.4e tokens_per_s %.1f eta_s %.0f\n",
+                  (long long)step, (long long)steps, tokens, loss, lr, tps, eta_s);
+      std::fflush(stdout);
+    }
+  }
+  void line(const std::string& text) {
+    if (quiet_) return;
+    if (tty_) std::printf("\n");
+    std::printf("%s\n", text.c_str());
+    std::fflush(stdout);
+  }
+
+ private:
+  bool quiet_, tty_;
+};
+
+}  // namespace
+
+void check_run_inputs(const LoadedDeck& deck) {
+  const RunConfig& c = deck.config;
+  for (const auto& [key, path] : {std::pair<std::string, std::string>{"data.train", c.data.train_path},
+                                  {"data.valid", c.data.valid_path}}) {
+    TokenFileHeader h;
+    try {
+      h = read_token_header(path);
+    } catch (const DataError& e) {
+      throw deck.error(key, std::string("cannot use token file: ") + e.what());
+    }
+    if (static_cast<int>(h.vocab_size) != c.model.vocab_size)
+      throw deck.error("model.vocab_size", "is " + std::to_string(c.model.vocab_size) + " but " + key +
+                                               " '" + path + "' has vocabulary size " +
+                                               std::to_string(h.vocab_size));
+    if (h.token_count < static_cast<std::uint64_t>(c.model.seq_len) + 2)
+      throw deck.error(key, "'" + path + "' holds " + std::to_string(h.token_count) +
+                                " tokens, fewer than seq_len + 2");
+  }
+  const std::string run_path = (std::filesystem::path(c.output.dir) / "run.h5").string();
+  if (std::filesystem::exists(run_path) && !c.output.overwrite)
+    throw deck.error("output.dir", "run file '" + run_path +
+                                       "' already exists (set output.overwrite = true to replace it)");
+}
+
+int train(const LoadedDeck& deck, const TrainOptions& options) {
+  const RunConfig& cfg = deck.config;
+  check_run_inputs(deck);
+  const RunPlan plan = make_run_plan(cfg, 1);
+  const auto t_start = Clock::now();
+  ProgressPrinter progress(options.quiet);
+
+  // Everything below may fail for reasons outside the deck; from here on the
+  // run file exists and records the outcome.
+  TokenDataset train_data(cfg.data.train_path, cfg.model.seq_len);
+  TokenDataset valid_data(cfg.data.valid_path, cfg.model.seq_len);
+  RunFile file = RunFile::create(cfg.output.dir, cfg.output.overwrite);
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  file.set_root_attr("deck", resolved_deck_toml(cfg));
+  file.set_root_attr("deck_path", cfg.deck_path);
+  file.set_root_attr("deck_text", cfg.deck_text);
+  file.set_root_attr("name", cfg.run.name);
+  file.set_root_attr("seed", static_cast<std::int64_t>(cfg.run.seed));
+  file.set_root_attr("version", std::string(FULCRUM_VERSION));
+  file.set_root_attr("git_revision", std::string(FULCRUM_GIT_REVISION));
+  file.set_root_attr("start_time", utc_now());
+  file.set_root_attr("hostname", std::string(host));
+  file.set_root_attr("world_size", std::int64_t(1));
+  write_config(file, cfg, plan);
+  file.flush();
+
+  std::string status = "running";
+  int exit_code = kExitCompleted;
+  Timers timers;
+  std::vector<double> logged_lm;
+  double last_val = std::nan("");
+  std::int64_t step = 0;
+  double tokens_seen = 0;
+  double tokens_per_second = 0;
+  const double M = plan.accounting.flops_per_token;
+  try {
+    Transformer<Real> model(plan.shape, cfg.train.micro_batch_size, cfg.parallel.dispatcher);
+    model.init_parameters(cfg.run.seed, cfg.model.init_std);
+    AdamW<Real> optimizer(model.layout(), model.num_parameters(),
+                          {cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
+    LrSchedule schedule{cfg.train.lr_schedule, cfg.train.lr, plan.steps_total, cfg.train.warmup_fraction,
+                        cfg.train.decay_fraction, cfg.train.final_lr_fraction};
+    progress.line("fulcrum-train " + std::string(FULCRUM_VERSION) + " run '" + cfg.run.name + "': " +
+                  std::to_string(plan.steps_total) + " steps x " + std::to_string(cfg.train.batch_tokens) +
+                  " tokens, params_total " + std::to_string((long long)plan.accounting.params_total) +
+                  ", params_active " + std::to_string((long long)plan.accounting.params_active) +
+                  ", M " + format_config_value(M) + " FLOPs/token -> " + file.path());
+
+    auto do_eval = [&]() {
+      const auto t0 = Clock::now();
+      last_val = evaluate(model, valid_data, cfg.train.eval_tokens, cfg.train.micro_batch_size);
+      timers.add("eval", seconds_since(t0));
+      file.append_eval({step, static_cast<std::int64_t>(tokens_seen), tokens_seen * M, last_val});
+    };
+    do_eval();  // step 0: the untrained model
+    double first_loss = std::nan("");
+    std::vector<int> inputs, targets;
+    const int micro = cfg.train.micro_batch_size;
+    const Real dloss = Real(1) / static_cast<Real>(plan.grad_accum_steps);
+    auto window_start = Clock::now();
+    double window_tokens = 0;
+    while (step < plan.steps_total) {
+      const auto t_step = Clock::now();
+      const double lr = schedule.at(step);
+      model.zero_grads();
+      ModelLosses mean;
+      double t_data = 0, t_fwd = 0, t_bwd = 0;
+      for (int m = 0; m < plan.grad_accum_steps; ++m) {
+        auto t0 = Clock::now();
+        train_data.training_rows(cfg.run.seed, step, static_cast<std::int64_t>(m) * micro, micro, inputs, targets);
+        model.set_batch(inputs, targets, micro);
+        t_data += seconds_since(t0);
+        t0 = Clock::now();
+        const ModelLosses l = model.forward();
+        t_fwd += seconds_since(t0);
+        t0 = Clock::now();
+        model.backward(dloss);
+        t_bwd += seconds_since(t0);
+        mean.lm += l.lm / plan.grad_accum_steps;
+        mean.aux += l.aux / plan.grad_accum_steps;
+        mean.z += l.z / plan.grad_accum_steps;
+      }
+      auto t0 = Clock::now();
+      const double grad_norm = std::sqrt(AdamW<Real>::grad_sq_sum(model.grads()));
+      optimizer.step(model.params(), model.grads(), lr, AdamW<Real>::clip_scale(grad_norm, cfg.train.grad_clip));
+      Kokkos::fence();
+      timers.add("optimizer", seconds_since(t0));
+      timers.add("data", t_data);
+      timers.add("forward", t_fwd);
+      timers.add("backward", t_bwd);
+      timers.add("step", seconds_since(t_step));
+      ++step;
+      tokens_seen += static_cast<double>(cfg.train.batch_tokens);
+      window_tokens += static_cast<double>(cfg.train.batch_tokens);
+      const double loss = mean.total();
+      if (std::isnan(first_loss)) first_loss = loss;
+      logged_lm.push_back(mean.lm);
+      const double elapsed = seconds_since(window_start);
+      tokens_per_second = elapsed > 0 ? window_tokens / elapsed : 0;
+      file.append_train({step, static_cast<std::int64_t>(tokens_seen), tokens_seen * M, loss, mean.lm, mean.aux,
+                         mean.z, lr, grad_norm, tokens_per_second});
+      const bool diverged = !std::isfinite(loss) || !std::isfinite(grad_norm) ||
+                            loss > cfg.train.divergence_factor * first_loss;
+      const bool log_point = step % cfg.train.log_interval == 0 || step == plan.steps_total || diverged;
+      const double eta = tokens_per_second > 0 ? (plan.steps_total - step) * cfg.train.batch_tokens / tokens_per_second : 0;
+      progress.update(step, plan.steps_total, tokens_seen, loss, lr, tokens_per_second, eta, log_point);
+      if (diverged) {
+        status = "diverged";
+        exit_code = kExitDiverged;
+        progress.line("diverged at step " + std::to_string(step) + ": loss " + std::to_string(loss) +
+                      " (first loss " + std::to_string(first_loss) + ", divergence_factor " +
+                      std::to_string(cfg.train.divergence_factor) + ")");
+        break;
+      }
+      if (log_point) {
+        if (plan.shape.is_moe)
+          file.append_routing(routing_snapshot(model, step, static_cast<std::int64_t>(tokens_seen)));
+        const auto t1 = Clock::now();
+        file.flush();
+        timers.add("io", seconds_since(t1));
+        window_start = Clock::now();
+        window_tokens = 0;
+      }
+      if (step % cfg.train.eval_interval == 0 && step != plan.steps_total) do_eval();
+    }
+    if (status == "running") {
+      do_eval();
+      status = "completed";
+    }
+  } catch (const std::exception& e) {
+    status = "failed";
+    exit_code = kExitFailed;
+    std::fprintf(stderr, "fulcrum-train: error: %s\n", e.what());
+  }
+
+  // Summary (also for diverged/failed runs: what was reached).
+  const double wall = seconds_since(t_start);
+  double final_train = std::nan("");
+  if (!logged_lm.empty()) {
+    const std::size_t n = std::max<std::size_t>(1, logged_lm.size() / 10);
+    double s = 0;
+    for (std::size_t i = logged_lm.size() - n; i < logged_lm.size(); ++i) s += logged_lm[i];
+    final_train = s / n;
+  }
+  const double step_time = timers.totals.count("step") ? timers.totals["step"].first : 0;
+  const double mean_tps = step_time > 0 ? tokens_seen / step_time : 0;
+  try {
+    for (const auto& [name, v] : timers.totals) file.set_timer(name, v.first, v.second);
+    file.set_summary("final_train_loss", final_train);
+    file.set_summary("final_val_loss", last_val);
+    file.set_summary("tokens_seen", tokens_seen);
+    file.set_summary("flops_seen", tokens_seen * M);
+    file.set_summary("wall_time_s", wall);
+    file.set_summary("steps_completed", static_cast<double>(step));
+    file.set_summary("tokens_per_second", mean_tps);
+    file.set_summary("model_flops_per_second", mean_tps * M);
+    file.set_root_attr("end_time", utc_now());
+    file.set_status(status);
+    file.flush();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fulcrum-train: error: cannot finish run file: %s\n", e.what());
+    if (exit_code == kExitCompleted) exit_code = kExitFailed;
+  }
+  char summary[1024];
+  std::snprintf(summary, sizeof summary,
+                "FULCRUM_SUMMARY run=%s status=%s steps=%lld tokens=%.0f final_train_loss=%.5f "
+                "final_val_loss=%.5f tokens_per_s=%.1f model_flops_per_s=%.4e wall_s=%.1f file=%s",
+                cfg.run.name.c_str(), status.c_str(), (long long)step, tokens_seen, final_train, last_val,
+                mean_tps, mean_tps * M, wall, file.path().c_str());
+  progress.line("");
+  std::printf("%s\n", summary);
+  std::fflush(stdout);
+  return exit_code;
+}
+
+}  // namespace fulcrum
