@@ -1,0 +1,654 @@
+// Tests for the input deck reader (src/deck): one test per error class, each
+// checking that the message names the file, the line and the key; defaults,
+// overrides, the resolved-deck round trip and the shipped decks.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "deck/deck_reader.hpp"
+
+namespace fulcrum {
+namespace {
+
+const char* kFile = "deck.toml";
+
+// A minimal valid MoE deck. Line numbers matter to the tests below.
+const std::string kBase =
+    "[data]\n"                           // 1
+    "train = \"train.tok\"\n"            // 2
+    "valid = \"valid.tok\"\n"            // 3
+    "[model]\n"                          // 4
+    "d_model = 128\n"                    // 5
+    "n_heads = 4\n"                      // 6
+    "n_kv_heads = 2\n"                   // 7
+    "seq_len = 128\n"                    // 8
+    "[moe]\n"                            // 9
+    "num_experts = 8\n"                  // 10
+    "num_active_experts = 2\n"           // 11
+    "d_expert = 64\n"                    // 12
+    "[train]\n"                          // 13
+    "tokens = 100000\n"                  // 14
+    "micro_batch_size = 4\n";            // 15 (batch_tokens 8192 default = 16 * 128 * 4)
+
+// kBase with extra text appended (sections not already in kBase).
+std::string with(const std::string& extra) { return kBase + extra; }
+
+// `base` with "key = value" set in [section]: replaces the key's line if the
+// section has it, else inserts it right below the header (appending the
+// section if absent). Returns the text and the 1-based line of the key.
+struct Edited {
+  std::string text;
+  int line;
+};
+Edited edit(const std::string& base, const std::string& section, const std::string& assignment) {
+  std::vector<std::string> lines;
+  {
+    std::istringstream in(base);
+    std::string l;
+    while (std::getline(in, l)) lines.push_back(l);
+  }
+  const std::string key = assignment.substr(0, assignment.find(' '));
+  int at = -1;
+  std::size_t header = lines.size();
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i] == "[" + section + "]") header = i;
+  }
+  if (header == lines.size()) {
+    lines.push_back("[" + section + "]");
+    lines.push_back(assignment);
+    at = static_cast<int>(lines.size());
+  } else {
+    std::size_t i = header + 1;
+    for (; i < lines.size() && lines[i].rfind("[", 0) != 0; ++i) {
+      if (lines[i].rfind(key + " =", 0) == 0) {
+        lines[i] = assignment;
+        at = static_cast<int>(i) + 1;
+        break;
+      }
+    }
+    if (at < 0) {
+      lines.insert(lines.begin() + static_cast<long>(header) + 1, assignment);
+      at = static_cast<int>(header) + 2;
+    }
+  }
+  std::string text;
+  for (const auto& l : lines) text += l + "\n";
+  return {text, at};
+}
+
+// Expects read_deck_text to throw; returns the DeckError.
+DeckError expect_error(const std::string& text, const std::vector<std::string>& overrides = {}) {
+  try {
+    read_deck_text(text, kFile, overrides);
+  } catch (const DeckError& e) {
+    return e;
+  }
+  ADD_FAILURE() << "no DeckError for deck:\n" << text;
+  return DeckError("", 0, "", "none");
+}
+
+// Checks file, line and key in both the fields and the one-line message.
+void expect_located(const DeckError& e, int line, const std::string& key) {
+  const std::string what = e.what();
+  EXPECT_EQ(e.file, kFile) << what;
+  EXPECT_EQ(e.line, line) << what;
+  EXPECT_EQ(e.key, key) << what;
+  const std::string prefix = line > 0 ? std::string(kFile) + ":" + std::to_string(line) + ": "
+                                      : std::string(kFile) + ": ";
+  EXPECT_EQ(what.rfind(prefix, 0), 0u) << what;
+  const auto dot = key.find('.');
+  const std::string shown = dot == std::string::npos
+                                ? "[" + key + "]"
+                                : "[" + key.substr(0, dot) + "] " + key.substr(dot + 1) + ":";
+  EXPECT_NE(what.find(shown), std::string::npos) << what;
+  EXPECT_EQ(what.find('\n'), std::string::npos) << "message must be one line: " << what;
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+// The resolved deck without its comment lines (which name the source path).
+std::string body(const std::string& toml) {
+  std::istringstream in(toml);
+  std::string line, out;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line[0] == '#') continue;
+    out += line + "\n";
+  }
+  return out;
+}
+
+TEST(DeckReader, MinimalDeckLoadsWithDefaults) {
+  const LoadedDeck d = read_deck_text(kBase, kFile);
+  const RunConfig& c = d.config;
+  EXPECT_EQ(c.deck_path, kFile);
+  EXPECT_EQ(c.deck_text, kBase);
+  EXPECT_EQ(c.data.train_path, "train.tok");
+  EXPECT_EQ(c.data.valid_path, "valid.tok");
+  EXPECT_TRUE(c.moe.enabled);
+  EXPECT_EQ(c.moe.num_experts, 8);
+  EXPECT_EQ(c.moe.num_shared_experts, 0);
+  EXPECT_EQ(c.train.tokens, 100000u);
+  EXPECT_EQ(c.train.compute, 0.0);
+  // Defaults from run_config.hpp.
+  const RunConfig def;
+  EXPECT_EQ(c.run.name, def.run.name);
+  EXPECT_EQ(c.run.seed, def.run.seed);
+  EXPECT_EQ(c.model.vocab_size, def.model.vocab_size);
+  EXPECT_EQ(c.model.n_layers, def.model.n_layers);
+  EXPECT_EQ(c.model.d_ffn, def.model.d_ffn);
+  EXPECT_EQ(c.model.rope_theta, def.model.rope_theta);
+  EXPECT_EQ(c.train.lr, def.train.lr);
+  EXPECT_EQ(c.train.lr_schedule, "wsd");
+  EXPECT_EQ(c.train.batch_tokens, def.train.batch_tokens);
+  EXPECT_EQ(c.moe.aux_loss_coef, def.moe.aux_loss_coef);
+  EXPECT_EQ(c.parallel.dispatcher, "local");
+  EXPECT_EQ(c.output.dir, def.output.dir);
+  // key_lines: given keys only.
+  EXPECT_EQ(d.key_lines.at("data.train"), 2);
+  EXPECT_EQ(d.key_lines.at("moe.d_expert"), 12);
+  EXPECT_EQ(d.key_lines.count("model.vocab_size"), 0u);
+  EXPECT_TRUE(d.overridden_keys.empty());
+}
+
+TEST(DeckReader, DenseWithoutMoeSection) {
+  const std::string text =
+      "[data]\ntrain = \"a\"\nvalid = \"b\"\n[train]\ncompute = 1e18\nlr = 1\n";
+  const RunConfig c = read_deck_text(text, kFile).config;
+  EXPECT_FALSE(c.moe.enabled);
+  EXPECT_EQ(c.moe.num_experts, 0);
+  EXPECT_EQ(c.train.compute, 1e18);
+  EXPECT_EQ(c.train.tokens, 0u);
+  EXPECT_EQ(c.train.lr, 1.0);  // integer accepted for a float key
+}
+
+TEST(DeckReader, RelativePathsKeptAsWritten) {
+  const RunConfig c =
+      read_deck_text(with("[output]\ndir = \"../runs/./x\"\n"), kFile).config;
+  EXPECT_EQ(c.output.dir, "../runs/./x");
+  EXPECT_EQ(c.data.train_path, "train.tok");
+}
+
+// 1. TOML syntax error.
+TEST(DeckErrors, SyntaxError) {
+  const DeckError e = expect_error(with("[run]\nname = = 3\n"));  // line 17
+  EXPECT_EQ(e.line, 17) << e.what();
+  EXPECT_EQ(e.file, kFile);
+  EXPECT_TRUE(contains(e.what(), "deck.toml:17: ")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "syntax error")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "name = = 3")) << e.what();
+  EXPECT_FALSE(contains(e.what(), "\n")) << e.what();
+
+  const DeckError u = expect_error(with("[run]\nname = \"unterminated\n"));
+  EXPECT_EQ(u.line, 17) << u.what();
+  EXPECT_TRUE(contains(u.what(), "deck.toml:17: ")) << u.what();
+}
+
+// 2. Unknown section / unknown key with a suggestion.
+TEST(DeckErrors, UnknownSection) {
+  const DeckError e = expect_error(with("[modle]\nx = 1\n"));
+  expect_located(e, 16, "modle");
+  EXPECT_TRUE(contains(e.what(), "unknown section")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "did you mean [model]?")) << e.what();
+}
+
+TEST(DeckErrors, UnknownKeySuggestsNearest) {
+  const std::string text =
+      "[data]\ntrain = \"a\"\nvalid = \"b\"\n[model]\nn_head = 4\n[train]\ntokens = 10\n";
+  const DeckError e = expect_error(text);
+  expect_located(e, 5, "model.n_head");
+  EXPECT_TRUE(contains(e.what(), "unknown key 'n_head'; did you mean 'n_heads'?")) << e.what();
+}
+
+TEST(DeckErrors, UnknownKeyOtherHints) {
+  // A key from another section.
+  const Edited lr = edit(kBase, "model", "lr = 0.1");
+  DeckError e = expect_error(lr.text);
+  expect_located(e, lr.line, "model.lr");
+  EXPECT_TRUE(contains(e.what(), "belongs in [train]")) << e.what();
+  // The RunConfig field name instead of the deck spelling.
+  e = expect_error("[data]\ntrain_path = \"a\"\n");
+  expect_located(e, 2, "data.train_path");
+  EXPECT_TRUE(contains(e.what(), "did you mean 'train'?")) << e.what();
+  // moe.enabled is not a key.
+  e = expect_error(with("enabled = true\n"));  // under [train]: belongs nowhere
+  EXPECT_EQ(e.key, "train.enabled");
+  e = expect_error(kBase.substr(0, kBase.find("[train]")) + "enabled = true\n");
+  expect_located(e, 13, "moe.enabled");
+  EXPECT_TRUE(contains(e.what(), "a [moe] section makes the model MoE")) << e.what();
+  // Key outside any section.
+  e = expect_error("seed = 3\n" + kBase);
+  EXPECT_EQ(e.line, 1);
+  EXPECT_TRUE(contains(e.what(), "deck.toml:1: ")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "'seed'")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "[run]")) << e.what();
+}
+
+// 3. Wrong type.
+TEST(DeckErrors, WrongType) {
+  DeckError e = expect_error(with("[run]\nseed = \"42\"\n"));
+  expect_located(e, 17, "run.seed");
+  EXPECT_TRUE(contains(e.what(), "expected an integer")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "got a string")) << e.what();
+
+  e = expect_error(kBase + "lr = \"fast\"\n");  // under [train]
+  expect_located(e, 16, "train.lr");
+  EXPECT_TRUE(contains(e.what(), "got a string")) << e.what();
+
+  e = expect_error(kBase + "batch_tokens = 8192.0\n");  // float for an integer
+  expect_located(e, 16, "train.batch_tokens");
+  EXPECT_TRUE(contains(e.what(), "expected an integer, got a float (8192.0)")) << e.what();
+
+  e = expect_error(with("[output]\noverwrite = 1\n"));
+  expect_located(e, 17, "output.overwrite");
+  EXPECT_TRUE(contains(e.what(), "boolean")) << e.what();
+
+  e = expect_error(with("[run]\nname = 5\n"));
+  expect_located(e, 17, "run.name");
+
+  e = expect_error(with("[run]\nname = [\"a\"]\n"));
+  expect_located(e, 17, "run.name");
+  EXPECT_TRUE(contains(e.what(), "got an array") || contains(e.what(), "got a array")) << e.what();
+
+  e = expect_error(with("[run]\nseed = true\n"));
+  expect_located(e, 17, "run.seed");
+  EXPECT_TRUE(contains(e.what(), "boolean")) << e.what();
+}
+
+// 4. Out of range, including negatives and 64-bit overflow.
+TEST(DeckErrors, OutOfRange) {
+  struct Case {
+    std::string section, line;
+    std::string key;
+  };
+  const std::vector<Case> cases = {
+      {"[model]", "d_model = 0", "model.d_model"},
+      {"[model]", "seq_len = 1", "model.seq_len"},
+      {"[model]", "norm_eps = 0.0", "model.norm_eps"},
+      {"[model]", "init_std = -0.1", "model.init_std"},
+      {"[train]", "lr = 0.0", "train.lr"},
+      {"[train]", "lr = 1.5", "train.lr"},
+      {"[train]", "beta1 = 1.0", "train.beta1"},
+      {"[train]", "beta2 = -0.1", "train.beta2"},
+      {"[train]", "eps = 0", "train.eps"},
+      {"[train]", "warmup_fraction = 1.2", "train.warmup_fraction"},
+      {"[train]", "micro_batch_size = 0", "train.micro_batch_size"},
+      {"[train]", "compute = inf", "train.compute"},
+      {"[train]", "lr = nan", "train.lr"},
+      {"[moe]", "capacity_factor = 0.5", "moe.capacity_factor"},
+      {"[moe]", "num_shared_experts = -1", "moe.num_shared_experts"},
+      {"[run]", "seed = -1", "run.seed"},
+      {"[run]", "seed = 99999999999999999999999", "run.seed"},
+      {"[model]", "vocab_size = 9223372036854775807", "model.vocab_size"},
+  };
+  for (const auto& c : cases) {
+    const Edited ed = edit(kBase, c.section.substr(1, c.section.size() - 2), c.line);
+    const DeckError e = expect_error(ed.text);
+    SCOPED_TRACE(c.line);
+    expect_located(e, ed.line, c.key);
+    EXPECT_TRUE(contains(e.what(), "range") || contains(e.what(), "64 bits")) << e.what();
+  }
+  // Overflow is reported as such, not as a saturated value.
+  const DeckError e = expect_error(with("[run]\nseed = 99999999999999999999999\n"));
+  EXPECT_TRUE(contains(e.what(), "does not fit in 64 bits")) << e.what();
+  // Edges that are valid.
+  const RunConfig c = read_deck_text(edit(kBase, "moe", "capacity_factor = 1").text, kFile).config;
+  EXPECT_EQ(c.moe.capacity_factor, 1.0);
+  read_deck_text(kBase + "beta1 = 0.0\nlr = 1.0\ngrad_clip = 0\nwarmup_fraction = 0\n", kFile);
+  const RunConfig s =
+      read_deck_text(with("[run]\nseed = 9223372036854775807\n"), kFile).config;
+  EXPECT_EQ(s.run.seed, 9223372036854775807ull);
+}
+
+// 5. Enumerations list the valid values.
+TEST(DeckErrors, BadEnumerations) {
+  DeckError e = expect_error(kBase + "lr_schedule = \"linear\"\n");
+  expect_located(e, 16, "train.lr_schedule");
+  EXPECT_TRUE(contains(e.what(), "invalid value 'linear'")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "wsd, cosine")) << e.what();
+
+  e = expect_error("[data]\ntrain = \"a\"\nvalid = \"b\"\ntokenizer = \"bpe\"\n[train]\ntokens = 1\n");
+  expect_located(e, 4, "data.tokenizer");
+  EXPECT_TRUE(contains(e.what(), "valid values: byte")) << e.what();
+
+  e = expect_error(with("[parallel]\ndispatcher = \"ncll\"\n"));
+  expect_located(e, 17, "parallel.dispatcher");
+  EXPECT_TRUE(contains(e.what(), "did you mean 'nccl'?")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "local, mpi_alltoall, nccl")) << e.what();
+}
+
+// 6. Inconsistent architecture and cross-key rules.
+TEST(DeckErrors, InconsistentArchitecture) {
+  // d_model % n_heads: blames n_heads (line 6).
+  std::string t = kBase;
+  t.replace(t.find("n_heads = 4"), 11, "n_heads = 3");
+  DeckError e = expect_error(t);
+  expect_located(e, 6, "model.n_heads");
+  EXPECT_TRUE(contains(e.what(), "not divisible by n_heads")) << e.what();
+
+  // Odd head dimension: d_model 136 / 8 heads = 17.
+  t = kBase;
+  t.replace(t.find("d_model = 128"), 13, "d_model = 136");
+  t.replace(t.find("n_heads = 4"), 11, "n_heads = 8");
+  e = expect_error(t);
+  expect_located(e, 6, "model.n_heads");
+  EXPECT_TRUE(contains(e.what(), "must be even")) << e.what();
+
+  // n_heads % n_kv_heads.
+  t = kBase;
+  t.replace(t.find("n_kv_heads = 2"), 14, "n_kv_heads = 3");
+  e = expect_error(t);
+  expect_located(e, 7, "model.n_kv_heads");
+
+  // num_active_experts > num_experts.
+  t = kBase;
+  t.replace(t.find("num_active_experts = 2"), 22, "num_active_experts = 9");
+  e = expect_error(t);
+  expect_located(e, 11, "moe.num_active_experts");
+
+  // first_k_dense >= n_layers (default 4).
+  e = expect_error(kBase.substr(0, kBase.find("[train]")) + "first_k_dense = 4\n" +
+                   kBase.substr(kBase.find("[train]")));
+  expect_located(e, 13, "moe.first_k_dense");
+  EXPECT_TRUE(contains(e.what(), "at least one layer must be MoE")) << e.what();
+
+  // expert_parallel must divide num_experts.
+  e = expect_error(with("[parallel]\nexpert_parallel = 3\ndispatcher = \"nccl\"\n"));
+  expect_located(e, 17, "parallel.expert_parallel");
+  // ... and needs a distributed dispatcher when > 1.
+  e = expect_error(with("[parallel]\nexpert_parallel = 2\n"));
+  expect_located(e, 17, "parallel.expert_parallel");
+  EXPECT_TRUE(contains(e.what(), "distributed dispatcher")) << e.what();
+  read_deck_text(with("[parallel]\nexpert_parallel = 2\ndispatcher = \"mpi_alltoall\"\n"), kFile);
+  // ... and be 1 for a dense model.
+  e = expect_error(
+      "[data]\ntrain = \"a\"\nvalid = \"b\"\n[train]\ntokens = 1\n[parallel]\nexpert_parallel = 2\n");
+  expect_located(e, 7, "parallel.expert_parallel");
+
+  // batch_tokens multiple of seq_len * micro_batch_size.
+  e = expect_error(kBase + "batch_tokens = 1000\n");
+  expect_located(e, 16, "train.batch_tokens");
+  EXPECT_TRUE(contains(e.what(), "128 * 4 = 512")) << e.what();
+
+  // eval_tokens >= seq_len.
+  e = expect_error(kBase + "eval_tokens = 100\n");
+  expect_located(e, 16, "train.eval_tokens");
+
+  // warmup + decay <= 1.
+  e = expect_error(kBase + "warmup_fraction = 0.5\ndecay_fraction = 0.6\n");
+  expect_located(e, 17, "train.decay_fraction");
+}
+
+TEST(DeckErrors, RequiredKeys) {
+  // Missing data.train: no line.
+  DeckError e = expect_error("[data]\nvalid = \"b\"\n[train]\ntokens = 1\n");
+  expect_located(e, 0, "data.train");
+  EXPECT_TRUE(contains(e.what(), "missing required key")) << e.what();
+  EXPECT_EQ(std::string(e.what()).rfind("deck.toml: [data] train: ", 0), 0u) << e.what();
+  e = expect_error("[data]\ntrain = \"b\"\n[train]\ntokens = 1\n");
+  expect_located(e, 0, "data.valid");
+
+  // Neither tokens nor compute.
+  e = expect_error("[data]\ntrain = \"a\"\nvalid = \"b\"\n");
+  expect_located(e, 0, "train.tokens");
+  EXPECT_TRUE(contains(e.what(), "train.compute")) << e.what();
+  // Both.
+  e = expect_error(kBase + "compute = 1e18\n");
+  expect_located(e, 16, "train.compute");
+  EXPECT_TRUE(contains(e.what(), "exactly one")) << e.what();
+
+  // [moe] present without its required keys.
+  e = expect_error(
+      "[data]\ntrain = \"a\"\nvalid = \"b\"\n[moe]\nnum_experts = 4\nd_expert = 8\n"
+      "[train]\ntokens = 1\n");
+  expect_located(e, 0, "moe.num_active_experts");
+  // An empty [moe] section still makes the model MoE.
+  e = expect_error("[data]\ntrain = \"a\"\nvalid = \"b\"\n[moe]\n[train]\ntokens = 1\n");
+  expect_located(e, 0, "moe.num_experts");
+}
+
+// 7. Duplicate keys and sections.
+TEST(DeckErrors, DuplicateKeys) {
+  DeckError e = expect_error(kBase + "tokens = 5\n");  // line 16, first on 14
+  expect_located(e, 16, "train.tokens");
+  EXPECT_TRUE(contains(e.what(), "duplicate key 'tokens' (first set on line 14)")) << e.what();
+
+  e = expect_error(with("[model]\nn_layers = 2\n"));
+  expect_located(e, 16, "model");
+  EXPECT_TRUE(contains(e.what(), "duplicate section (first opened on line 4)")) << e.what();
+}
+
+TEST(DeckOverrides, AppliedAndValidated) {
+  LoadedDeck d = read_deck_text(
+      kBase, kFile,
+      {"train.tokens=200000", "run.name=\"x\"", "train.lr = 1", "output.dir=runs/o",
+       "train.lr_schedule=cosine", "moe.capacity_factor=1.25"});
+  EXPECT_EQ(d.config.train.tokens, 200000u);
+  EXPECT_EQ(d.config.run.name, "x");
+  EXPECT_EQ(d.config.train.lr, 1.0);
+  EXPECT_EQ(d.config.output.dir, "runs/o");  // bare word accepted for string keys
+  EXPECT_EQ(d.config.train.lr_schedule, "cosine");
+  EXPECT_EQ(d.config.moe.capacity_factor, 1.25);
+  EXPECT_EQ(d.overridden_keys.count("train.tokens"), 1u);
+  EXPECT_EQ(d.key_lines.at("train.tokens"), 14);  // the deck's line is kept
+  // LoadedDeck::error names --set for an overridden key, the deck otherwise.
+  EXPECT_STREQ(d.error("train.tokens", "bad").what(), "--set: [train] tokens: bad");
+  EXPECT_STREQ(d.error("moe.d_expert", "bad").what(), "deck.toml:12: [moe] d_expert: bad");
+  EXPECT_STREQ(d.error("model.vocab_size", "vocab mismatch").what(),
+               "deck.toml: [model] vocab_size: vocab mismatch");
+
+  // compute replaces the deck's tokens.
+  d = read_deck_text(kBase, kFile, {"train.compute=1e19"});
+  EXPECT_EQ(d.config.train.tokens, 0u);
+  EXPECT_EQ(d.config.train.compute, 1e19);
+
+  // Errors are reported with file "--set" and the key.
+  DeckError e = expect_error(kBase, {"train.tokens=-5"});
+  EXPECT_EQ(e.file, "--set");
+  EXPECT_EQ(e.key, "train.tokens");
+  EXPECT_EQ(std::string(e.what()).rfind("--set: [train] tokens: out of range", 0), 0u) << e.what();
+  e = expect_error(kBase, {"train.tokenz=5"});
+  EXPECT_TRUE(contains(e.what(), "--set: [train] tokenz: unknown key 'tokenz'; did you mean 'tokens'?"))
+      << e.what();
+  e = expect_error(kBase, {"train.lr=\"x\""});
+  EXPECT_TRUE(contains(e.what(), "--set: [train] lr: wrong type")) << e.what();
+  e = expect_error(kBase, {"train.lr=abc"});
+  EXPECT_TRUE(contains(e.what(), "--set: [train] lr: 'abc' is not a valid TOML value")) << e.what();
+  e = expect_error(kBase, {"train.lr_schedule=linear"});
+  EXPECT_TRUE(contains(e.what(), "--set: [train] lr_schedule: invalid value")) << e.what();
+  e = expect_error(kBase, {"nonsense"});
+  EXPECT_EQ(e.file, "--set");
+  e = expect_error(kBase, {"trian.lr=1"});
+  EXPECT_TRUE(contains(e.what(), "did you mean [train]?")) << e.what();
+  // A moe.* override turns a dense deck into a MoE, which then needs its keys.
+  const std::string dense = "[data]\ntrain = \"a\"\nvalid = \"b\"\n[train]\ntokens = 10\n";
+  e = expect_error(dense, {"moe.num_experts=4"});
+  EXPECT_EQ(e.key, "moe.num_active_experts");
+  d = read_deck_text(dense, kFile,
+                     {"moe.num_experts=4", "moe.num_active_experts=1", "moe.d_expert=8"});
+  EXPECT_TRUE(d.config.moe.enabled);
+  // Cross-key rules see the overridden values and blame the --set key.
+  e = expect_error(kBase, {"model.n_heads=3"});
+  EXPECT_EQ(std::string(e.what()).rfind("--set: [model] n_heads:", 0), 0u) << e.what();
+}
+
+TEST(DeckResolved, RoundTripIsIdentical) {
+  const std::string text =
+      "[run]\nname = \"we\\\"ird \\\\ name\\t\\u0001 \xC3\xA9\"\nseed = 9223372036854775807\n"
+      "[data]\ntrain = \"a b/c.tok\"\nvalid = \"v.tok\"\n"
+      "[model]\nvocab_size = 300\nd_model = 96\nn_layers = 3\nn_heads = 6\nn_kv_heads = 3\n"
+      "d_ffn = 333\nseq_len = 64\nrope_theta = 500000\nnorm_eps = 1.2345678901234567e-6\n"
+      "init_std = 0.1\n"
+      "[moe]\nnum_experts = 6\nnum_active_experts = 3\nnum_shared_experts = 2\nd_expert = 40\n"
+      "first_k_dense = 2\nrenormalize_topk = true\ncapacity_factor = 1.5\naux_loss_coef = 0.1\n"
+      "z_loss_coef = 0\n"
+      "[train]\ncompute = 3.3e19\nbatch_tokens = 1024\nmicro_batch_size = 2\nlr = 0.1\n"
+      "lr_schedule = \"cosine\"\nwarmup_fraction = 0.3\ndecay_fraction = 0.7\n"
+      "final_lr_fraction = 0\nweight_decay = 0.3\nbeta1 = 0.5\nbeta2 = 0.999\neps = 1e-12\n"
+      "grad_clip = 0\nlog_interval = 3\neval_interval = 7\neval_tokens = 64\n"
+      "divergence_factor = 10\n"
+      "[parallel]\nworld_size = 6\nexpert_parallel = 3\ndispatcher = \"nccl\"\n"
+      "[output]\ndir = \"out/dir\"\noverwrite = true\n";
+  const RunConfig a = read_deck_text(text, kFile).config;
+  const std::string resolved = resolved_deck_toml(a);
+  const RunConfig b = read_deck_text(resolved, "resolved.toml").config;
+  EXPECT_EQ(body(resolved_deck_toml(b)), body(resolved));
+  EXPECT_EQ(b.run.name, "we\"ird \\ name\t\x01 \xC3\xA9");
+  EXPECT_EQ(b.run.seed, a.run.seed);
+  EXPECT_EQ(b.data.train_path, a.data.train_path);
+  EXPECT_EQ(b.model.norm_eps, a.model.norm_eps);
+  EXPECT_EQ(b.model.rope_theta, 500000.0);
+  EXPECT_EQ(b.moe.enabled, true);
+  EXPECT_EQ(b.moe.renormalize_topk, true);
+  EXPECT_EQ(b.moe.first_k_dense, 2);
+  EXPECT_EQ(b.moe.z_loss_coef, 0.0);
+  EXPECT_EQ(b.train.compute, 3.3e19);
+  EXPECT_EQ(b.train.tokens, 0u);
+  EXPECT_EQ(b.train.eps, 1e-12);
+  EXPECT_EQ(b.train.beta2, 0.999);
+  EXPECT_EQ(b.train.divergence_factor, 10.0);
+  EXPECT_EQ(b.parallel.world_size, 6);
+  EXPECT_EQ(b.parallel.dispatcher, "nccl");
+  EXPECT_EQ(b.output.overwrite, true);
+}
+
+TEST(DeckResolved, DenseRoundTripAndEveryKeyListed) {
+  const RunConfig a =
+      read_deck_text("[data]\ntrain = \"a\"\nvalid = \"b\"\n[train]\ntokens = 77\n", kFile).config;
+  const std::string resolved = resolved_deck_toml(a);
+  EXPECT_FALSE(contains(resolved, "\n[moe]"));
+  const LoadedDeck b = read_deck_text(resolved, "resolved.toml");
+  EXPECT_FALSE(b.config.moe.enabled);
+  EXPECT_EQ(b.config.train.tokens, 77u);
+  EXPECT_EQ(body(resolved_deck_toml(b.config)), body(resolved));
+  // Every default key is present (tokens or compute: one of them).
+  for (const char* k : {"name", "seed", "train", "valid", "tokenizer", "vocab_size", "rope_theta",
+                        "lr_schedule", "divergence_factor", "world_size", "dispatcher", "dir",
+                        "overwrite"}) {
+    EXPECT_TRUE(contains(resolved, std::string("\n") + k + " = ")) << k;
+  }
+}
+
+// Every key the reader knows (all appear in a resolved MoE deck with tokens,
+// plus compute) is documented in doc/input-decks.md under its section.
+TEST(DeckDoc, EveryKeyDocumented) {
+  std::ifstream in(std::string(FULCRUM_SOURCE_DIR) + "/doc/input-decks.md");
+  ASSERT_TRUE(in.good());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string doc = ss.str();
+  const std::string resolved =
+      resolved_deck_toml(read_deck_text(kBase, kFile).config) + "[train]\ncompute = 1.0\n";
+  std::istringstream lines(resolved);
+  std::string line, section;
+  int keys = 0;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line[0] == '[') {
+      section = line;
+      continue;
+    }
+    const std::string key = line.substr(0, line.find(' '));
+    const auto sec_pos = doc.find("### " + section);
+    ASSERT_NE(sec_pos, std::string::npos) << section;
+    const auto next = doc.find("\n### ", sec_pos + 1);
+    const auto key_pos = doc.find("| `" + key + "` |", sec_pos);
+    EXPECT_TRUE(key_pos != std::string::npos && key_pos < next) << section << " " << key;
+    ++keys;
+  }
+  EXPECT_EQ(keys, 47);  // every key of the reader
+}
+
+TEST(DeckNearestName, Basics) {
+  const std::vector<std::string> c = {"n_heads", "n_kv_heads", "d_model", "seq_len"};
+  EXPECT_EQ(nearest_name("n_head", c), "n_heads");
+  EXPECT_EQ(nearest_name("N_HEADS", c), "n_heads");
+  EXPECT_EQ(nearest_name("d_modle", c), "d_model");  // transposition
+  EXPECT_EQ(nearest_name("seqlen", c), "seq_len");
+  EXPECT_EQ(nearest_name("vocabulary", c), "");
+  EXPECT_EQ(nearest_name("x", c), "");
+  EXPECT_EQ(nearest_name("anything", {}), "");
+}
+
+TEST(DeckFiles, ShippedDecksLoad) {
+  const std::string root = FULCRUM_SOURCE_DIR;
+  for (const char* rel : {"input_decks/quickstart.toml", "input_decks/dense-quickstart.toml",
+                          "input_decks/paper/ling-mini-beta.toml",
+                          "input_decks/paper/dense-6.1b.toml"}) {
+    SCOPED_TRACE(rel);
+    const std::string path = root + "/" + rel;
+    LoadedDeck d;
+    ASSERT_NO_THROW(d = read_deck(path)) << rel;
+    EXPECT_EQ(d.config.deck_path, path);
+    EXPECT_FALSE(d.config.deck_text.empty());
+    // The resolved form of every shipped deck reads back identically.
+    const std::string r = resolved_deck_toml(d.config);
+    EXPECT_EQ(resolved_deck_toml(read_deck_text(r, path).config), r);  // same path
+  }
+  const RunConfig q = read_deck(root + "/input_decks/quickstart.toml").config;
+  EXPECT_TRUE(q.moe.enabled);
+  EXPECT_EQ(q.model.vocab_size, 257);
+  EXPECT_EQ(q.moe.num_experts, 8);
+  EXPECT_EQ(q.train.tokens, 3000000u);
+  EXPECT_EQ(q.train.lr, 3e-3);
+  EXPECT_EQ(q.output.dir, "runs/quickstart");
+  EXPECT_EQ(q.data.train_path, "data/default/train.tok");
+  const RunConfig dq = read_deck(root + "/input_decks/dense-quickstart.toml").config;
+  EXPECT_FALSE(dq.moe.enabled);
+  EXPECT_EQ(dq.model.d_ffn, 512);
+  const RunConfig l = read_deck(root + "/input_decks/paper/ling-mini-beta.toml").config;
+  EXPECT_EQ(l.model.n_layers, 20);
+  EXPECT_EQ(l.model.d_model, 2048);
+  EXPECT_EQ(l.model.d_ffn, 5120);
+  EXPECT_EQ(l.moe.d_expert, 384);
+  EXPECT_EQ(l.model.n_heads, 16);
+  EXPECT_EQ(l.model.n_kv_heads, 4);
+  EXPECT_EQ(l.moe.num_experts, 384);
+  EXPECT_EQ(l.moe.num_active_experts, 12);
+  EXPECT_EQ(l.moe.num_shared_experts, 1);
+  EXPECT_EQ(l.moe.first_k_dense, 1);
+  EXPECT_EQ(l.model.seq_len, 8192);
+  EXPECT_EQ(l.model.vocab_size, 126464);
+  const RunConfig d6 = read_deck(root + "/input_decks/paper/dense-6.1b.toml").config;
+  EXPECT_FALSE(d6.moe.enabled);
+  EXPECT_EQ(d6.model.n_layers, 28);
+  EXPECT_EQ(d6.model.d_model, 4096);
+  EXPECT_EQ(d6.model.d_ffn, 14336);
+  EXPECT_EQ(d6.model.n_heads, 32);
+  EXPECT_EQ(d6.model.n_kv_heads, 8);
+  EXPECT_EQ(d6.model.seq_len, 4096);
+  EXPECT_EQ(d6.model.vocab_size, 126464);
+}
+
+TEST(DeckFiles, OnDiskDeckErrorNamesPath) {
+  const std::string path = ::testing::TempDir() + "fulcrum_deck_test_bad.toml";
+  {
+    std::ofstream out(path);
+    out << "[data]\ntrain = \"a\"\nvalid = \"b\"\n[model]\nn_layers = 0\n[train]\ntokens = 1\n";
+  }
+  try {
+    read_deck(path);
+    ADD_FAILURE() << "expected a DeckError";
+  } catch (const DeckError& e) {
+    EXPECT_EQ(e.file, path);
+    EXPECT_EQ(std::string(e.what()).rfind(path + ":5: [model] n_layers: out of range", 0), 0u)
+        << e.what();
+  }
+  std::remove(path.c_str());
+  // A missing file.
+  try {
+    read_deck(path);
+    ADD_FAILURE() << "expected a DeckError";
+  } catch (const DeckError& e) {
+    EXPECT_EQ(e.file, path);
+    EXPECT_TRUE(contains(e.what(), "cannot open")) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace fulcrum
