@@ -3,6 +3,8 @@
 //   fulcrum-data encode --input FILE... --train-out F --valid-out F
 //                       [--valid-every N] [--tokenizer byte]
 //   fulcrum-data info FILE [--check]
+//   fulcrum-data build SPEC.toml [--out DIR] [--threads N] [--quiet]   (doc/data.md)
+//   fulcrum-data sources                  list the built-in text sources
 //
 // Exit status: 0 success, 2 usage or data error (nothing is written).
 #include <CLI/CLI.hpp>
@@ -15,6 +17,8 @@
 #include <vector>
 
 #include "data/corpus.hpp"
+#include "data/corpus_build.hpp"
+#include "data/sources.hpp"
 #include "data/token_file.hpp"
 
 namespace {
@@ -83,6 +87,46 @@ int run_info(const std::string& path, bool check) {
   return 0;
 }
 
+int run_build(const std::string& spec_path, const std::string& out, int threads, bool quiet) {
+  using namespace fulcrum;
+  if (threads < 1) throw DataError("--threads must be >= 1");
+  const CorpusSpec spec = parse_corpus_spec(spec_path);
+  BuildOptions opt;
+  opt.threads = threads;
+  opt.output = out;
+  opt.quiet = quiet;
+  const BuildStats st = build_corpus(spec, opt);
+  std::cout << "output = " << st.output << "\n"
+            << "documents = " << st.documents << " (" << st.duplicates << " duplicates removed)\n"
+            << "text_bytes = " << st.text_bytes << "\n"
+            << "train_tokens = " << st.train_tokens << "\n"
+            << "valid_tokens = " << st.valid_tokens << "\n"
+            << "extract_s = " << st.extract_s << "\n"
+            << "tokenizer_s = " << st.tokenizer_s << "\n"
+            << "encode_s = " << st.encode_s << "\n"
+            << "encode_mb_per_s = " << st.encode_mb_per_s << "\n"
+            << "total_s = " << st.total_s << "\n";
+  return 0;
+}
+
+int run_sources() {
+  using namespace fulcrum;
+  for (const auto& b : builtin_sources()) {
+    std::cout << b.name << "\n  group:   " << b.group << "\n  package: " << b.package;
+    if (!b.tool_package.empty()) std::cout << " (+ " << b.tool_package << " for " << b.tool << ")";
+    SourceConfig c;
+    c.name = c.kind = b.name;
+    std::string state = "installed";
+    try {
+      check_source(c);
+    } catch (const DataError&) {
+      state = "NOT installed";
+    }
+    std::cout << " [" << state << "]\n  licence: " << b.licence << "\n  text:    " << b.description << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -107,6 +151,16 @@ int main(int argc, char** argv) {
   info->add_option("file", info_path, "token file")->required();
   info->add_flag("--check", check, "also read every token and check its range");
 
+  std::string spec_path, build_out;
+  int threads = 2;
+  bool quiet = false;
+  auto* build = app.add_subcommand("build", "build a corpus (sources, tokenizer, token files, manifest) from a TOML spec");
+  build->add_option("spec", spec_path, "corpus spec (input_decks/data/*.toml, doc/data.md)")->required();
+  build->add_option("--out", build_out, "output directory (default: [corpus] output of the spec)");
+  build->add_option("--threads", threads, "extraction / training / encoding threads")->capture_default_str();
+  build->add_flag("--quiet", quiet, "print only the summary");
+  auto* sources = app.add_subcommand("sources", "list the built-in text sources and whether they are installed");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -116,6 +170,8 @@ int main(int argc, char** argv) {
   try {
     if (*enc) return run_encode(inputs, train_out, valid_out, valid_every, tokenizer);
     if (*info) return run_info(info_path, check);
+    if (*build) return run_build(spec_path, build_out, threads, quiet);
+    if (*sources) return run_sources();
   } catch (const std::exception& e) {
     std::cerr << "fulcrum-data: error: " << e.what() << "\n";
     return 2;

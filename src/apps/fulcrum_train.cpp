@@ -37,10 +37,6 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   try {
     const fulcrum::LoadedDeck deck = fulcrum::read_deck(deck_path, overrides);
     const auto& cfg = deck.config;
-    if (cfg.parallel.world_size > 0 && cfg.parallel.world_size != world_size)
-      throw deck.error("parallel.world_size", "is " + std::to_string(cfg.parallel.world_size) +
-                                                  " but the job was launched with " +
-                                                  std::to_string(world_size) + " ranks");
     if (describe) {
       const auto plan = fulcrum::make_run_plan(cfg, world_size);
       if (world_rank == 0)
@@ -48,12 +44,9 @@ int run(int argc, char** argv, int world_rank, int world_size) {
           std::printf("%s = %s\n", key.c_str(), fulcrum::format_config_value(value).c_str());
       return fulcrum::kExitCompleted;
     }
-    if (world_size > 1)
-      throw deck.error("parallel.expert_parallel",
-                       "this build trains on one rank only; launched with " + std::to_string(world_size));
     fulcrum::TrainOptions options;
     options.quiet = quiet;
-    return fulcrum::train(deck, options);
+    return fulcrum::train(deck, options, MPI_COMM_WORLD);
   } catch (const fulcrum::DeckError& e) {
     if (world_rank == 0) std::fprintf(stderr, "fulcrum-train: error: %s\n", e.what());
     return fulcrum::kExitBadInput;

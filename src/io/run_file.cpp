@@ -235,6 +235,12 @@ void check_name(const std::string& file, const std::string& kind,
 
 // ---------------------------------------------------------------- RunFile
 
+RunFile RunFile::detached() {
+  RunFile f("", -1);
+  f.detached_ = true;
+  return f;
+}
+
 RunFile RunFile::create(const std::string& dir, bool overwrite) {
   silence_hdf5();
   mkdir_p(dir);
@@ -291,12 +297,13 @@ RunFile::~RunFile() {
 }
 
 RunFile::RunFile(RunFile&& o) noexcept
-    : path_(std::move(o.path_)), file_(std::exchange(o.file_, -1)) {}
+    : path_(std::move(o.path_)), detached_(o.detached_), file_(std::exchange(o.file_, -1)) {}
 
 RunFile& RunFile::operator=(RunFile&& o) noexcept {
   if (this != &o) {
     if (file_ >= 0) H5Fclose(file_);
     path_ = std::move(o.path_);
+    detached_ = o.detached_;
     file_ = std::exchange(o.file_, -1);
   }
   return *this;
@@ -317,7 +324,10 @@ void RunFile::close() {
   }
 }
 
-void RunFile::flush() { check(H5Fflush(file(), H5F_SCOPE_GLOBAL), path_, "flush"); }
+void RunFile::flush() {
+  if (detached_) return;  // non-writing rank
+  check(H5Fflush(file(), H5F_SCOPE_GLOBAL), path_, "flush");
+}
 
 std::int64_t RunFile::open_group(const std::string& group) {
   const hid_t f = file();
@@ -394,15 +404,19 @@ void RunFile::create_layout() {
 }
 
 void RunFile::set_root_attr(const std::string& name, const std::string& value) {
+  if (detached_) return;  // non-writing rank
   write_attr_str("/", name, value);
 }
 void RunFile::set_root_attr(const std::string& name, double value) {
+  if (detached_) return;  // non-writing rank
   write_attr_f64("/", name, value);
 }
 void RunFile::set_root_attr(const std::string& name, std::int64_t value) {
+  if (detached_) return;  // non-writing rank
   write_attr_i64("/", name, value);
 }
 void RunFile::set_root_attr(const std::string& name, std::uint64_t value) {
+  if (detached_) return;  // non-writing rank
   if (value > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
     fail("root attribute '" + name + "' value " + std::to_string(value) +
          " does not fit int64");
@@ -410,6 +424,7 @@ void RunFile::set_root_attr(const std::string& name, std::uint64_t value) {
 }
 
 void RunFile::set_status(const std::string& status) {
+  if (detached_) return;  // non-writing rank
   if (status != "running" && status != "completed" && status != "diverged" &&
       status != "failed")
     throw RunFileError("run file '" + path_ + "': invalid status '" + status +
@@ -418,22 +433,27 @@ void RunFile::set_status(const std::string& status) {
 }
 
 void RunFile::set_config(const std::string& name, double value) {
+  if (detached_) return;  // non-writing rank
   write_attr_f64("/config", name, value);
 }
 void RunFile::set_config(const std::string& name, std::int64_t value) {
+  if (detached_) return;  // non-writing rank
   write_attr_i64("/config", name, value);
 }
 void RunFile::set_config(const std::string& name, std::uint64_t value) {
+  if (detached_) return;  // non-writing rank
   if (value > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
     fail("config attribute '" + name + "' value " + std::to_string(value) +
          " does not fit int64");
   write_attr_i64("/config", name, static_cast<std::int64_t>(value));
 }
 void RunFile::set_config(const std::string& name, const std::string& value) {
+  if (detached_) return;  // non-writing rank
   write_attr_str("/config", name, value);
 }
 
 void RunFile::append_train(const TrainRow& r) {
+  if (detached_) return;  // non-writing rank
   const hid_t f = file();
   append_row(f, path_, "/train/step", H5T_NATIVE_INT64, &r.step);
   append_row(f, path_, "/train/tokens", H5T_NATIVE_INT64, &r.tokens);
@@ -444,6 +464,7 @@ void RunFile::append_train(const TrainRow& r) {
 }
 
 void RunFile::append_eval(const EvalRow& r) {
+  if (detached_) return;  // non-writing rank
   const hid_t f = file();
   append_row(f, path_, "/eval/step", H5T_NATIVE_INT64, &r.step);
   append_row(f, path_, "/eval/tokens", H5T_NATIVE_INT64, &r.tokens);
@@ -452,6 +473,7 @@ void RunFile::append_eval(const EvalRow& r) {
 }
 
 void RunFile::append_routing(const RoutingSnapshot& s) {
+  if (detached_) return;  // non-writing rank
   const hid_t f = file();
   const int L = s.n_moe_layers, E = s.n_experts;
   if (L <= 0 || E <= 0)
@@ -507,15 +529,18 @@ void RunFile::append_routing(const RoutingSnapshot& s) {
 }
 
 void RunFile::set_timer(const std::string& name, double seconds, std::int64_t calls) {
+  if (detached_) return;  // non-writing rank
   check_name(path_, "timer", name);
   write_attr_f64("/timers", name + ".seconds", seconds);
   write_attr_i64("/timers", name + ".calls", calls);
 }
 
 void RunFile::set_summary(const std::string& name, double value) {
+  if (detached_) return;  // non-writing rank
   write_attr_f64("/summary", name, value);
 }
 void RunFile::set_summary(const std::string& name, std::int64_t value) {
+  if (detached_) return;  // non-writing rank
   write_attr_i64("/summary", name, value);
 }
 

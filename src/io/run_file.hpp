@@ -25,6 +25,9 @@ class RunFile {
   static RunFile create(const std::string& dir, bool overwrite);
   // Opens an existing run file read-write (for resume); checks the format.
   static RunFile open_existing(const std::string& path);
+  // A run file that writes nothing: what ranks other than 0 hold, so the
+  // trainer's code is the same on every rank.
+  static RunFile detached();
 
   ~RunFile();
   RunFile(RunFile&& other) noexcept;
@@ -124,6 +127,7 @@ class RunFile {
   void create_layout();
 
   std::string path_;
+  bool detached_ = false;
   std::int64_t file_ = -1;  // hid_t (HDF5 is not exposed in this header)
 };
 

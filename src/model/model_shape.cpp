@@ -32,50 +32,71 @@ ModelShape model_shape_from_config(const RunConfig& config) {
 }
 
 std::vector<ParameterTensor> parameter_layout(const ModelShape& s) {
-  std::vector<ParameterTensor> layout;
-  long offset = 0;
-  auto add = [&](const std::string& name, std::vector<long> shape) {
+  std::vector<ParameterTensor> replicated, experts;
+  auto add = [](std::vector<ParameterTensor>& into, const std::string& name, std::vector<long> shape,
+                bool is_expert, long shards, long shard) {
     ParameterTensor t;
     t.name = name;
+    t.full_size = 1;
+    for (long d : shape) t.full_size *= d;
+    if (is_expert) shape[0] /= shards;  // experts are sharded along their first axis
     t.shape = std::move(shape);
-    t.size = 1;
-    for (long d : t.shape) t.size *= d;
-    t.offset = offset;
+    t.size = t.full_size / (is_expert ? shards : 1);
+    t.shard_offset = is_expert ? shard * t.size : 0;
     t.is_matrix = t.shape.size() >= 2;
-    offset += t.size;
-    layout.push_back(std::move(t));
+    t.is_expert = is_expert;
+    into.push_back(std::move(t));
+  };
+  auto rep = [&](const std::string& name, std::vector<long> shape) {
+    add(replicated, name, std::move(shape), false, 1, 0);
   };
   const long V = s.vocab_size, C = s.d_model, hd = s.head_dim;
   const long nh = s.n_heads, nkv = s.n_kv_heads;
-  add("wte", {V, C});
+  rep("wte", {V, C});
   for (int l = 0; l < s.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
-    add(p + "ln1_w", {C});
-    add(p + "wq", {nh * hd, C});
-    add(p + "wk", {nkv * hd, C});
-    add(p + "wv", {nkv * hd, C});
-    add(p + "wo", {C, nh * hd});
-    add(p + "ln2_w", {C});
+    rep(p + "ln1_w", {C});
+    rep(p + "wq", {nh * hd, C});
+    rep(p + "wk", {nkv * hd, C});
+    rep(p + "wv", {nkv * hd, C});
+    rep(p + "wo", {C, nh * hd});
+    rep(p + "ln2_w", {C});
     if (!s.is_moe_layer(l)) {
-      add(p + "w1", {s.d_ffn, C});
-      add(p + "w3", {s.d_ffn, C});
-      add(p + "w2", {C, s.d_ffn});
+      rep(p + "w1", {s.d_ffn, C});
+      rep(p + "w3", {s.d_ffn, C});
+      rep(p + "w2", {C, s.d_ffn});
     } else {
       const long E = s.num_experts, De = s.d_expert, W = s.shared_width();
-      add(p + "router", {E, C});
-      add(p + "experts_w1", {E, De, C});
-      add(p + "experts_w3", {E, De, C});
-      add(p + "experts_w2", {E, C, De});
+      rep(p + "router", {E, C});
+      add(experts, p + "experts_w1", {E, De, C}, true, s.ep_size, s.ep_rank);
+      add(experts, p + "experts_w3", {E, De, C}, true, s.ep_size, s.ep_rank);
+      add(experts, p + "experts_w2", {E, C, De}, true, s.ep_size, s.ep_rank);
       if (W > 0) {
-        add(p + "shared_w1", {W, C});
-        add(p + "shared_w3", {W, C});
-        add(p + "shared_w2", {C, W});
+        rep(p + "shared_w1", {W, C});
+        rep(p + "shared_w3", {W, C});
+        rep(p + "shared_w2", {C, W});
       }
     }
   }
-  add("lnf_w", {C});
-  add("lm_head", {V, C});
+  rep("lnf_w", {C});
+  rep("lm_head", {V, C});
+  std::vector<ParameterTensor> layout = std::move(replicated);
+  for (auto& t : experts) layout.push_back(std::move(t));
+  long offset = 0;
+  int id = 0;
+  for (auto& t : layout) {
+    t.offset = offset;
+    t.id = id++;
+    offset += t.size;
+  }
   return layout;
+}
+
+long replicated_parameter_count(const std::vector<ParameterTensor>& layout) {
+  long n = 0;
+  for (const auto& t : layout)
+    if (!t.is_expert) n += t.size;
+  return n;
 }
 
 long parameter_count(const std::vector<ParameterTensor>& layout) {

@@ -33,6 +33,12 @@ struct ModelShape {
   double aux_loss_coef = 0.0;
   double z_loss_coef = 0.0;
 
+  // Expert parallelism: routed experts are sharded over ep_size ranks; this
+  // rank holds experts [ep_rank * E_local, (ep_rank + 1) * E_local).
+  int ep_size = 1;
+  int ep_rank = 0;
+  int num_local_experts() const { return num_experts / ep_size; }
+
   bool is_moe_layer(int layer) const { return is_moe && layer >= first_k_dense; }
   int n_moe_layers() const { return is_moe ? n_layers - first_k_dense : 0; }
   int shared_width() const { return num_shared * d_expert; }
@@ -47,10 +53,18 @@ struct ParameterTensor {
   long offset = 0;           // in elements, into the flat buffer
   long size = 0;
   bool is_matrix = false;    // rank >= 2: receives weight decay
+  bool is_expert = false;    // routed-expert shard (sharded over EP ranks)
+  long shard_offset = 0;     // first element of this shard in the full tensor
+  long full_size = 0;        // elements of the full (unsharded) tensor
+  int id = 0;                // position in the layout; identical at every EP
 };
 
 // The order and shapes of every parameter: one allocation, named views.
+// Replicated tensors come first, routed-expert shards last, so gradient
+// reduction is one call per group: [0, replicated_count) over all ranks,
+// the rest over the ranks holding the same expert shard.
 std::vector<ParameterTensor> parameter_layout(const ModelShape& shape);
+long replicated_parameter_count(const std::vector<ParameterTensor>& layout);
 long parameter_count(const std::vector<ParameterTensor>& layout);
 
 struct ModelAccounting {

@@ -39,13 +39,14 @@ struct RoutingAccumulator {
 template <class T>
 class MoeLayer {
  public:
-  MoeLayer(const ModelShape& s, int max_tokens, const std::string& dispatcher)
+  MoeLayer(const ModelShape& s, int max_tokens, const std::string& dispatcher,
+           MPI_Comm ep_comm = MPI_COMM_SELF)
       : C_(s.d_model), E_(s.num_experts), k_(s.num_active), Ws_(s.shared_width()),
         router_(max_tokens, s.d_model, s.num_experts, s.num_active, s.renormalize_topk,
                 s.aux_loss_coef, s.z_loss_coef),
         dispatcher_(make_token_dispatcher<T>(dispatcher, max_tokens, s.d_model, s.num_experts,
-                                             s.num_active, s.capacity_factor)),
-        experts_((long)max_tokens * s.num_active, s.d_model, s.d_expert),
+                                             s.num_active, s.capacity_factor, ep_comm)),
+        experts_((long)s.ep_size * max_tokens * s.num_active, s.d_model, s.d_expert),
         shared_h1_("moe::shared_h1", (long)max_tokens * Ws_),
         shared_h3_("moe::shared_h3", (long)max_tokens * Ws_),
         shared_act_("moe::shared_act", (long)max_tokens * Ws_),
@@ -91,6 +92,7 @@ class MoeLayer {
   }
 
   const Router<T>& router() const { return router_; }
+  const TokenDispatcher<T>& dispatcher() const { return *dispatcher_; }
   RoutingAccumulator stats;
 
  private:

@@ -2,25 +2,42 @@
 
 #include <stdexcept>
 
+#include "model/mpi_token_dispatcher.hpp"
+
 namespace fulcrum {
 
-std::vector<std::string> token_dispatcher_names() { return {"local"}; }
+std::vector<std::string> token_dispatcher_names() {
+  return {"local", "mpi_alltoall"
+#ifdef FULCRUM_HAVE_NCCL
+          , "nccl"
+#endif
+  };
+}
 
 template <class T>
 std::unique_ptr<TokenDispatcher<T>> make_token_dispatcher(const std::string& name, int max_tokens,
                                                           int d_model, int num_experts, int top_k,
-                                                          double capacity_factor) {
-  if (name == "local")
+                                                          double capacity_factor, MPI_Comm ep_comm) {
+  int ep_size = 1;
+  MPI_Comm_size(ep_comm, &ep_size);
+  if (name == "local") {
+    if (ep_size != 1)
+      throw std::invalid_argument("token dispatcher 'local' needs expert_parallel = 1 (got " +
+                                  std::to_string(ep_size) + "); use mpi_alltoall");
     return std::make_unique<LocalTokenDispatcher<T>>(max_tokens, d_model, num_experts, top_k,
                                                      capacity_factor);
+  }
+  if (name == "mpi_alltoall")
+    return std::make_unique<MpiAlltoallTokenDispatcher<T>>(max_tokens, d_model, num_experts, top_k,
+                                                           capacity_factor, ep_comm);
   std::string valid;
   for (const auto& n : token_dispatcher_names()) valid += (valid.empty() ? "" : ", ") + n;
   throw std::invalid_argument("unknown token dispatcher '" + name + "' (valid: " + valid + ")");
 }
 
 template std::unique_ptr<TokenDispatcher<float>> make_token_dispatcher<float>(
-    const std::string&, int, int, int, int, double);
+    const std::string&, int, int, int, int, double, MPI_Comm);
 template std::unique_ptr<TokenDispatcher<double>> make_token_dispatcher<double>(
-    const std::string&, int, int, int, int, double);
+    const std::string&, int, int, int, int, double, MPI_Comm);
 
 }  // namespace fulcrum

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <mpi.h>
+
 #include "model/kokkos_types.hpp"
 
 namespace fulcrum {
@@ -38,6 +40,9 @@ class TokenDispatcher {
   virtual void dispatch_backward(T* dh, int N) = 0;
   // Assignments dropped by the capacity factor in the last dispatch.
   virtual long dropped_assignments() const = 0;
+  // Cumulative time in and volume sent by token exchanges (0 when local).
+  virtual double exchange_seconds() const { return 0; }
+  virtual double exchange_bytes() const { return 0; }
 };
 
 // EP = 1: every expert is local; permute and un-permute only.
@@ -173,12 +178,15 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
   long dropped_ = 0;
 };
 
-// Registry of dispatchers keyed by the deck string [parallel] dispatcher.
+// Registry of dispatchers keyed by the deck string [parallel] dispatcher:
+// "local" (EP = 1), "mpi_alltoall", and "nccl" in builds with NCCL. An
+// unknown name throws std::invalid_argument listing the valid ones.
 std::vector<std::string> token_dispatcher_names();
 
 template <class T>
 std::unique_ptr<TokenDispatcher<T>> make_token_dispatcher(const std::string& name, int max_tokens,
                                                           int d_model, int num_experts, int top_k,
-                                                          double capacity_factor);
+                                                          double capacity_factor,
+                                                          MPI_Comm ep_comm = MPI_COMM_SELF);
 
 }  // namespace fulcrum

@@ -52,8 +52,10 @@ template <class T>
 class Transformer {
  public:
   // max_batch: sequences per micro-batch (B); every batch has T = seq_len.
-  Transformer(const ModelShape& shape, int max_batch, const std::string& dispatcher = "local")
-      : s_(shape), B_(max_batch), layout_(parameter_layout(shape)) {
+  // ep_comm: the ranks sharing this model's routed experts (shape.ep_size of them).
+  Transformer(const ModelShape& shape, int max_batch, const std::string& dispatcher = "local",
+              MPI_Comm ep_comm = MPI_COMM_SELF)
+      : s_(shape), B_(max_batch), layout_(parameter_layout(shape)), ep_comm_(ep_comm) {
     const long n = parameter_count(layout_);
     for (std::size_t i = 0; i < layout_.size(); ++i) index_[layout_[i].name] = i;
     params_ = DeviceBuffer<T>("model::params", n);
@@ -76,25 +78,28 @@ class Transformer {
   }
   MoeLayer<T>* moe_layer(int l) { return moe_[l].get(); }
 
-  // Normal(0, std) for matrices, 1 for norm weights; a counter-based generator
-  // (SplitMix64 + Box-Muller) makes the values independent of the build.
+  // Normal(0, std) for matrices, 1 for norm weights. Each value is a pure
+  // function of (seed, tensor id, element index in the full tensor)
+  // (SplitMix64 + Box-Muller), so the model is identical at any expert-
+  // parallel layout and independent of the build.
   void init_parameters(std::uint64_t seed, double std) {
     auto host = Kokkos::create_mirror_view(params_);
-    std::uint64_t state = seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
-    auto next_uniform = [&state]() {
-      std::uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+    auto mix = [](std::uint64_t z) {
+      z += 0x9E3779B97F4A7C15ULL;
       z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
       z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-      z ^= z >> 31;
-      return ((z >> 11) + 0.5) * (1.0 / 9007199254740992.0);  // (0,1)
+      return z ^ (z >> 31);
     };
+    auto uniform = [](std::uint64_t z) { return ((z >> 11) + 0.5) * (1.0 / 9007199254740992.0); };
     for (const auto& t : layout_) {
+      const std::uint64_t tensor_key = mix(mix(seed) ^ (0x1000003ULL * (std::uint64_t)(t.id + 1)));
       for (long i = 0; i < t.size; ++i) {
         if (!t.is_matrix) {
           host(t.offset + i) = T(1);
           continue;
         }
-        const double u1 = next_uniform(), u2 = next_uniform();
+        const std::uint64_t h = mix(tensor_key ^ mix((std::uint64_t)(t.shard_offset + i)));
+        const double u1 = uniform(h), u2 = uniform(mix(h));
         host(t.offset + i) = static_cast<T>(std * std::sqrt(-2.0 * std::log(u1)) *
                                             std::cos(6.283185307179586 * u2));
       }
@@ -166,6 +171,7 @@ class Transformer {
   int B_;
   int batch_ = 0;
   std::vector<ParameterTensor> layout_;
+  MPI_Comm ep_comm_;
   std::map<std::string, std::size_t> index_;
   DeviceBuffer<T> params_, grads_;
   ModelWeights<T> weights_, grad_weights_;

@@ -17,6 +17,7 @@
 #include "model/transformer.hpp"
 #include "train/adamw.hpp"
 #include "train/data_loader.hpp"
+#include "train/distributed.hpp"
 #include "train/lr_schedule.hpp"
 #include "train/run_plan.hpp"
 
@@ -83,19 +84,40 @@ RunFile::RoutingSnapshot routing_snapshot(Transformer<Real>& model, std::int64_t
   return snap;
 }
 
-double evaluate(Transformer<Real>& model, const TokenDataset& valid, std::uint64_t eval_tokens, int micro_batch) {
-  const std::int64_t rows = valid.eval_row_count(eval_tokens);
+// Mean validation loss over the held-out rows, split evenly over the ranks
+// (every rank runs the same number of forwards: the MoE exchange is collective).
+double evaluate(Transformer<Real>& model, const TokenDataset& valid, std::uint64_t eval_tokens, int micro_batch,
+                const ParallelGroups& groups) {
+  const std::int64_t W = groups.world_size;
+  const std::int64_t rows_per_rank = std::max<std::int64_t>(1, valid.eval_row_count(eval_tokens) / W);
   std::vector<int> inputs, targets;
   double sum = 0;
   std::int64_t done = 0;
-  while (done < rows) {
-    const int n = static_cast<int>(std::min<std::int64_t>(micro_batch, rows - done));
-    valid.eval_rows(done, n, inputs, targets);
+  while (done < rows_per_rank) {
+    const int n = static_cast<int>(std::min<std::int64_t>(micro_batch, rows_per_rank - done));
+    valid.eval_rows(groups.world_rank * rows_per_rank + done, n, inputs, targets);
     model.set_batch(inputs, targets, n);
     sum += model.forward().lm * n;
     done += n;
   }
-  return sum / static_cast<double>(rows);
+  MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_DOUBLE, MPI_SUM, groups.world);
+  return sum / static_cast<double>(rows_per_rank * W);
+}
+
+// Sums every MoE layer's routing accumulators over all ranks (collective).
+void reduce_routing_statistics(Transformer<Real>& model, MPI_Comm world) {
+  for (int l = 0; l < model.shape().n_layers; ++l) {
+    MoeLayer<Real>* moe = model.moe_layer(l);
+    if (!moe) continue;
+    RoutingAccumulator& a = moe->stats;
+    MPI_Allreduce(MPI_IN_PLACE, a.assignments.data(), (int)a.assignments.size(), MPI_DOUBLE, MPI_SUM, world);
+    double s[4] = {a.dropped, a.routed, a.entropy_sum, a.token_count};
+    MPI_Allreduce(MPI_IN_PLACE, s, 4, MPI_DOUBLE, MPI_SUM, world);
+    a.dropped = s[0];
+    a.routed = s[1];
+    a.entropy_sum = s[2];
+    a.token_count = s[3];
+  }
 }
 
 class ProgressPrinter {
@@ -127,8 +149,27 @@ class ProgressPrinter {
 
 }  // namespace
 
-void check_run_inputs(const LoadedDeck& deck) {
+void check_run_inputs(const LoadedDeck& deck, int world_size) {
   const RunConfig& c = deck.config;
+  const int ep = c.parallel.expert_parallel;
+  if (c.parallel.world_size > 0 && c.parallel.world_size != world_size)
+    throw deck.error("parallel.world_size", "is " + std::to_string(c.parallel.world_size) +
+                                                " but the job was launched with " + std::to_string(world_size) +
+                                                " ranks");
+  if (world_size % ep != 0)
+    throw deck.error("parallel.expert_parallel", "is " + std::to_string(ep) + ", which does not divide the " +
+                                                     std::to_string(world_size) + " launched ranks");
+  if (c.moe.enabled && c.moe.num_experts % ep != 0)
+    throw deck.error("parallel.expert_parallel", "is " + std::to_string(ep) + ", which does not divide " +
+                                                     "num_experts = " + std::to_string(c.moe.num_experts));
+  if (ep > 1 && c.parallel.dispatcher == "local")
+    throw deck.error("parallel.dispatcher", "is 'local', which needs expert_parallel = 1; use mpi_alltoall");
+  const long rows = static_cast<long>(c.train.batch_tokens / c.model.seq_len);
+  if (rows % (static_cast<long>(world_size) * c.train.micro_batch_size) != 0)
+    throw deck.error("train.batch_tokens", "gives " + std::to_string(rows) + " sequences per step, not a " +
+                                               "multiple of ranks x micro_batch_size = " +
+                                               std::to_string(world_size) + " x " +
+                                               std::to_string(c.train.micro_batch_size));
   for (const auto& [key, path] : {std::pair<std::string, std::string>{"data.train", c.data.train_path},
                                   {"data.valid", c.data.valid_path}}) {
     TokenFileHeader h;
@@ -151,18 +192,24 @@ void check_run_inputs(const LoadedDeck& deck) {
                                        "' already exists (set output.overwrite = true to replace it)");
 }
 
-int train(const LoadedDeck& deck, const TrainOptions& options) {
+int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   const RunConfig& cfg = deck.config;
-  check_run_inputs(deck);
-  const RunPlan plan = make_run_plan(cfg, 1);
+  int world_size = 1;
+  MPI_Comm_size(world, &world_size);
+  check_run_inputs(deck, world_size);
+  ParallelGroups groups = ParallelGroups::create(world, cfg.parallel.expert_parallel);
+  const bool root = groups.world_rank == 0;
+  RunPlan plan = make_run_plan(cfg, world_size);
+  plan.shape.ep_size = groups.ep_size;
+  plan.shape.ep_rank = groups.ep_rank;
   const auto t_start = Clock::now();
-  ProgressPrinter progress(options.quiet);
+  ProgressPrinter progress(options.quiet || !root);
 
   // Everything below may fail for reasons outside the deck; from here on the
-  // run file exists and records the outcome.
+  // run file exists (rank 0) and records the outcome.
   TokenDataset train_data(cfg.data.train_path, cfg.model.seq_len);
   TokenDataset valid_data(cfg.data.valid_path, cfg.model.seq_len);
-  RunFile file = RunFile::create(cfg.output.dir, cfg.output.overwrite);
+  RunFile file = root ? RunFile::create(cfg.output.dir, cfg.output.overwrite) : RunFile::detached();
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   file.set_root_attr("deck", resolved_deck_toml(cfg));
@@ -174,7 +221,8 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
   file.set_root_attr("git_revision", std::string(FULCRUM_GIT_REVISION));
   file.set_root_attr("start_time", utc_now());
   file.set_root_attr("hostname", std::string(host));
-  file.set_root_attr("world_size", std::int64_t(1));
+  file.set_root_attr("world_size", std::int64_t(world_size));
+  file.set_root_attr("expert_parallel", std::int64_t(groups.ep_size));
   write_config(file, cfg, plan);
   file.flush();
 
@@ -188,7 +236,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
   double tokens_per_second = 0;
   const double M = plan.accounting.flops_per_token;
   try {
-    Transformer<Real> model(plan.shape, cfg.train.micro_batch_size, cfg.parallel.dispatcher);
+    Transformer<Real> model(plan.shape, cfg.train.micro_batch_size, cfg.parallel.dispatcher, groups.ep);
     model.init_parameters(cfg.run.seed, cfg.model.init_std);
     AdamW<Real> optimizer(model.layout(), model.num_parameters(),
                           {cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
@@ -202,7 +250,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
 
     auto do_eval = [&]() {
       const auto t0 = Clock::now();
-      last_val = evaluate(model, valid_data, cfg.train.eval_tokens, cfg.train.micro_batch_size);
+      last_val = evaluate(model, valid_data, cfg.train.eval_tokens, cfg.train.micro_batch_size, groups);
       timers.add("eval", seconds_since(t0));
       file.append_eval({step, static_cast<std::int64_t>(tokens_seen), tokens_seen * M, last_val});
     };
@@ -210,7 +258,10 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
     double first_loss = std::nan("");
     std::vector<int> inputs, targets;
     const int micro = cfg.train.micro_batch_size;
-    const Real dloss = Real(1) / static_cast<Real>(plan.grad_accum_steps);
+    // each rank's loss is the mean over its micro-batches; the gradients are
+    // summed over ranks, so scale by 1 / (accumulation x ranks)
+    const Real dloss = Real(1) / static_cast<Real>(plan.grad_accum_steps * world_size);
+    const std::int64_t rows_per_rank = plan.rows_per_step / world_size;
     auto window_start = Clock::now();
     double window_tokens = 0;
     while (step < plan.steps_total) {
@@ -221,7 +272,8 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
       double t_data = 0, t_fwd = 0, t_bwd = 0;
       for (int m = 0; m < plan.grad_accum_steps; ++m) {
         auto t0 = Clock::now();
-        train_data.training_rows(cfg.run.seed, step, static_cast<std::int64_t>(m) * micro, micro, inputs, targets);
+        train_data.training_rows(cfg.run.seed, step, groups.world_rank * rows_per_rank + static_cast<std::int64_t>(m) * micro,
+                                 micro, inputs, targets);
         model.set_batch(inputs, targets, micro);
         t_data += seconds_since(t0);
         t0 = Clock::now();
@@ -235,7 +287,14 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
         mean.z += l.z / plan.grad_accum_steps;
       }
       auto t0 = Clock::now();
-      const double grad_norm = std::sqrt(AdamW<Real>::grad_sq_sum(model.grads()));
+      if (world_size > 1) {
+        double l3[3] = {mean.lm, mean.aux, mean.z};
+        MPI_Allreduce(MPI_IN_PLACE, l3, 3, MPI_DOUBLE, MPI_SUM, world);
+        mean.lm = l3[0] / world_size;
+        mean.aux = l3[1] / world_size;
+        mean.z = l3[2] / world_size;
+      }
+      const double grad_norm = reduce_gradients(model, groups);
       optimizer.step(model.params(), model.grads(), lr, AdamW<Real>::clip_scale(grad_norm, cfg.train.grad_clip));
       Kokkos::fence();
       timers.add("optimizer", seconds_since(t0));
@@ -267,8 +326,11 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
         break;
       }
       if (log_point) {
-        if (plan.shape.is_moe)
-          file.append_routing(routing_snapshot(model, step, static_cast<std::int64_t>(tokens_seen)));
+        if (plan.shape.is_moe) {
+          reduce_routing_statistics(model, world);
+          auto snapshot = routing_snapshot(model, step, static_cast<std::int64_t>(tokens_seen));
+          if (root) file.append_routing(snapshot);
+        }
         const auto t1 = Clock::now();
         file.flush();
         timers.add("io", seconds_since(t1));
@@ -281,11 +343,38 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
       do_eval();
       status = "completed";
     }
+    // per-rank token-exchange time and volume (all MoE layers)
+    double a2a[2] = {0, 0};
+    for (int l = 0; l < plan.shape.n_layers; ++l)
+      if (MoeLayer<Real>* moe = model.moe_layer(l)) {
+        a2a[0] += moe->dispatcher().exchange_seconds();
+        a2a[1] += moe->dispatcher().exchange_bytes();
+      }
+    std::vector<double> all(2 * world_size);
+    MPI_Gather(a2a, 2, MPI_DOUBLE, all.data(), 2, MPI_DOUBLE, 0, world);
+    if (root && world_size > 1)
+      for (int r = 0; r < world_size; ++r) {
+        timers.add("alltoall_rank" + std::to_string(r), all[2 * r]);
+        file.set_summary("alltoall_bytes_rank" + std::to_string(r), all[2 * r + 1]);
+      }
   } catch (const std::exception& e) {
     status = "failed";
     exit_code = kExitFailed;
-    std::fprintf(stderr, "fulcrum-train: error: %s\n", e.what());
+    std::fprintf(stderr, "fulcrum-train: error on rank %d: %s\n", groups.world_rank, e.what());
+    // Peers may be blocked in a collective: abort the job rather than hang.
+    // The run file then says running (or failed, if rank 0 got here first).
+    if (world_size > 1) {
+      if (root) {
+        try {
+          file.set_status("failed");
+          file.flush();
+        } catch (...) {
+        }
+      }
+      MPI_Abort(world, kExitFailed);
+    }
   }
+  groups.free();
 
   // Summary (also for diverged/failed runs: what was reached).
   const double wall = seconds_since(t_start);
@@ -298,7 +387,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
   }
   const double step_time = timers.totals.count("step") ? timers.totals["step"].first : 0;
   const double mean_tps = step_time > 0 ? tokens_seen / step_time : 0;
-  try {
+  if (root) try {
     for (const auto& [name, v] : timers.totals) file.set_timer(name, v.first, v.second);
     file.set_summary("final_train_loss", final_train);
     file.set_summary("final_val_loss", last_val);
@@ -322,8 +411,10 @@ int train(const LoadedDeck& deck, const TrainOptions& options) {
                 cfg.run.name.c_str(), status.c_str(), (long long)step, tokens_seen, final_train, last_val,
                 mean_tps, mean_tps * M, wall, file.path().c_str());
   progress.line("");
-  std::printf("%s\n", summary);
-  std::fflush(stdout);
+  if (root) {
+    std::printf("%s\n", summary);
+    std::fflush(stdout);
+  }
   return exit_code;
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "deck/deck_reader.hpp"
+#include "model/expert_parallel.hpp"
 
 namespace fulcrum {
 
@@ -21,12 +22,14 @@ struct TrainOptions {
 };
 
 // Checks everything that needs more than the deck itself (token files exist,
-// their vocabulary matches [model] vocab_size, the run file may be created).
-// Throws DeckError naming the deck key at fault. Creates nothing.
-void check_run_inputs(const LoadedDeck& deck);
+// their vocabulary matches [model] vocab_size, the run file may be created,
+// the launch matches [parallel]). Throws DeckError naming the deck key at
+// fault. Creates nothing. Every rank runs it and reaches the same verdict.
+void check_run_inputs(const LoadedDeck& deck, int world_size);
 
-// Trains; returns an ExitCode. Bad-input errors are thrown (DeckError) before
-// any output exists; later failures set the run file's status to failed.
-int train(const LoadedDeck& deck, const TrainOptions& options);
+// Trains on the ranks of `world`; returns an ExitCode. Bad-input errors are
+// thrown (DeckError) before any output exists; later failures set the run
+// file's status to failed (rank 0 writes the run file).
+int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world = MPI_COMM_WORLD);
 
 }  // namespace fulcrum

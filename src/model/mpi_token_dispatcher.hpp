@@ -1,0 +1,174 @@
+// mpi_token_dispatcher.hpp: expert-parallel token exchange with MPI.
+//
+// dispatch: permute locally by expert (experts are owned contiguously, so
+// expert-major order is destination-major order), exchange per-expert counts
+// with MPI_Alltoall, rows with MPI_Alltoallv, then regroup the received rows
+// (source-major) by local expert for the grouped GEMM. combine is the mirror
+// exchange; backward exchanges gradients the same two ways. Buffers are
+// passed to MPI directly (device memory needs a CUDA-aware MPI; the nccl
+// dispatcher is the CUDA path).
+#pragma once
+
+#include <mpi.h>
+
+#include <chrono>
+#include <vector>
+
+#include "model/expert_parallel.hpp"
+#include "model/token_dispatcher.hpp"
+
+namespace fulcrum {
+
+template <class T>
+class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
+ public:
+  MpiAlltoallTokenDispatcher(int max_tokens, int d_model, int num_experts, int top_k,
+                             double capacity_factor, MPI_Comm ep_comm)
+      : local_(max_tokens, d_model, num_experts, top_k, capacity_factor), comm_(ep_comm),
+        C_(d_model), E_(num_experts) {
+    MPI_Comm_size(comm_, &P_);
+    MPI_Comm_rank(comm_, &rank_);
+    El_ = E_ / P_;
+    const long max_rows = (long)P_ * max_tokens * top_k;
+    input_ = DeviceBuffer<T>("a2a::input", max_rows * C_);
+    output_ = DeviceBuffer<T>("a2a::output", max_rows * C_);
+    input_grad_ = DeviceBuffer<T>("a2a::input_grad", max_rows * C_);
+    output_grad_ = DeviceBuffer<T>("a2a::output_grad", max_rows * C_);
+    staging_ = DeviceBuffer<T>("a2a::staging", max_rows * C_);
+    expert_to_source_ = DeviceBuffer<int>("a2a::expert_to_source", max_rows);
+    map_host_ = Kokkos::create_mirror_view(expert_to_source_);
+    tokens_per_expert_.assign(El_, 0);
+  }
+
+  void dispatch(const T* h, const int* topk_idx, int N) override {
+    local_.dispatch(h, topk_idx, N);
+    const std::vector<int>& per_expert = local_.tokens_per_local_expert();  // (E): all experts
+    // counts: what I send to each peer, per peer-local expert; what I receive
+    send_expert_counts_.assign(per_expert.begin(), per_expert.end());
+    recv_expert_counts_.assign((std::size_t)P_ * El_, 0);
+    timed([&] {
+      MPI_Alltoall(send_expert_counts_.data(), El_, MPI_INT, recv_expert_counts_.data(), El_, MPI_INT, comm_);
+    });
+    send_rows_.assign(P_, 0);
+    recv_rows_.assign(P_, 0);
+    for (int p = 0; p < P_; ++p)
+      for (int e = 0; e < El_; ++e) {
+        send_rows_[p] += send_expert_counts_[(std::size_t)p * El_ + e];
+        recv_rows_[p] += recv_expert_counts_[(std::size_t)p * El_ + e];
+      }
+    counts_and_displacements();
+    // rows (source-major) into staging, then regroup by local expert
+    exchange(local_.permuted_input(), send_counts_, send_displs_, staging_.data(), recv_counts_, recv_displs_);
+    build_regroup_map();
+    regroup(input_.data(), staging_.data(), /*to_expert_major=*/true);
+  }
+
+  const std::vector<int>& tokens_per_local_expert() const override { return tokens_per_expert_; }
+  int num_local_experts() const override { return El_; }
+  T* permuted_input() override { return input_.data(); }
+  T* permuted_output() override { return output_.data(); }
+  T* permuted_input_grad() override { return input_grad_.data(); }
+  T* permuted_output_grad() override { return output_grad_.data(); }
+
+  void combine(T* y, const T* topk_weight, int N) override {
+    regroup(staging_.data(), output_.data(), /*to_expert_major=*/false);
+    exchange(staging_.data(), recv_counts_, recv_displs_, local_.permuted_output(), send_counts_, send_displs_);
+    local_.combine(y, topk_weight, N);
+  }
+
+  void combine_backward(T* dtopk_weight, const T* dy, const T* topk_weight, int N) override {
+    local_.combine_backward(dtopk_weight, dy, topk_weight, N);
+    exchange(local_.permuted_output_grad(), send_counts_, send_displs_, staging_.data(), recv_counts_, recv_displs_);
+    regroup(output_grad_.data(), staging_.data(), /*to_expert_major=*/true);
+  }
+
+  void dispatch_backward(T* dh, int N) override {
+    regroup(staging_.data(), input_grad_.data(), /*to_expert_major=*/false);
+    exchange(staging_.data(), recv_counts_, recv_displs_, local_.permuted_input_grad(), send_counts_, send_displs_);
+    local_.dispatch_backward(dh, N);
+  }
+
+  long dropped_assignments() const override { return local_.dropped_assignments(); }
+  double exchange_seconds() const override { return seconds_; }
+  double exchange_bytes() const override { return bytes_; }
+
+ private:
+  template <class F>
+  void timed(F&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  void counts_and_displacements() {
+    send_counts_.assign(P_, 0);
+    recv_counts_.assign(P_, 0);
+    send_displs_.assign(P_, 0);
+    recv_displs_.assign(P_, 0);
+    for (int p = 0; p < P_; ++p) {
+      send_counts_[p] = send_rows_[p] * C_;
+      recv_counts_[p] = recv_rows_[p] * C_;
+      if (p > 0) {
+        send_displs_[p] = send_displs_[p - 1] + send_counts_[p - 1];
+        recv_displs_[p] = recv_displs_[p - 1] + recv_counts_[p - 1];
+      }
+    }
+  }
+
+  void exchange(const T* send, const std::vector<int>& scounts, const std::vector<int>& sdispls, T* recv,
+                const std::vector<int>& rcounts, const std::vector<int>& rdispls) {
+    Kokkos::fence();  // buffers are complete before MPI reads them
+    timed([&] {
+      MPI_Alltoallv(send, scounts.data(), sdispls.data(), mpi_datatype<T>(), recv, rcounts.data(),
+                    rdispls.data(), mpi_datatype<T>(), comm_);
+    });
+    for (int p = 0; p < P_; ++p) bytes_ += (double)scounts[p] * sizeof(T);
+  }
+
+  // expert_to_source[i] = row in the source-major receive order of the i-th
+  // row in expert-major order (local expert, then source rank).
+  void build_regroup_map() {
+    std::vector<long> source_offset((std::size_t)P_ * El_);
+    long off = 0;
+    for (int p = 0; p < P_; ++p)
+      for (int e = 0; e < El_; ++e) {
+        source_offset[(std::size_t)p * El_ + e] = off;
+        off += recv_expert_counts_[(std::size_t)p * El_ + e];
+      }
+    rows_ = off;
+    long i = 0;
+    for (int e = 0; e < El_; ++e) {
+      tokens_per_expert_[e] = 0;
+      for (int p = 0; p < P_; ++p) {
+        const int n = recv_expert_counts_[(std::size_t)p * El_ + e];
+        for (int r = 0; r < n; ++r) map_host_(i++) = static_cast<int>(source_offset[(std::size_t)p * El_ + e] + r);
+        tokens_per_expert_[e] += n;
+      }
+    }
+    Kokkos::deep_copy(Kokkos::subview(expert_to_source_, std::make_pair(0L, rows_)),
+                      Kokkos::subview(map_host_, std::make_pair(0L, rows_)));
+  }
+
+  void regroup(T* dst, const T* src, bool to_expert_major) {
+    const int C = C_;
+    const int* map = expert_to_source_.data();
+    Kokkos::parallel_for("moe::a2a_regroup", RangePolicy(0, rows_ * C), KOKKOS_LAMBDA(const long i) {
+      const long row = i / C, c = i % C;
+      if (to_expert_major) dst[i] = src[(long)map[row] * C + c];
+      else dst[(long)map[row] * C + c] = src[i];
+    });
+  }
+
+  LocalTokenDispatcher<T> local_;
+  MPI_Comm comm_;
+  int P_ = 1, rank_ = 0, C_, E_, El_ = 0;
+  long rows_ = 0;
+  DeviceBuffer<T> input_, output_, input_grad_, output_grad_, staging_;
+  DeviceBuffer<int> expert_to_source_;
+  typename DeviceBuffer<int>::HostMirror map_host_;
+  std::vector<int> tokens_per_expert_, send_expert_counts_, recv_expert_counts_;
+  std::vector<int> send_rows_, recv_rows_, send_counts_, recv_counts_, send_displs_, recv_displs_;
+  double seconds_ = 0, bytes_ = 0;
+};
+
+}  // namespace fulcrum

@@ -1,0 +1,47 @@
+// distributed.hpp: the collective steps of data + expert parallel training.
+#pragma once
+
+#include <cmath>
+
+#include "model/expert_parallel.hpp"
+#include "model/transformer.hpp"
+
+namespace fulcrum {
+
+// Sums gradients: replicated parameters over all ranks, expert shards over
+// the ranks holding the same shard (parameter_layout puts the shards last).
+// Returns the global gradient L2 norm, identical on every rank.
+template <class T>
+double reduce_gradients(Transformer<T>& model, const ParallelGroups& g) {
+  T* grads = model.grads().data();
+  const long total = model.num_parameters();
+  const long replicated = replicated_parameter_count(model.layout());
+  Kokkos::fence();
+  if (g.world_size > 1)
+    MPI_Allreduce(MPI_IN_PLACE, grads, (int)replicated, mpi_datatype<T>(), MPI_SUM, g.world);
+  if (g.dp_size > 1 && total > replicated)
+    MPI_Allreduce(MPI_IN_PLACE, grads + replicated, (int)(total - replicated), mpi_datatype<T>(), MPI_SUM,
+                  g.shard);
+  auto sum_of_squares = [&](long begin, long end) {
+    double s = 0;
+    Kokkos::parallel_reduce("adamw::grad_norm", RangePolicy(begin, end),
+                            KOKKOS_LAMBDA(const long i, double& acc) {
+      acc += static_cast<double>(grads[i]) * static_cast<double>(grads[i]);
+    }, s);
+    return s;
+  };
+  double expert_sq = sum_of_squares(replicated, total);  // EP ranks hold distinct experts
+  if (g.ep_size > 1) MPI_Allreduce(MPI_IN_PLACE, &expert_sq, 1, MPI_DOUBLE, MPI_SUM, g.ep);
+  return std::sqrt(sum_of_squares(0, replicated) + expert_sq);
+}
+
+// Mean of a per-rank value over all ranks.
+inline double mean_over_ranks(double value, MPI_Comm world) {
+  int n = 1;
+  MPI_Comm_size(world, &n);
+  if (n == 1) return value;
+  MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, world);
+  return value / n;
+}
+
+}  // namespace fulcrum
