@@ -2,10 +2,10 @@
 # option; required pieces fail with a message naming the Debian package.
 
 find_package(MPI REQUIRED COMPONENTS C CXX)
-find_package(HDF5 REQUIRED COMPONENTS C)
+find_package(HDF5 REQUIRED COMPONENTS C HL)
 add_library(fulcrum_hdf5 INTERFACE)
 target_include_directories(fulcrum_hdf5 INTERFACE ${HDF5_INCLUDE_DIRS})
-target_link_libraries(fulcrum_hdf5 INTERFACE ${HDF5_LIBRARIES})
+target_link_libraries(fulcrum_hdf5 INTERFACE ${HDF5_HL_LIBRARIES} ${HDF5_LIBRARIES})
 target_compile_definitions(fulcrum_hdf5 INTERFACE ${HDF5_DEFINITIONS})
 
 # toml11 (libtoml11-dev, header-only) and CLI11 (libcli11-dev, header-only)

@@ -1,14 +1,15 @@
-# Records the git revision at configure time; stored in every run file.
-find_package(Git QUIET)
-set(FULCRUM_GIT_REVISION "unknown")
-if(GIT_FOUND AND EXISTS ${CMAKE_SOURCE_DIR}/.git)
-  execute_process(COMMAND ${GIT_EXECUTABLE} describe --always --dirty --abbrev=12
-                  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}
-                  OUTPUT_VARIABLE FULCRUM_GIT_REVISION
-                  OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-  if(NOT FULCRUM_GIT_REVISION)
-    set(FULCRUM_GIT_REVISION "unknown")
-  endif()
-endif()
+# FULCRUM_VERSION (project version, configure time) and FULCRUM_GIT_REVISION
+# (re-read at every build by the fulcrum_git_revision target); both are stored
+# in every run file.
 configure_file(${CMAKE_SOURCE_DIR}/cmake/fulcrum_version.hpp.in
                ${CMAKE_BINARY_DIR}/generated/fulcrum_version.hpp @ONLY)
+add_custom_target(fulcrum_git_revision ALL
+  COMMAND ${CMAKE_COMMAND} -DSOURCE_DIR=${CMAKE_SOURCE_DIR}
+          -DOUTPUT=${CMAKE_BINARY_DIR}/generated/fulcrum_git_revision.hpp
+          -P ${CMAKE_SOURCE_DIR}/cmake/FulcrumGitRevision.cmake
+  BYPRODUCTS ${CMAKE_BINARY_DIR}/generated/fulcrum_git_revision.hpp
+  COMMENT "Reading the git revision")
+# also at configure time, so the header exists before any target compiles
+execute_process(COMMAND ${CMAKE_COMMAND} -DSOURCE_DIR=${CMAKE_SOURCE_DIR}
+                -DOUTPUT=${CMAKE_BINARY_DIR}/generated/fulcrum_git_revision.hpp
+                -P ${CMAKE_SOURCE_DIR}/cmake/FulcrumGitRevision.cmake)

@@ -19,8 +19,14 @@ packages=(
   libceres-dev libeigen3-dev libplplot-dev plplot-driver-cairo
   # PyTorch reference for the gradient cross-check
   python3 python3-torch python3-h5py python3-numpy
+  # BPE tokenizer (fulcrum-data build)
+  libsentencepiece-dev sentencepiece
   # default corpus: World English Bible (public domain) via SWORD
   sword-text-web libsword-utils
+  # study-corpus sources (scripts/build-study-corpus.sh, input_decks/data/)
+  sword-text-kjv fortunes wordnet-base python3.11-doc perl-doc golang-1.19-src
+  # single-node Slurm for the job-script tests (daemons are not started by apt)
+  slurmctld slurmd slurm-client munge libpmix-dev
 )
 
 SUDO=""
@@ -40,6 +46,16 @@ fi
 
 echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Keep apt from starting daemons (slurmctld, munge): tests start their own.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod +x "$policy"
+  created_policy=1
+fi
+cleanup() { if [ "$created_policy" = 1 ]; then $SUDO rm -f "$policy"; fi; }
+trap cleanup EXIT
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 echo "install-deps: done"

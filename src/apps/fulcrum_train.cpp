@@ -1,9 +1,10 @@
 // fulcrum-train: trains one dense or MoE model from an input deck.
 //
-//   fulcrum-train DECK [--set section.key=value]... [--describe] [--quiet]
+//   fulcrum-train DECK [--set section.key=value]... [--describe] [--quiet] [--resume]
 //
 // Exit codes: 0 completed, 1 failed, 2 bad input (deck, data, command line),
-// 3 diverged (doc/running.md). Nothing is written for bad input.
+// 3 diverged, 4 stopped by SIGTERM/SIGUSR1 after a checkpoint (doc/running.md).
+// Nothing is written for bad input.
 #include <mpi.h>
 
 #include <CLI/CLI.hpp>
@@ -21,11 +22,14 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"fulcrum-train: train a dense or MoE transformer from an input deck"};
   std::string deck_path;
   std::vector<std::string> overrides;
-  bool describe = false, quiet = false;
+  bool describe = false, quiet = false, resume = false;
   app.add_option("deck", deck_path, "input deck (TOML), see doc/input-decks.md")->required();
   app.add_option("--set", overrides, "override a deck key: section.key=value (TOML value)");
   app.add_flag("--describe", describe, "print parameter counts, FLOPs per token, A, G, S and exit");
   app.add_flag("--quiet", quiet, "no progress lines");
+  app.add_flag("--resume", resume,
+               "continue from <output.dir>/checkpoint.h5 (automatic when the run directory has a "
+               "checkpoint and an unfinished run file)");
   app.set_version_flag("--version", std::string("fulcrum-train ") + FULCRUM_VERSION + " (" +
                                         FULCRUM_GIT_REVISION + ")");
   try {
@@ -46,6 +50,8 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     }
     fulcrum::TrainOptions options;
     options.quiet = quiet;
+    options.resume = resume;
+    fulcrum::install_stop_signal_handlers();
     return fulcrum::train(deck, options, MPI_COMM_WORLD);
   } catch (const fulcrum::DeckError& e) {
     if (world_rank == 0) std::fprintf(stderr, "fulcrum-train: error: %s\n", e.what());

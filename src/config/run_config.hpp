@@ -74,6 +74,7 @@ struct TrainSection {
   int eval_interval = 100;        // steps between validation evaluations
   std::uint64_t eval_tokens = 65536;   // held-out tokens per evaluation
   double divergence_factor = 3.0; // loss > factor * first loss => diverged
+  int checkpoint_interval = 0;    // steps between checkpoints; 0 = only at the end and on SIGTERM/SIGUSR1
 };
 
 // [parallel]

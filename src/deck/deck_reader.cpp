@@ -14,6 +14,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -26,20 +27,101 @@ namespace {
 
 constexpr const char* kSetFile = "--set";
 
+// Longest excerpt of deck text (a key, a value, a line) echoed in a message,
+// in characters after escaping; longer ones end in "...".
+constexpr std::size_t kExcerptChars = 80;
+
+// Length of the valid UTF-8 sequence at s[i] (1..4), or 0 if the bytes there
+// are not valid UTF-8 (overlong forms, surrogates and > U+10FFFF are invalid).
+std::size_t utf8_length(const std::string& s, std::size_t i) {
+  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = b(i);
+  if (c < 0x80) return 1;
+  std::size_t n;
+  unsigned char lo = 0x80, hi = 0xbf;  // allowed range of the second byte
+  if (c >= 0xc2 && c <= 0xdf) {
+    n = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    if (c == 0xe0) lo = 0xa0;
+    if (c == 0xed) hi = 0x9f;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    if (c == 0xf0) lo = 0x90;
+    if (c == 0xf4) hi = 0x8f;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size()) return 0;
+  if (b(i + 1) < lo || b(i + 1) > hi) return 0;
+  for (std::size_t k = 2; k < n; ++k) {
+    if (b(i + k) < 0x80 || b(i + k) > 0xbf) return 0;
+  }
+  return n;
+}
+
+// Text made safe for a one-line message: \n and \r escaped as "\n" and "\r",
+// other control characters (< 0x20, 0x7f) and bytes that are not valid UTF-8
+// written as \xNN. The result is printable and valid UTF-8, and sanitising it
+// again changes nothing. With max_chars > 0, at most that many characters (an
+// escape counts as its length) are kept, the last three being "..." when the
+// text was cut.
+std::string sanitize(const std::string& s, std::size_t max_chars = 0) {
+  std::string out;
+  std::vector<std::pair<std::size_t, std::size_t>> pieces;  // (bytes, chars) of each piece
+  std::size_t chars = 0;
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::string piece;
+    std::size_t len = c < 0x80 ? 1 : utf8_length(s, i);
+    std::size_t width = 1;
+    if (c == '\n') {
+      piece = "\\n";
+    } else if (c == '\r') {
+      piece = "\\r";
+    } else if (c < 0x20 || c == 0x7f || len == 0) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      piece = buf;
+      len = 1;
+    } else {
+      piece = s.substr(i, len);
+    }
+    if (piece[0] == '\\' && piece.size() > 1 && c != '\\') width = piece.size();
+    if (max_chars > 0 && chars + width > max_chars) {
+      while (!pieces.empty() && chars + 3 > max_chars) {
+        out.erase(out.size() - pieces.back().first);
+        chars -= pieces.back().second;
+        pieces.pop_back();
+      }
+      return out + "...";
+    }
+    out += piece;
+    pieces.emplace_back(piece.size(), width);
+    chars += width;
+    i += len;
+  }
+  return out;
+}
+
+// Deck text echoed in a message: sanitised and capped.
+std::string excerpt(const std::string& s) { return sanitize(s, kExcerptChars); }
+
 std::string format_message(const std::string& file, int line, const std::string& key,
                            const std::string& message) {
-  std::string out = file;
+  std::string out = sanitize(file);
   if (line > 0) out += ":" + std::to_string(line);
   out += ": ";
   if (!key.empty()) {
     const auto dot = key.find('.');
     if (dot == std::string::npos) {
-      out += "[" + key + "]: ";
+      out += "[" + excerpt(key) + "]: ";
     } else {
-      out += "[" + key.substr(0, dot) + "] " + key.substr(dot + 1) + ": ";
+      out += "[" + excerpt(key.substr(0, dot)) + "] " + excerpt(key.substr(dot + 1)) + ": ";
     }
   }
-  return out + message;
+  // Every message is one line, whatever deck text it quotes.
+  return out + sanitize(message);
 }
 
 }  // namespace
@@ -273,6 +355,8 @@ const std::vector<KeySpec>& key_table() {
                         std::int64_t{1} << 40));
     t.push_back(float_key("train", "divergence_factor", &R::train,
                           &TrainSection::divergence_factor, open_closed(1.0, 1e6)));
+    t.push_back(int_key("train", "checkpoint_interval", &R::train,
+                        &TrainSection::checkpoint_interval, 0));
     // [parallel]
     t.push_back(int_key("parallel", "world_size", &R::parallel, &ParallelSection::world_size, 0,
                         1 << 20));
@@ -409,44 +493,253 @@ std::string raw_text(const toml::value& v) {
   const auto loc = v.location();
   const std::string& line = loc.line_str();
   if (loc.column() == 0 || loc.column() - 1 >= line.size()) return "";
-  std::string s = line.substr(loc.column() - 1, loc.region());
-  if (s.size() > 40) s = s.substr(0, 37) + "...";
-  return s;
+  return sanitize(line.substr(loc.column() - 1, loc.region()), 40);
 }
 
-// toml11 3.7 saturates integer literals that do not fit in int64 to
-// INT64_MAX / INT64_MIN; re-read the literal to tell them apart.
-bool integer_literal_overflows(const toml::value& v) {
-  const std::int64_t x = v.as_integer();
-  if (x != std::numeric_limits<std::int64_t>::max() &&
-      x != std::numeric_limits<std::int64_t>::min()) {
+// toml11 3.7 does not check integer literals for overflow consistently:
+// decimal, hex and octal ones saturate to INT64_MAX / INT64_MIN, binary ones
+// wrap silently (0b1 followed by 64 zeros and a 1 reads as 1). So every
+// integer literal is re-read here from the deck text.
+enum class LiteralCheck { Fits, Overflows, Unreadable };
+
+// Reads the TOML integer literal `lit` (sign, 0x / 0o / 0b prefix,
+// underscores). On Fits, *value is the literal's value.
+LiteralCheck parse_integer_literal(const std::string& lit, std::int64_t* value) {
+  std::size_t p = 0;
+  bool neg = false;
+  if (p < lit.size() && (lit[p] == '+' || lit[p] == '-')) neg = lit[p++] == '-';
+  unsigned base = 10;
+  if (lit.size() > p + 1 && lit[p] == '0') {
+    const char x = lit[p + 1];
+    if (x == 'x' || x == 'o' || x == 'b') {
+      base = x == 'x' ? 16 : x == 'o' ? 8 : 2;
+      p += 2;
+    }
+  }
+  // Decimal literals reach INT64_MIN when negative; prefixed ones (always
+  // non-negative in TOML) at most INT64_MAX.
+  const std::uint64_t limit = (neg && base == 10) ? 9223372036854775808ULL
+                                                  : 9223372036854775807ULL;
+  std::uint64_t acc = 0;
+  std::size_t digits = 0;
+  for (; p < lit.size(); ++p) {
+    const auto ch = static_cast<unsigned char>(lit[p]);
+    if (ch == '_') continue;
+    unsigned d;
+    if (ch >= '0' && ch <= '9') {
+      d = ch - '0';
+    } else if (ch >= 'a' && ch <= 'f') {
+      d = ch - 'a' + 10;
+    } else if (ch >= 'A' && ch <= 'F') {
+      d = ch - 'A' + 10;
+    } else {
+      return LiteralCheck::Unreadable;
+    }
+    if (d >= base) return LiteralCheck::Unreadable;
+    ++digits;
+    if (acc > (limit - d) / base) return LiteralCheck::Overflows;
+    acc = acc * base + d;
+  }
+  if (digits == 0) return LiteralCheck::Unreadable;
+  if (neg) {
+    *value = acc == 9223372036854775808ULL ? std::numeric_limits<std::int64_t>::min()
+                                           : -static_cast<std::int64_t>(acc);
+  } else {
+    *value = static_cast<std::int64_t>(acc);
+  }
+  return LiteralCheck::Fits;
+}
+
+// The integer value `v` as written in the deck; false if the literal does not
+// fit in a signed 64-bit integer.
+bool literal_integer(const toml::value& v, std::int64_t* value) {
+  const std::int64_t parsed = v.as_integer();
+  const auto loc = v.location();
+  if (loc.column() > 0 && loc.column() - 1 < loc.line_str().size()) {
+    const std::string lit = loc.line_str().substr(loc.column() - 1, loc.region());
+    std::int64_t mine = 0;
+    switch (parse_integer_literal(lit, &mine)) {
+      case LiteralCheck::Fits:
+        // Disagreeing with toml11 on a literal that fits would mean the
+        // located text is not the literal; then fall back to toml11's value.
+        if (mine == parsed) {
+          *value = mine;
+          return true;
+        }
+        break;
+      case LiteralCheck::Overflows: return false;
+      case LiteralCheck::Unreadable: break;
+    }
+  }
+  // No literal to re-read: trust toml11 unless it saturated.
+  *value = parsed;
+  return parsed != std::numeric_limits<std::int64_t>::max() &&
+         parsed != std::numeric_limits<std::int64_t>::min();
+}
+
+// ---------------------------------------------------------------------------
+// Pre-parse limits
+//
+// toml11 parses recursively and some of its paths are quadratic, so deeply
+// nested or huge input crashes it (stack overflow) or takes minutes. Decks
+// are small; anything beyond these limits is rejected before toml11 sees it.
+// Documented in doc/input-decks.md ("Limits").
+
+constexpr std::size_t kMaxDeckBytes = std::size_t{1} << 20;  // 1 MiB
+constexpr std::size_t kMaxLineBytes = 4096;
+constexpr int kMaxNesting = 32;    // arrays / inline tables inside each other
+constexpr int kMaxKeyParts = 8;    // a.b.c... in a key or a [section.header]
+
+struct LimitError {
+  int line = 0;  // 1-based
+  std::string message;
+};
+
+// Returns the first limit the text breaks, if any. The nesting / key scanner
+// is a conservative approximation of TOML's grammar (it tracks strings,
+// comments, headers, keys and values), linear in the size of the text.
+bool check_limits(const std::string& text, LimitError* err) {
+  const auto line_at = [&](std::size_t pos) {
+    return 1 + static_cast<int>(std::count(text.begin(), text.begin() + static_cast<long>(pos), '\n'));
+  };
+  if (text.size() > kMaxDeckBytes) {
+    *err = {line_at(kMaxDeckBytes),
+            "deck too large: " + std::to_string(text.size()) + " bytes; the limit is " +
+                std::to_string(kMaxDeckBytes) + " bytes (1 MiB)"};
     return false;
   }
-  const auto loc = v.location();
-  if (loc.column() == 0 || loc.column() - 1 >= loc.line_str().size()) return true;
-  std::string lit = loc.line_str().substr(loc.column() - 1, loc.region());
-  lit.erase(std::remove(lit.begin(), lit.end(), '_'), lit.end());
-  bool neg = false;
-  std::size_t p = 0;
-  if (p < lit.size() && (lit[p] == '+' || lit[p] == '-')) neg = lit[p++] == '-';
-  int base = 10;
-  if (lit.size() > p + 1 && lit[p] == '0' && std::isalpha(static_cast<unsigned char>(lit[p + 1]))) {
-    base = lit[p + 1] == 'x' ? 16 : lit[p + 1] == 'o' ? 8 : 2;
-    p += 2;
-  }
-  const unsigned long long limit =
-      neg ? 9223372036854775808ULL : 9223372036854775807ULL;
-  unsigned long long acc = 0;
-  for (; p < lit.size(); ++p) {
-    const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(lit[p])));
-    const int d = std::isdigit(static_cast<unsigned char>(c)) ? c - '0' : c - 'a' + 10;
-    if (d < 0 || d >= base) break;
-    if (acc > (limit - static_cast<unsigned long long>(d)) / static_cast<unsigned long long>(base)) {
-      return true;
+  {
+    int line = 1;
+    std::size_t start = 0;
+    for (std::size_t i = 0; i <= text.size(); ++i) {
+      if (i == text.size() || text[i] == '\n') {
+        if (i - start > kMaxLineBytes) {
+          *err = {line, "line too long: " + std::to_string(i - start) +
+                            " bytes; the limit is " + std::to_string(kMaxLineBytes)};
+          return false;
+        }
+        ++line;
+        start = i + 1;
+      }
     }
-    acc = acc * static_cast<unsigned long long>(base) + static_cast<unsigned long long>(d);
   }
-  return false;
+
+  enum class Mode { Key, Value, Header };
+  Mode mode = Mode::Key;
+  bool line_start = true;  // only whitespace so far on this line (at depth 0)
+  int parts = 1;           // parts of the key / header being read
+  std::vector<char> stack; // open '[' / '{' of values
+  int line = 1;
+  const std::size_t n = text.size();
+  const auto too_many_parts = [&]() {
+    *err = {line, std::string(mode == Mode::Header ? "section name" : "dotted key") +
+                      " with more than " + std::to_string(kMaxKeyParts) + " parts"};
+    return false;
+  };
+  // Skips a string starting at i (at its opening quote); returns the index
+  // just past it (or the end of the line / text when unterminated).
+  const auto skip_string = [&](std::size_t i) {
+    const char q = text[i];
+    const bool multi = i + 2 < n && text[i + 1] == q && text[i + 2] == q;
+    if (multi) {
+      i += 3;
+      while (i < n) {
+        if (q == '"' && text[i] == '\\') {
+          if (i + 1 < n && text[i + 1] == '\n') ++line;
+          i += 2;
+          continue;
+        }
+        if (text[i] == '\n') ++line;
+        if (text[i] == q && i + 2 < n && text[i + 1] == q && text[i + 2] == q) {
+          i += 3;
+          while (i < n && text[i] == q) ++i;  // up to two quotes may end the content
+          return i;
+        }
+        ++i;
+      }
+      return std::min(i, n);
+    }
+    ++i;
+    while (i < n && text[i] != '\n') {
+      if (q == '"' && text[i] == '\\') {
+        if (i + 1 < n && text[i + 1] == '\n') return i + 1;  // unterminated
+        i += 2;
+        continue;
+      }
+      if (text[i] == q) return i + 1;
+      ++i;
+    }
+    return std::min(i, n);
+  };
+  for (std::size_t i = 0; i < n;) {
+    const char c = text[i];
+    if (c == '\n') {
+      ++line;
+      ++i;
+      if (stack.empty()) {
+        mode = Mode::Key;
+        parts = 1;
+        line_start = true;
+      }
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\r') {
+      ++i;
+      continue;
+    }
+    if (c == '#') {
+      while (i < n && text[i] != '\n') ++i;
+      continue;
+    }
+    if (c == '"' || c == '\'') {
+      i = skip_string(i);
+      line_start = false;
+      continue;
+    }
+    const bool at_line_start = line_start;
+    line_start = false;
+    switch (mode) {
+      case Mode::Header:
+        if (c == '.' && ++parts > kMaxKeyParts) return too_many_parts();
+        if (c == ']') mode = Mode::Value;  // the rest of the line is not a key
+        break;
+      case Mode::Key:
+        if (c == '[' && at_line_start && stack.empty()) {
+          mode = Mode::Header;
+          parts = 1;
+          if (i + 1 < n && text[i + 1] == '[') ++i;  // [[array of tables]]
+        } else if (c == '.') {
+          if (++parts > kMaxKeyParts) return too_many_parts();
+        } else if (c == '=') {
+          mode = Mode::Value;
+        } else if (c == '}' && !stack.empty()) {
+          stack.pop_back();  // "{}" or a trailing "," (invalid, toml11 says so)
+          mode = Mode::Value;
+        }
+        break;
+      case Mode::Value:
+        if (c == '[' || c == '{') {
+          stack.push_back(c);
+          if (static_cast<int>(stack.size()) > kMaxNesting) {
+            *err = {line, "arrays / inline tables nested more than " +
+                              std::to_string(kMaxNesting) + " deep"};
+            return false;
+          }
+          if (c == '{') {
+            mode = Mode::Key;
+            parts = 1;
+          }
+        } else if ((c == ']' || c == '}') && !stack.empty()) {
+          stack.pop_back();
+        } else if (c == ',' && !stack.empty() && stack.back() == '{') {
+          mode = Mode::Key;
+          parts = 1;
+        }
+        break;
+    }
+    ++i;
+  }
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -496,6 +789,8 @@ class Reader {
 
   // --- parse -----------------------------------------------------------------
   toml::value parse_deck() {
+    LimitError limit;
+    if (!check_limits(text_, &limit)) throw DeckError(path_, limit.line, "", limit.message);
     std::istringstream is(text_);
     try {
       return toml::parse(is, path_);
@@ -515,7 +810,7 @@ class Reader {
     while (!l.empty() && (l.back() == '.' || std::isspace(static_cast<unsigned char>(l.back())))) {
       l.pop_back();
     }
-    return l;
+    return sanitize(l, 200);
   }
 
   // The [section] in effect at `line` of the deck text ("" at top level).
@@ -549,7 +844,7 @@ class Reader {
     if (std::regex_search(head, m, dup_value)) {
       const std::string name = m[1];
       const std::string sec = section_at(line);
-      std::string msg = "duplicate key '" + name + "'";
+      std::string msg = "duplicate key '" + excerpt(name) + "'";
       if (!shown.empty() && shown.front() != line) {
         msg += " (first set on line " + std::to_string(shown.front()) + ")";
       }
@@ -571,10 +866,8 @@ class Reader {
     std::string l;
     for (int n = 1; n <= line && std::getline(is, l); ++n) {
     }
-    if (line > 0 && !l.empty()) {
-      if (l.size() > 60) l = l.substr(0, 57) + "...";
-      msg += " (in: " + l + ")";
-    }
+    while (!l.empty() && (l.back() == '\r' || l.back() == ' ' || l.back() == '\t')) l.pop_back();
+    if (line > 0 && !l.empty()) msg += " (in: " + excerpt(l) + ")";
     return DeckError(path_, line, "", msg);
   }
 
@@ -606,7 +899,7 @@ class Reader {
       if (!is_section(sec)) {
         if (!sv->is_table()) {
           const std::string home = section_hint(sec);
-          std::string msg = "key '" + sec + "' is outside any section";
+          std::string msg = "key '" + excerpt(sec) + "' is outside any section";
           msg += home.empty() ? "; valid sections: " + join(section_names())
                               : "; it belongs in [" + home + "]";
           fail(at, "", msg);
@@ -632,7 +925,7 @@ class Reader {
 
   const KeySpec& lookup(const std::string& sec, const std::string& key, const Origin& at) const {
     if (const KeySpec* k = find_key(sec, key)) return *k;
-    std::string msg = "unknown key '" + key + "'";
+    std::string msg = "unknown key '" + excerpt(key) + "'";
     const std::string near = nearest_name(key, keys_of(sec));
     if (sec == "moe" && key == "enabled") {
       msg += "; there is no moe.enabled: a [moe] section makes the model MoE, "
@@ -675,11 +968,10 @@ class Reader {
       case Kind::Int:
       case Kind::UInt64: {
         if (!v.is_integer()) wrong_type();
-        if (integer_literal_overflows(v)) {
+        if (!literal_integer(v, &val.i)) {
           fail(at, key, "integer " + raw_text(v) + " does not fit in 64 bits; must be " +
                             range_text(spec));
         }
-        val.i = v.as_integer();
         if (val.i < spec.imin || val.i > spec.imax) {
           fail(at, key, "out of range: " + std::to_string(val.i) + "; must be " + range_text(spec));
         }
@@ -687,11 +979,12 @@ class Reader {
       }
       case Kind::Float: {
         if (v.is_integer()) {
-          if (integer_literal_overflows(v)) {
+          std::int64_t i = 0;
+          if (!literal_integer(v, &i)) {
             fail(at, key, "integer " + raw_text(v) + " does not fit in 64 bits; must be " +
                               range_text(spec));
           }
-          val.f = static_cast<double>(v.as_integer());
+          val.f = static_cast<double>(i);
         } else if (v.is_floating()) {
           val.f = v.as_floating();
         } else {
@@ -731,11 +1024,20 @@ class Reader {
 
   void check_string(const KeySpec& spec, const std::string& s, const Origin& at) const {
     if (spec.choices.empty()) {
+      // Free-form strings are names and paths: no empty ones, no NUL (which
+      // would cut a path short), no newlines or other control characters
+      // (tab excepted).
       if (s.empty()) fail(at, spec.dotted(), "must not be empty");
+      for (const char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+          fail(at, spec.dotted(), "must not contain control characters (got '" + excerpt(s) + "')");
+        }
+      }
       return;
     }
     if (std::find(spec.choices.begin(), spec.choices.end(), s) != spec.choices.end()) return;
-    std::string msg = "invalid value '" + s + "'";
+    std::string msg = "invalid value '" + excerpt(s) + "'";
     const std::string near = nearest_name(s, spec.choices);
     if (!near.empty()) msg += "; did you mean '" + near + "'?";
     msg += " (valid values: " + join(spec.choices) + ")";
@@ -755,7 +1057,7 @@ class Reader {
     const auto dot = lhs.find('.');
     if (eq == std::string::npos || dot == std::string::npos || dot == 0 ||
         dot + 1 == lhs.size()) {
-      fail(at, "", "'" + o + "': expected section.key=value, e.g. train.tokens=200000");
+      fail(at, "", "'" + excerpt(o) + "': expected section.key=value, e.g. train.tokens=200000");
     }
     const std::string sec = lhs.substr(0, dot);
     const std::string key = lhs.substr(dot + 1);
@@ -769,6 +1071,8 @@ class Reader {
     }
     const KeySpec& spec = lookup(sec, key, at);
 
+    LimitError limit;
+    if (!check_limits("v = " + rhs + "\n", &limit)) fail(at, spec.dotted(), limit.message);
     toml::value doc;
     bool parsed = false;
     try {
@@ -787,7 +1091,7 @@ class Reader {
       given_[spec.dotted()] = at;
     } else {
       if (!parsed) {
-        fail(at, spec.dotted(), "'" + rhs + "' is not a valid TOML value; expected " +
+        fail(at, spec.dotted(), "'" + excerpt(rhs) + "' is not a valid TOML value; expected " +
                                     kind_name(spec.kind));
       }
       set_value(spec, doc.at("v"), at);

@@ -659,4 +659,40 @@ std::string iso8601_utc_now() {
   return buf;
 }
 
+// Drops every /train, /eval and /routing row whose step is greater than
+// `step` (rows written after the checkpoint a resumed run restarts from),
+// so resuming appends without duplicating steps.
+void RunFile::truncate_after_step(std::int64_t step) {
+  if (detached_) return;  // non-writing rank
+  const hid_t f = file();
+  for (const char* group : {"/train", "/eval", "/routing"}) {
+    const std::string step_name = std::string(group) + "/step";
+    if (!link_exists(f, group) || !link_exists(f, step_name)) continue;
+    const std::vector<double> steps = read_dataset_1d(path_, step_name);
+    hsize_t keep = 0;
+    while (keep < steps.size() && steps[keep] <= static_cast<double>(step)) ++keep;
+    if (keep == steps.size()) continue;
+    hid_t g = H5Gopen2(f, group, H5P_DEFAULT);
+    H5G_info_t info;
+    H5Gget_info(g, &info);
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+      char name[256];
+      H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name, H5P_DEFAULT);
+      hid_t ds = H5Dopen2(g, name, H5P_DEFAULT);
+      if (ds < 0) continue;
+      hid_t sp = H5Dget_space(ds);
+      const int rank = H5Sget_simple_extent_ndims(sp);
+      std::vector<hsize_t> dims(rank > 0 ? rank : 1), maxdims(dims.size());
+      H5Sget_simple_extent_dims(sp, dims.data(), maxdims.data());
+      H5Sclose(sp);
+      if (rank >= 1 && maxdims[0] == H5S_UNLIMITED && dims[0] > keep) {
+        dims[0] = keep;
+        check(H5Dset_extent(ds, dims.data()), path_, std::string("truncate '") + group + "/" + name + "'");
+      }
+      H5Dclose(ds);
+    }
+    H5Gclose(g);
+  }
+}
+
 }  // namespace fulcrum

@@ -111,6 +111,8 @@ class RunFile {
 
   // H5Fflush: a crash after flush leaves a readable file.
   void flush();
+  // Resume support: drops rows logged after `step` from /train, /eval, /routing.
+  void truncate_after_step(std::int64_t step);
   // Closes now (the destructor does it otherwise); further calls throw.
   void close();
 

@@ -68,6 +68,7 @@ class AdamW {
   }
 
   std::int64_t steps_taken() const { return t_; }
+  void set_steps_taken(std::int64_t t) { t_ = t; }  // checkpoint restore
   DeviceBuffer<T>& first_moment() { return m_; }
   DeviceBuffer<T>& second_moment() { return v_; }
 

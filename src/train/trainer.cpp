@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <csignal>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,6 +18,7 @@
 #include "io/run_file.hpp"
 #include "model/transformer.hpp"
 #include "train/adamw.hpp"
+#include "train/checkpoint.hpp"
 #include "train/data_loader.hpp"
 #include "train/distributed.hpp"
 #include "train/lr_schedule.hpp"
@@ -26,6 +29,45 @@ namespace fulcrum {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+volatile std::sig_atomic_t g_stop_requested = 0;
+extern "C" void request_stop(int) { g_stop_requested = 1; }
+
+// The deck minus [parallel] and [output]: what a resumed run must share with
+// the checkpoint (it may run on another layout or write elsewhere).
+std::string training_fingerprint(const RunConfig& c) {
+  RunConfig copy = c;
+  copy.parallel = ParallelSection{};
+  copy.output = OutputSection{};
+  copy.deck_path.clear();
+  copy.deck_text.clear();
+  return resolved_deck_toml(copy);
+}
+
+std::vector<double> pack_routing(Transformer<float>& model) {
+  std::vector<double> out;
+  for (int l = 0; l < model.shape().n_layers; ++l)
+    if (MoeLayer<float>* moe = model.moe_layer(l)) {
+      const RoutingAccumulator& a = moe->stats;
+      out.insert(out.end(), a.assignments.begin(), a.assignments.end());
+      out.insert(out.end(), {a.dropped, a.routed, a.entropy_sum, a.token_count});
+    }
+  return out;
+}
+void unpack_routing(Transformer<float>& model, const std::vector<double>& in, bool keep) {
+  std::size_t i = 0;
+  for (int l = 0; l < model.shape().n_layers; ++l)
+    if (MoeLayer<float>* moe = model.moe_layer(l)) {
+      RoutingAccumulator& a = moe->stats;
+      a.reset(model.shape().num_experts);
+      if (!keep || i + a.assignments.size() + 4 > in.size()) continue;
+      for (auto& v : a.assignments) v = in[i++];
+      a.dropped = in[i++];
+      a.routed = in[i++];
+      a.entropy_sum = in[i++];
+      a.token_count = in[i++];
+    }
+}
 using Real = float;  // the model trains in float; tests instantiate double
 
 double seconds_since(Clock::time_point t0) {
@@ -149,7 +191,24 @@ class ProgressPrinter {
 
 }  // namespace
 
-void check_run_inputs(const LoadedDeck& deck, int world_size) {
+void install_stop_signal_handlers() {
+  std::signal(SIGTERM, request_stop);
+  std::signal(SIGUSR1, request_stop);
+}
+
+bool should_resume(const RunConfig& c, const TrainOptions& options) {
+  if (options.resume) return true;
+  if (c.output.overwrite) return false;  // an explicit fresh start
+  const std::string dir = c.output.dir;
+  if (!std::filesystem::exists(checkpoint_path(dir)) || !std::filesystem::exists(dir + "/run.h5")) return false;
+  try {
+    return read_string_attr(dir + "/run.h5", "/", "status") != "completed";
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void check_run_inputs(const LoadedDeck& deck, int world_size, bool resuming) {
   const RunConfig& c = deck.config;
   const int ep = c.parallel.expert_parallel;
   if (c.parallel.world_size > 0 && c.parallel.world_size != world_size)
@@ -187,6 +246,13 @@ void check_run_inputs(const LoadedDeck& deck, int world_size) {
                                 " tokens, fewer than seq_len + 2");
   }
   const std::string run_path = (std::filesystem::path(c.output.dir) / "run.h5").string();
+  if (resuming) {
+    if (!std::filesystem::exists(checkpoint_path(c.output.dir)))
+      throw deck.error("output.dir", "cannot resume: no checkpoint '" + checkpoint_path(c.output.dir) + "'");
+    if (!std::filesystem::exists(run_path))
+      throw deck.error("output.dir", "cannot resume: no run file '" + run_path + "'");
+    return;
+  }
   if (std::filesystem::exists(run_path) && !c.output.overwrite)
     throw deck.error("output.dir", "run file '" + run_path +
                                        "' already exists (set output.overwrite = true to replace it)");
@@ -196,7 +262,8 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   const RunConfig& cfg = deck.config;
   int world_size = 1;
   MPI_Comm_size(world, &world_size);
-  check_run_inputs(deck, world_size);
+  const bool resuming = should_resume(cfg, options);
+  check_run_inputs(deck, world_size, resuming);
   ParallelGroups groups = ParallelGroups::create(world, cfg.parallel.expert_parallel);
   const bool root = groups.world_rank == 0;
   RunPlan plan = make_run_plan(cfg, world_size);
@@ -209,7 +276,13 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   // run file exists (rank 0) and records the outcome.
   TokenDataset train_data(cfg.data.train_path, cfg.model.seq_len);
   TokenDataset valid_data(cfg.data.valid_path, cfg.model.seq_len);
-  RunFile file = root ? RunFile::create(cfg.output.dir, cfg.output.overwrite) : RunFile::detached();
+  RunFile file = !root ? RunFile::detached()
+                 : resuming ? RunFile::open_existing(cfg.output.dir + "/run.h5")
+                            : RunFile::create(cfg.output.dir, cfg.output.overwrite);
+  if (root && !resuming) {  // a fresh run must not pick up a stale checkpoint later
+    std::error_code ec;
+    std::filesystem::remove(checkpoint_path(cfg.output.dir), ec);
+  }
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   file.set_root_attr("deck", resolved_deck_toml(cfg));
@@ -219,7 +292,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   file.set_root_attr("seed", static_cast<std::int64_t>(cfg.run.seed));
   file.set_root_attr("version", std::string(FULCRUM_VERSION));
   file.set_root_attr("git_revision", std::string(FULCRUM_GIT_REVISION));
-  file.set_root_attr("start_time", utc_now());
+  if (!resuming) file.set_root_attr("start_time", utc_now());
   file.set_root_attr("hostname", std::string(host));
   file.set_root_attr("world_size", std::int64_t(world_size));
   file.set_root_attr("expert_parallel", std::int64_t(groups.ep_size));
@@ -254,8 +327,46 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
       timers.add("eval", seconds_since(t0));
       file.append_eval({step, static_cast<std::int64_t>(tokens_seen), tokens_seen * M, last_val});
     };
-    do_eval();  // step 0: the untrained model
     double first_loss = std::nan("");
+    const std::string fingerprint = training_fingerprint(cfg);
+    auto make_state = [&]() {
+      TrainerState st;
+      st.step = step;
+      st.optimizer_steps = optimizer.steps_taken();
+      st.tokens_seen = tokens_seen;
+      st.first_loss = first_loss;
+      st.last_val_loss = last_val;
+      st.logged_lm = logged_lm;
+      st.routing = pack_routing(model);
+      st.fingerprint = fingerprint;
+      return st;
+    };
+    auto write_checkpoint = [&]() {
+      const auto t1 = Clock::now();
+      file.flush();  // every row up to this step is on disk before the checkpoint names it
+      save_checkpoint(checkpoint_path(cfg.output.dir), model, optimizer, make_state(), groups);
+      timers.add("checkpoint", seconds_since(t1));
+    };
+    if (resuming) {
+      const TrainerState st = load_checkpoint(checkpoint_path(cfg.output.dir), model, optimizer, groups);
+      if (st.fingerprint != fingerprint)
+        throw CheckpointError("checkpoint '" + checkpoint_path(cfg.output.dir) +
+                              "' was written by a different deck (model or training keys differ); "
+                              "resume with the original deck or start a new run");
+      step = st.step;
+      tokens_seen = st.tokens_seen;
+      first_loss = st.first_loss;
+      last_val = st.last_val_loss;
+      logged_lm = st.logged_lm;
+      unpack_routing(model, st.routing, root);  // rank 0 carries the reduced sums
+      file.truncate_after_step(step);
+      file.set_status("running");
+      file.set_root_attr("resumed_from_step", static_cast<std::int64_t>(step));
+      file.flush();
+      progress.line("resumed from step " + std::to_string(step) + " (" + checkpoint_path(cfg.output.dir) + ")");
+    } else {
+      do_eval();  // step 0: the untrained model
+    }
     std::vector<int> inputs, targets;
     const int micro = cfg.train.micro_batch_size;
     // each rank's loss is the mean over its micro-batches; the gradients are
@@ -338,10 +449,24 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
         window_tokens = 0;
       }
       if (step % cfg.train.eval_interval == 0 && step != plan.steps_total) do_eval();
+      if (cfg.train.checkpoint_interval > 0 && step % cfg.train.checkpoint_interval == 0 &&
+          step != plan.steps_total)
+        write_checkpoint();
+      // pre-emption: all ranks agree on stopping at this step boundary
+      int stop = g_stop_requested ? 1 : 0;
+      if (world_size > 1) MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, world);
+      if (stop && step != plan.steps_total) {
+        write_checkpoint();
+        exit_code = kExitPreempted;
+        progress.line("stop signal: checkpoint written at step " + std::to_string(step) +
+                      "; resume with the same command (or --resume)");
+        break;
+      }
     }
-    if (status == "running") {
+    if (status == "running" && exit_code != kExitPreempted) {
       do_eval();
       status = "completed";
+      write_checkpoint();  // lets a finished run be continued or inspected
     }
     // per-rank token-exchange time and volume (all MoE layers)
     double a2a[2] = {0, 0};
@@ -391,14 +516,14 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     for (const auto& [name, v] : timers.totals) file.set_timer(name, v.first, v.second);
     file.set_summary("final_train_loss", final_train);
     file.set_summary("final_val_loss", last_val);
-    file.set_summary("tokens_seen", tokens_seen);
+    file.set_summary("tokens_seen", static_cast<std::int64_t>(tokens_seen));
     file.set_summary("flops_seen", tokens_seen * M);
     file.set_summary("wall_time_s", wall);
-    file.set_summary("steps_completed", static_cast<double>(step));
+    file.set_summary("steps_completed", static_cast<std::int64_t>(step));
     file.set_summary("tokens_per_second", mean_tps);
     file.set_summary("model_flops_per_second", mean_tps * M);
-    file.set_root_attr("end_time", utc_now());
-    file.set_status(status);
+    if (exit_code != kExitPreempted) file.set_root_attr("end_time", utc_now());
+    file.set_status(status);  // "running" after a pre-emption: the run is not over
     file.flush();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fulcrum-train: error: cannot finish run file: %s\n", e.what());

@@ -1,0 +1,234 @@
+#include "cli.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "fitting.hpp"
+#include "laws.hpp"
+#include "output.hpp"
+#include "runs.hpp"
+#include "synth.hpp"
+
+namespace fulcrum::fit {
+
+namespace {
+
+std::string g(double v) {
+  if (!std::isfinite(v)) return "n/a";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.4g", v);
+  return b;
+}
+
+LawSet load_laws(const std::string& file, const std::string& preset) {
+  if (!file.empty() && !preset.empty()) throw FitError("give either --laws or --preset, not both", 1);
+  if (!preset.empty()) {
+    if (preset != "paper") throw FitError("unknown preset \"" + preset + "\" (known: paper)", 1);
+    return paper_preset();
+  }
+  if (file.empty()) throw FitError("no laws: give --laws FILE or --preset paper", 1);
+  return read_laws_toml(file);
+}
+
+void check_range(const std::vector<double>& r, const char* name) {
+  if (r.size() != 2 || !(r[0] > 0) || !(r[1] >= r[0]))
+    throw FitError(std::string(name) + " must be lo,hi with 0 < lo <= hi", 1);
+}
+
+int cmd_fit(const std::vector<std::string>& inputs, const std::string& out, const FitOptions& opt,
+            const LoadOptions& lopt, bool plots) {
+  auto t0 = std::chrono::steady_clock::now();
+  LoadResult L = load_runs(inputs, lopt);
+  std::cerr << "fulcrum-fit: " << L.runs.size() << " usable run(s) from " << L.files_seen << " file(s)";
+  if (!L.excluded.empty()) std::cerr << ", " << L.excluded.size() << " excluded";
+  if (!L.unreadable.empty()) std::cerr << ", " << L.unreadable.size() << " unreadable";
+  std::cerr << "\n";
+  for (auto& e : L.excluded) std::cerr << "  excluded " << e.path << ": " << e.reason << "\n";
+  for (auto& e : L.unreadable) std::cerr << "  skipped " << e.path << ": " << e.reason << "\n";
+  FitResult R = fit_all(L.runs, opt);
+  if (!R.any()) {
+    std::string m = "nothing could be fitted:";
+    for (auto& n : R.notes) m += "\n  - " + n;
+    throw FitError(m, 3);
+  }
+  bootstrap(L.runs, opt, R);
+  std::filesystem::create_directories(out);
+  write_laws_toml(out + "/laws.toml", R.laws);
+  write_fit_h5(out + "/fit.h5", R, L);
+  {
+    std::ofstream f(out + "/report.txt");
+    write_report(f, R, L, opt);
+  }
+  std::vector<std::string> pngs;
+  if (plots) pngs = write_plots(out, R);
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::cout << "wrote " << out << "/laws.toml, fit.h5, report.txt and " << pngs.size()
+            << " plot(s) in " << g(s) << " s\n";
+  for (auto& n : R.notes) std::cout << "  note: " << n << "\n";
+  return 0;
+}
+
+void print_prediction(const LawSet& L, double A, double G, double C) {
+  if (!L.el.ok()) throw FitError("the laws have no joint EL law (el.joint)", 3);
+  double el = el_joint(L.el, A, G, C);
+  std::printf("A = %s  G = %s  C = %s  EL = %.4f  (dense-equivalent compute %s FLOPs)\n", g(A).c_str(),
+              g(G).c_str(), g(C).c_str(), el, g(el * C).c_str());
+  const Law2& l2 = L.law2_moe.ok() ? L.law2_moe : L.law2_dense;
+  if (l2.ok())
+    std::printf("  compute-optimal M = %s FLOPs/token, D = %s tokens  (law2 %s)\n", g(l2.M_opt(C)).c_str(),
+                g(C / l2.M_opt(C)).c_str(), l2.family.c_str());
+  const Law1& l1 = L.law1_moe.ok() ? L.law1_moe : L.law1_dense;
+  if (l1.ok())
+    std::printf("  eta_opt = %s, B_opt = %s tokens  (law1 %s)\n", g(l1.eta(C)).c_str(), g(l1.batch(C)).c_str(),
+                l1.family.c_str());
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"fulcrum-fit: fit scaling laws and efficiency leverage from Fulcrum run files"};
+  app.require_subcommand(1);
+
+  // fit
+  auto* fit = app.add_subcommand("fit", "fit every law the runs allow; write laws.toml, fit.h5, report, plots");
+  std::vector<std::string> inputs;
+  std::string out;
+  FitOptions opt;
+  LoadOptions lopt;
+  bool no_plots = false;
+  fit->add_option("inputs", inputs, "run files, directories or sweep manifests");
+  fit->add_option("--out", out, "output directory")->required();
+  fit->add_option("--bootstrap", opt.bootstrap, "bootstrap resamples (0: no intervals)")->capture_default_str();
+  fit->add_option("--seed", opt.seed, "bootstrap seed")->capture_default_str();
+  fit->add_flag("--strict", lopt.strict, "unreadable or foreign input files are fatal");
+  fit->add_option("--near-optimal", opt.near_optimal, "Law 1 near-optimal tolerance (fraction)")->capture_default_str();
+  fit->add_option("--el-threshold", opt.el_threshold, "train the EL law on EL below this")->capture_default_str();
+  fit->add_flag("--law1-vertex", opt.law1_vertex,
+                "Law 1 on per-budget quadratic-bowl optima instead of near-optimal points");
+  fit->add_flag("--train-loss", lopt.use_train_loss, "fit final_train_loss instead of final_val_loss");
+  fit->add_flag("--no-plots", no_plots, "skip the PNG plots");
+
+  // shared law options
+  std::string laws_file, preset;
+  double A = NAN, G = NAN, C = NAN;
+  auto* pred = app.add_subcommand("predict", "EL (and M, D, eta, B) for one configuration");
+  auto law_opts = [&](CLI::App* s) {
+    s->add_option("--laws", laws_file, "laws file written by `fit`");
+    s->add_option("--preset", preset, "built-in law set: paper");
+  };
+  law_opts(pred);
+  pred->add_option("--A", A, "activation ratio (0, 1]")->required();
+  pred->add_option("--G", G, "granularity 2 d_model / d_expert")->required();
+  pred->add_option("--C", C, "compute budget in FLOPs")->required();
+
+  auto* grid = app.add_subcommand("grid", "EL over a log-spaced grid of A and G at given budgets");
+  law_opts(grid);
+  std::vector<double> Ar, Gr, Cs;
+  int nA = 7, nG = 7;
+  std::string csv, png;
+  grid->add_option("--A-range", Ar, "lo,hi")->delimiter(',')->required();
+  grid->add_option("--G-range", Gr, "lo,hi")->delimiter(',')->required();
+  grid->add_option("--C", Cs, "budget(s), comma separated")->delimiter(',')->required();
+  grid->add_option("--nA", nA, "grid points in A")->capture_default_str();
+  grid->add_option("--nG", nG, "grid points in G")->capture_default_str();
+  grid->add_option("--csv", csv, "also write the grid as CSV");
+  grid->add_option("--plot", png, "also write an EL contour map (PNG) for the first budget");
+
+  auto* adv = app.add_subcommand("advise", "configuration with the highest EL for a budget");
+  law_opts(adv);
+  adv->add_option("--C", C, "compute budget in FLOPs")->required();
+  adv->add_option("--A-range", Ar, "lo,hi")->delimiter(',')->required();
+  adv->add_option("--G-range", Gr, "lo,hi")->delimiter(',')->required();
+
+  auto* syn = app.add_subcommand("synth", "write a synthetic campaign of run files (tests, demos)");
+  std::string sdir;
+  SynthSpec spec;
+  syn->add_option("--out", sdir, "directory")->required();
+  syn->add_option("--seed", spec.seed)->capture_default_str();
+  syn->add_option("--noise", spec.noise, "relative loss noise")->capture_default_str();
+  syn->add_option("--hp-runs", spec.hp_runs, "hyper-parameter runs per budget and family")->capture_default_str();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 1;
+  }
+  try {
+    if (*fit) return cmd_fit(inputs, out, opt, lopt, !no_plots);
+    if (*pred) {
+      if (!(A > 0 && A <= 1) || !(G > 0) || !(C > 0))
+        throw FitError("predict: need 0 < A <= 1, G > 0, C > 0", 1);
+      print_prediction(load_laws(laws_file, preset), A, G, C);
+      return 0;
+    }
+    if (*grid) {
+      LawSet L = load_laws(laws_file, preset);
+      if (!L.el.ok()) throw FitError("the laws have no joint EL law (el.joint)", 3);
+      check_range(Ar, "--A-range");
+      check_range(Gr, "--G-range");
+      if (nA < 1 || nG < 1) throw FitError("--nA and --nG must be positive", 1);
+      std::ofstream f;
+      if (!csv.empty()) {
+        f.open(csv);
+        if (!f) throw FitError("cannot write " + csv, 1);
+        f << "C,A,G,EL\n";
+      }
+      auto at = [](const std::vector<double>& r, int i, int n) {
+        return n == 1 ? r[0] : std::exp(std::log(r[0]) + (std::log(r[1]) - std::log(r[0])) * i / (n - 1));
+      };
+      for (double c : Cs) {
+        if (!(c > 0)) throw FitError("--C values must be positive", 1);
+        std::printf("C = %s FLOPs: EL (rows A, columns G)\n%10s", g(c).c_str(), "A \\ G");
+        for (int j = 0; j < nG; ++j) std::printf("%9s", g(at(Gr, j, nG)).c_str());
+        std::printf("\n");
+        for (int i = 0; i < nA; ++i) {
+          double a = at(Ar, i, nA);
+          std::printf("%10s", g(a).c_str());
+          for (int j = 0; j < nG; ++j) {
+            double e = el_joint(L.el, a, at(Gr, j, nG), c);
+            std::printf("%9.3f", e);
+            if (f) f << c << "," << a << "," << at(Gr, j, nG) << "," << e << "\n";
+          }
+          std::printf("\n");
+        }
+      }
+      if (!png.empty()) plot_el_map(png, L, Cs[0], Ar[0], Ar[1], Gr[0], Gr[1]);
+      return 0;
+    }
+    if (*adv) {
+      check_range(Ar, "--A-range");
+      check_range(Gr, "--G-range");
+      LawSet L = load_laws(laws_file, preset);
+      Advice a = advise(L, C, Ar[0], Ar[1], Gr[0], Gr[1]);
+      std::printf("best configuration at C = %s FLOPs (laws: %s)\n", g(C).c_str(), L.source.c_str());
+      std::printf("  A = %s  G = %s  EL = %.4f\n", g(a.A).c_str(), g(a.G).c_str(), a.EL);
+      std::printf("  M_opt = %s FLOPs/token  D_opt = %s tokens\n", g(a.M_opt).c_str(), g(a.D_opt).c_str());
+      std::printf("  eta_opt = %s  B_opt = %s tokens\n", g(a.eta).c_str(), g(a.batch).c_str());
+      if (a.A <= Ar[0] * (1 + 1e-9)) std::printf("  note: A is at the lower bound of --A-range (EL grows as A falls)\n");
+      return 0;
+    }
+    if (*syn) {
+      auto recs = synth_campaign(SynthTruth{}, spec);
+      auto paths = write_campaign(sdir, recs);
+      std::ofstream m(sdir + "/manifest.txt");
+      m << "# synthetic campaign\n";
+      for (auto& p : paths) m << std::filesystem::path(p).filename().string() << "\n";
+      std::printf("wrote %zu run files and manifest.txt to %s\n", paths.size(), sdir.c_str());
+      return 0;
+    }
+  } catch (const FitError& e) {
+    std::cerr << "fulcrum-fit: error: " << e.what() << "\n";
+    return e.code;
+  } catch (const std::exception& e) {
+    std::cerr << "fulcrum-fit: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 1;
+}
+
+}  // namespace fulcrum::fit

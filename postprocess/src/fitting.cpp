@@ -1,0 +1,853 @@
+#include "fitting.hpp"
+
+#include <ceres/ceres.h>
+
+#include <Eigen/Dense>
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+namespace fulcrum::fit {
+
+bool FitResult::any() const {
+  const LawSet& L = laws;
+  if (L.el.ok()) return true;
+  for (auto& l : law1_all) if (l.ok()) return true;
+  for (auto& l : law2_all) if (l.ok()) return true;
+  for (auto& l : L.law3) if (l.ok()) return true;
+  return false;
+}
+
+namespace {
+
+// ------------------------------------------------------------ numerics
+Value V(double v) { Value x; x.v = v; return x; }
+
+// Ordinary least squares y = X b (Eigen, column-pivoting QR).
+Eigen::VectorXd ols(const Eigen::MatrixXd& X, const Eigen::VectorXd& y) {
+  return X.colPivHouseholderQr().solve(y);
+}
+
+// Line fit y = c0 + c1 x; returns {c0, c1}.
+std::array<double, 2> linfit(const std::vector<double>& x, const std::vector<double>& y) {
+  Eigen::MatrixXd X(x.size(), 2);
+  Eigen::VectorXd Y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) X(i, 0) = 1, X(i, 1) = x[i], Y(i) = y[i];
+  Eigen::VectorXd b = ols(X, Y);
+  return {b(0), b(1)};
+}
+
+// Line fit with iterative MAD outlier rejection; `keep` flags the points used.
+std::array<double, 2> robust_linfit(const std::vector<double>& x, const std::vector<double>& y,
+                                    double k, std::vector<bool>& keep) {
+  keep.assign(x.size(), true);
+  std::array<double, 2> c{NAN, NAN};
+  for (int it = 0; it < 5; ++it) {
+    std::vector<double> xs, ys;
+    for (size_t i = 0; i < x.size(); ++i)
+      if (keep[i]) xs.push_back(x[i]), ys.push_back(y[i]);
+    c = linfit(xs, ys);
+    std::vector<double> r;
+    for (size_t i = 0; i < x.size(); ++i) r.push_back(std::abs(y[i] - c[0] - c[1] * x[i]));
+    std::vector<double> rk;
+    for (size_t i = 0; i < x.size(); ++i) if (keep[i]) rk.push_back(r[i]);
+    std::nth_element(rk.begin(), rk.begin() + rk.size() / 2, rk.end());
+    double mad = 1.4826 * rk[rk.size() / 2];
+    if (!(mad > 0)) break;
+    bool changed = false;
+    for (size_t i = 0; i < x.size(); ++i) {
+      bool kk = r[i] <= k * mad;
+      if (kk != keep[i]) changed = true;
+      keep[i] = kk;
+    }
+    if (std::count(keep.begin(), keep.end(), true) < 3) {
+      keep.assign(x.size(), true);
+      c = linfit(x, y);
+      break;
+    }
+    if (!changed) break;
+  }
+  return c;
+}
+
+double huber(double r, double d) {
+  double s = r * r;
+  return s <= d * d ? s : 2 * d * std::abs(r) - d * d;
+}
+
+// Huber-loss fit with Ceres' line-search BFGS. Returns the final cost, +inf
+// when the solver result is unusable.
+template <class Fn, int NP>
+double huber_fit(const std::vector<Fn>& res, std::array<double, NP>& p, double delta) {
+  ceres::Problem::Options po;
+  po.loss_function_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
+  po.enable_fast_removal = false;
+  ceres::Problem prob(po);
+  ceres::HuberLoss loss(delta);
+  for (const auto& r : res)
+    prob.AddResidualBlock(new ceres::AutoDiffCostFunction<Fn, 1, NP>(new Fn(r)), &loss, p.data());
+  ceres::Solver::Options o;
+  o.minimizer_type = ceres::LINE_SEARCH;
+  o.line_search_direction_type = ceres::BFGS;
+  o.max_num_iterations = 400;
+  o.function_tolerance = 1e-12;
+  o.gradient_tolerance = 1e-12;
+  o.parameter_tolerance = 1e-12;
+  o.logging_type = ceres::SILENT;
+  o.minimizer_progress_to_stdout = false;
+  ceres::Solver::Summary s;
+  ceres::Solve(o, &prob, &s);
+  if (!s.IsSolutionUsable() || !std::isfinite(s.final_cost)) return INFINITY;
+  for (double v : p) if (!std::isfinite(v)) return INFINITY;
+  return s.final_cost;
+}
+
+// Direct cost of a functor set at p (no derivatives), for choosing starts.
+template <class Fn, int NP>
+double cost_at(const std::vector<Fn>& res, const std::array<double, NP>& p, double delta) {
+  double c = 0;
+  for (auto& r : res) {
+    double e;
+    if (!r(p.data(), &e) || !std::isfinite(e)) return INFINITY;
+    c += 0.5 * huber(e, delta);
+  }
+  return c;
+}
+
+// Fit from several starts: evaluate all, optimise the best `n_opt`.
+template <class Fn, int NP>
+double multistart(const std::vector<Fn>& res, std::vector<std::array<double, NP>> starts,
+                  std::array<double, NP>& best, double delta, size_t n_opt) {
+  std::vector<std::pair<double, size_t>> c;
+  for (size_t i = 0; i < starts.size(); ++i) c.push_back({cost_at<Fn, NP>(res, starts[i], delta), i});
+  std::sort(c.begin(), c.end());
+  double bc = INFINITY;
+  for (size_t j = 0; j < std::min(n_opt, c.size()); ++j) {
+    if (!std::isfinite(c[j].first)) break;
+    auto p = starts[c[j].second];
+    double f = huber_fit<Fn, NP>(res, p, delta);
+    if (f < bc) bc = f, best = p;
+  }
+  return bc;
+}
+
+double r2(const std::vector<double>& obs, const std::vector<double>& pred) {
+  if (obs.size() < 2) return NAN;
+  double m = 0;
+  for (double o : obs) m += o;
+  m /= obs.size();
+  double ss = 0, st = 0;
+  for (size_t i = 0; i < obs.size(); ++i)
+    ss += (obs[i] - pred[i]) * (obs[i] - pred[i]), st += (obs[i] - m) * (obs[i] - m);
+  return st > 0 ? 1 - ss / st : NAN;
+}
+
+double mape(const std::vector<double>& obs, const std::vector<double>& pred) {
+  if (obs.empty()) return NAN;
+  double s = 0;
+  for (size_t i = 0; i < obs.size(); ++i) s += std::abs(pred[i] - obs[i]) / std::abs(obs[i]);
+  return 100 * s / obs.size();
+}
+
+long long key3(double v) { return std::llround(std::log(v) * 1e3); }  // relative 1e-3
+
+std::string fmt(double v) {
+  std::ostringstream o;
+  o.precision(4);
+  o << v;
+  return o.str();
+}
+
+// ------------------------------------------------------------ functors
+struct Law3Res {
+  double lc, L;
+  template <class T> bool operator()(const T* p, T* r) const {
+    using std::exp;
+    r[0] = (p[0] + exp(p[1] + p[2] * lc) - L) / L;
+    return true;
+  }
+};
+
+struct ParamRes {  // ln L = LSE(e, a - alpha ln M~, b - beta ln D~)
+  double lm, ld, lL;
+  template <class T> bool operator()(const T* p, T* r) const {
+    using std::exp;
+    using std::log;
+    T u0 = p[0], u1 = p[1] - p[3] * lm, u2 = p[2] - p[4] * ld;
+    T mx = u0;
+    if (u1 > mx) mx = u1;
+    if (u2 > mx) mx = u2;
+    r[0] = mx + log(exp(u0 - mx) + exp(u1 - mx) + exp(u2 - mx)) - lL;
+    return true;
+  }
+};
+
+template <class T> T ahat_t(double A, const T& lnAs, double Amax) {
+  using std::exp;
+  T k = T(1.0) / (exp(-lnAs) - 1.0 / Amax);
+  return T(1.0) / (T(1.0) / (A + k) + 1.0 / Amax);
+}
+
+struct JointRes {  // ln EL = ln A_hat * (a + d lc + gamma lg^2 + beta lg)
+  double A, lc, lg, lnEL, Amax;
+  template <class T> bool operator()(const T* p, T* r) const {
+    using std::log;
+    T ah = ahat_t(A, p[4], Amax);
+    r[0] = log(ah) * (p[0] + p[1] * lc + p[2] * lg * lg + p[3] * lg) - lnEL;
+    return true;
+  }
+};
+
+struct ActRes {  // ln EL = a_A ln A_hat
+  double A, lnEL, Amax;
+  template <class T> bool operator()(const T* p, T* r) const {
+    using std::log;
+    r[0] = p[0] * log(ahat_t(A, p[1], Amax)) - lnEL;
+    return true;
+  }
+};
+
+template <class K, class T> const T* find_family(const std::vector<T>& v, const K& fam) {
+  for (auto& x : v) if (x.family == fam) return &x;
+  return nullptr;
+}
+
+// ------------------------------------------------------------ Law 1
+void fit_law1(const std::vector<Run>& runs, const FitOptions& opt, FitResult& R) {
+  std::map<std::string, std::map<long long, std::vector<const Run*>>> byfam;
+  for (auto& r : runs)
+    if (r.lr > 0 && r.batch > 0) byfam[r.family][budget_key(r.C)].push_back(&r);
+  for (auto& [fam, budgets] : byfam) {
+    std::vector<HPPoint> pts;
+    int nb = 0;
+    for (auto& [bk, rs] : budgets) {
+      // the hyper-parameter sweep of a budget: runs at its most common size M
+      std::map<long long, std::vector<const Run*>> byM;
+      for (auto* r : rs) byM[key3(r->M)].push_back(r);
+      const std::vector<const Run*>* sw = nullptr;
+      for (auto& [mk, v] : byM) if (!sw || v.size() > sw->size()) sw = &v;
+      std::set<std::pair<long long, long long>> hp;
+      for (auto* r : *sw) hp.insert({key3(r->lr), key3(r->batch)});
+      if (hp.size() < 3) continue;
+      double best = INFINITY;
+      for (auto* r : *sw) best = std::min(best, r->loss);
+      ++nb;
+      for (auto* r : *sw) {
+        HPPoint p{fam, r->C, r->lr, r->batch, r->loss};
+        p.near_opt = r->loss <= best * (1 + opt.near_optimal);
+        pts.push_back(p);
+      }
+    }
+    if (nb == 0) continue;
+    if (nb < 2) {
+      R.notes.push_back("Law 1 (" + fam + "): hyper-parameter sweep at only one budget; needs two or more");
+      R.hp.insert(R.hp.end(), pts.begin(), pts.end());
+      continue;
+    }
+    std::vector<double> x, ye, yb;
+    std::vector<size_t> idx;
+    if (opt.law1_vertex) {
+      // per budget: loss = quadratic in (log2 lr, log2 B); its vertex is the optimum
+      std::map<long long, std::vector<const HPPoint*>> bb;
+      for (auto& p : pts) bb[budget_key(p.C)].push_back(&p);
+      for (auto& [k, v] : bb) {
+        if (v.size() < 8) continue;
+        double mx = 0, my = 0;
+        for (auto* p : v) mx += std::log2(p->lr) / v.size(), my += std::log2(p->batch) / v.size();
+        Eigen::MatrixXd X(v.size(), 6);
+        Eigen::VectorXd Y(v.size());
+        for (size_t i = 0; i < v.size(); ++i) {
+          double a = std::log2(v[i]->lr) - mx, b = std::log2(v[i]->batch) - my;
+          X.row(i) << 1, a, b, a * a, b * b, a * b;
+          Y(i) = std::log(v[i]->loss);
+        }
+        Eigen::VectorXd c = ols(X, Y);
+        Eigen::Matrix2d H;
+        H << 2 * c(3), c(5), c(5), 2 * c(4);
+        if (!(H(0, 0) > 0 && H.determinant() > 0)) continue;
+        Eigen::Vector2d o = H.ldlt().solve(Eigen::Vector2d(-c(1), -c(2)));
+        x.push_back(std::log10(v[0]->C));
+        ye.push_back((o(0) + mx) * std::log10(2.0));
+        yb.push_back((o(1) + my) * std::log10(2.0));
+      }
+      if (x.size() < 2) {
+        R.notes.push_back("Law 1 (" + fam + "): fewer than two budgets with a convex hyper-parameter bowl");
+        R.hp.insert(R.hp.end(), pts.begin(), pts.end());
+        continue;
+      }
+    }
+    for (size_t i = 0; i < pts.size() && !opt.law1_vertex; ++i)
+      if (pts[i].near_opt) {
+        x.push_back(std::log10(pts[i].C));
+        ye.push_back(std::log10(pts[i].lr));
+        yb.push_back(std::log10(pts[i].batch));
+        idx.push_back(i);
+      }
+    std::vector<bool> ke, kb;
+    auto ce = opt.law1_vertex ? linfit(x, ye) : robust_linfit(x, ye, opt.outlier_k, ke);
+    auto cb = opt.law1_vertex ? linfit(x, yb) : robust_linfit(x, yb, opt.outlier_k, kb);
+    for (size_t j = 0; j < idx.size(); ++j) {
+      pts[idx[j]].outlier_lr = !ke[j];
+      pts[idx[j]].outlier_batch = !kb[j];
+    }
+    Law1 l;
+    l.family = fam;
+    l.eta = {V(std::pow(10.0, ce[0])), V(ce[1])};
+    l.batch = {V(std::pow(10.0, cb[0])), V(cb[1])};
+    R.law1_all.push_back(l);
+    R.hp.insert(R.hp.end(), pts.begin(), pts.end());
+  }
+}
+
+// ------------------------------------------------------------ Law 2
+void fit_law2(const std::vector<Run>& runs, const FitOptions& opt, const FitResult* warm,
+              FitResult& R) {
+  std::map<std::string, std::map<long long, std::map<long long, const Run*>>> byfam;
+  for (auto& r : runs) {
+    auto& slot = byfam[r.family][budget_key(r.C)][key3(r.M)];
+    if (!slot || r.loss < slot->loss) slot = &r;
+  }
+  for (auto& [fam, budgets] : byfam) {
+    std::vector<IsoFit> fits;
+    std::vector<IsoPoint> pts;
+    std::set<long long> sizes;
+    for (auto& [bk, byM] : budgets) {
+      for (auto& [mk, r] : byM) sizes.insert(mk);
+      if (byM.size() < 3) continue;
+      std::vector<double> x, y;
+      for (auto& [mk, r] : byM) {
+        x.push_back(std::log10(r->M));
+        y.push_back(r->loss);
+        pts.push_back({fam, r->C, r->M, r->D, r->loss});
+      }
+      double xm = 0;
+      for (double v : x) xm += v;
+      xm /= x.size();
+      Eigen::MatrixXd X(x.size(), 3);
+      Eigen::VectorXd Y(x.size());
+      for (size_t i = 0; i < x.size(); ++i)
+        X(i, 0) = 1, X(i, 1) = x[i] - xm, X(i, 2) = (x[i] - xm) * (x[i] - xm), Y(i) = y[i];
+      Eigen::VectorXd c = ols(X, Y);
+      double lo = *std::min_element(x.begin(), x.end()), hi = *std::max_element(x.begin(), x.end());
+      if (!(c(2) > 0)) {
+        R.notes.push_back("Law 2 (" + fam + "): IsoFLOP curve at C=" + fmt(byM.begin()->second->C) +
+                          " is not convex; budget skipped");
+        continue;
+      }
+      double xv = xm - c(1) / (2 * c(2));
+      if (xv < lo - 0.5 * (hi - lo) || xv > hi + 0.5 * (hi - lo)) {
+        R.notes.push_back("Law 2 (" + fam + "): IsoFLOP minimum at C=" + fmt(byM.begin()->second->C) +
+                          " lies far outside the sampled sizes; budget skipped");
+        continue;
+      }
+      IsoFit f{fam, byM.begin()->second->C};
+      // store coefficients in absolute x = log10 M
+      f.c2 = c(2);
+      f.c1 = c(1) - 2 * c(2) * xm;
+      f.c0 = c(0) - c(1) * xm + c(2) * xm * xm;
+      f.M_opt = std::pow(10.0, xv);
+      f.L_min = c(0) - c(1) * c(1) / (4 * c(2));
+      f.x_lo = lo, f.x_hi = hi;
+      fits.push_back(f);
+    }
+    if (budgets.size() >= 2 && sizes.size() == 1) {
+      R.notes.push_back("Law 2 (" + fam + "): a single model size (M=" +
+                        fmt(budgets.begin()->second.begin()->second->M) +
+                        ") at every budget; IsoFLOP needs 3+ sizes per budget");
+      continue;
+    }
+    if (fits.empty()) continue;
+    R.isofits.insert(R.isofits.end(), fits.begin(), fits.end());
+    if (fits.size() < 2) {
+      R.notes.push_back("Law 2 (" + fam + "): IsoFLOP minimum at only one budget; needs two or more");
+      R.iso.insert(R.iso.end(), pts.begin(), pts.end());
+      continue;
+    }
+    std::vector<double> x, y;
+    for (auto& f : fits) x.push_back(std::log10(f.C)), y.push_back(std::log10(f.M_opt));
+    auto c = linfit(x, y);
+    Law2 l;
+    l.family = fam;
+    l.M_opt = {V(std::pow(10.0, c[0])), V(c[1])};
+    l.D_opt = {V(std::pow(10.0, -c[0])), V(1 - c[1])};
+    R.law2_all.push_back(l);
+
+    // Parametric cross-check (Chinchilla approach 3) on the IsoFLOP points.
+    double lm0 = 0, ld0 = 0, lmin = INFINITY;
+    for (auto& p : pts) lm0 += std::log(p.M), ld0 += std::log(p.D), lmin = std::min(lmin, p.loss);
+    lm0 /= pts.size(), ld0 /= pts.size();
+    std::vector<ParamRes> res;
+    for (auto& p : pts) res.push_back({std::log(p.M) - lm0, std::log(p.D) - ld0, std::log(p.loss)});
+    std::array<double, 5> best{};
+    double cost = INFINITY;
+    const Parametric* w = warm ? find_family(warm->laws.parametric, fam) : nullptr;
+    if (w && w->ok()) {
+      best = {std::log(w->E.v), std::log(w->A.v) - w->alpha.v * lm0, std::log(w->B.v) - w->beta.v * ld0,
+              w->alpha.v, w->beta.v};
+      cost = huber_fit<ParamRes, 5>(res, best, opt.huber_loss);
+    } else {
+      std::vector<std::array<double, 5>> starts;
+      for (double e : {0.3, 0.6, 0.85})
+        for (double a : {0.02, 0.1, 0.3})
+          for (double b : {0.02, 0.1, 0.3})
+            for (double al : {0.15, 0.35, 0.7})
+              for (double be : {0.15, 0.35, 0.7})
+                starts.push_back({std::log(e * lmin), std::log(a * lmin), std::log(b * lmin), al, be});
+      cost = multistart<ParamRes, 5>(res, starts, best, opt.huber_loss, 6);
+    }
+    if (std::isfinite(cost) && best[3] > 0 && best[4] > 0) {
+      Parametric p;
+      p.family = fam;
+      p.E = V(std::exp(best[0]));
+      p.A = V(std::exp(best[1] + best[3] * lm0));
+      p.B = V(std::exp(best[2] + best[4] * ld0));
+      p.alpha = V(best[3]);
+      p.beta = V(best[4]);
+      R.laws.parametric.push_back(p);
+      for (size_t i = 0; i < pts.size(); ++i) {
+        double e;
+        res[i](best.data(), &e);
+        pts[i].resid_parametric = e;
+      }
+    } else {
+      R.notes.push_back("Law 2 parametric (" + fam + "): L(M, D) fit did not converge");
+    }
+    R.iso.insert(R.iso.end(), pts.begin(), pts.end());
+  }
+}
+
+// ------------------------------------------------------------ Law 3
+void fit_law3(const std::vector<Run>& runs, const FitOptions& opt, const FitResult* warm,
+              FitResult& R) {
+  std::map<std::string, std::map<long long, double>> best;
+  std::map<std::string, std::map<long long, double>> budgetC;
+  std::map<std::string, std::set<long long>> sizes;
+  for (auto& r : runs) {
+    auto k = budget_key(r.C);
+    auto& b = best[r.family];
+    if (!b.count(k) || r.loss < b[k]) b[k] = r.loss;
+    budgetC[r.family][k] = r.C;
+    sizes[r.family].insert(key3(r.M));
+  }
+  // where an IsoFLOP parabola exists, its minimum is the budget's loss
+  for (auto& f : R.isofits) best[f.family][budget_key(f.C)] = f.L_min;
+  for (auto& [fam, b] : best) {
+    if (b.size() < 3) {
+      R.notes.push_back("Law 3 (" + fam + "): " + std::to_string(b.size()) +
+                        " compute budget(s); loss vs compute needs 3 or more");
+      continue;
+    }
+    if (sizes[fam].size() == 1) {
+      R.notes.push_back("Law 3 (" + fam + "): a single model size at every budget; loss vs "
+                        "compute needs model sizes that grow with the budget");
+      continue;
+    }
+    std::vector<CurvePoint> pts;
+    double lc0 = 0, lmin = INFINITY, lmax = 0;
+    for (auto& [k, l] : b) {
+      pts.push_back({fam, budgetC[fam][k], l});
+      lc0 += std::log(budgetC[fam][k]);
+      lmin = std::min(lmin, l), lmax = std::max(lmax, l);
+    }
+    lc0 /= pts.size();
+    std::vector<Law3Res> res;
+    for (auto& p : pts) res.push_back({std::log(p.C) - lc0, p.loss});
+    std::array<double, 3> p{};
+    double cost;
+    const Law3* w = warm ? find_family(warm->laws.law3, fam) : nullptr;
+    if (w && w->ok()) {
+      p = {w->b.v, std::log(w->alpha.v) + w->beta.v * lc0, w->beta.v};
+      cost = huber_fit<Law3Res, 3>(res, p, opt.huber_loss);
+    } else {
+      std::vector<std::array<double, 3>> starts;
+      for (double bf : {0.0, 0.3, 0.6, 0.8, 0.9, 0.95})
+        for (double be : {-0.03, -0.08, -0.15, -0.3, -0.6}) {
+          double bb = bf * lmin;
+          starts.push_back({bb, std::log(std::max(1e-6, 0.5 * (lmin + lmax) - bb)), be});
+        }
+      cost = multistart<Law3Res, 3>(res, starts, p, opt.huber_loss, 5);
+    }
+    if (!std::isfinite(cost) || !(p[2] < 0)) {
+      R.notes.push_back("Law 3 (" + fam + "): L(C) = alpha C^beta + b did not converge to a "
+                        "decreasing curve");
+      continue;
+    }
+    Law3 l;
+    l.family = fam;
+    l.b = V(p[0]);
+    l.beta = V(p[2]);
+    l.alpha = V(std::exp(p[1] - p[2] * lc0));
+    l.n = static_cast<int>(pts.size());
+    std::vector<double> o, pr;
+    for (auto& q : pts) {
+      o.push_back(q.loss);
+      pr.push_back(l(q.C));
+      q.resid = q.loss - pr.back();
+    }
+    l.r2 = r2(o, pr);
+    R.laws.law3.push_back(l);
+    R.curve.insert(R.curve.end(), pts.begin(), pts.end());
+  }
+}
+
+// ------------------------------------------------------------ EL
+void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult* warm,
+            FitResult& R) {
+  const Law3* dense = find_family(R.laws.law3, std::string("dense"));
+  bool any_moe = std::any_of(runs.begin(), runs.end(), [](const Run& r) { return r.is_moe; });
+  if (!any_moe) {
+    R.notes.push_back("EL: no MoE runs");
+    return;
+  }
+  if (!dense) {
+    R.notes.push_back("EL: no loss-vs-compute fit for the dense family, so no EL can be computed");
+    return;
+  }
+  std::map<std::string, const Run*> famrun;
+  for (auto& r : runs) if (r.is_moe) famrun[r.family] = &r;
+  // per MoE family and budget: the curve point if the family had a Law 3 fit,
+  // else its best loss per budget
+  std::map<std::string, std::map<long long, std::pair<double, double>>> pts;  // C, loss
+  for (auto& r : runs) {
+    if (!r.is_moe) continue;
+    auto& s = pts[r.family][budget_key(r.C)];
+    if (s.first == 0 || r.loss < s.second) s = {r.C, r.loss};
+  }
+  for (auto& f : R.isofits)
+    if (pts.count(f.family)) pts[f.family][budget_key(f.C)] = {f.C, f.L_min};
+  int unreachable = 0;
+  for (auto& [fam, b] : pts) {
+    const Run* r0 = famrun[fam];
+    for (auto& [k, cl] : b) {
+      double Cd = dense->inverse(cl.second);
+      if (!std::isfinite(Cd)) {
+        ++unreachable;
+        continue;
+      }
+      ELPoint e{fam, r0->A, r0->G, cl.first, cl.second, Cd, Cd / cl.first};
+      e.train = e.EL < opt.el_threshold;
+      R.el.push_back(e);
+    }
+  }
+  if (unreachable)
+    R.notes.push_back("EL: " + std::to_string(unreachable) +
+                      " MoE point(s) have a loss below the dense family's asymptote b; left out");
+  LawSet& L = R.laws;
+  L.el_threshold = opt.el_threshold;
+  std::vector<const ELPoint*> tr;
+  for (auto& e : R.el) if (e.train && e.EL > 0) tr.push_back(&e);
+  std::set<long long> dA, dG, dC;
+  for (auto* e : tr) dA.insert(key3(e->A)), dG.insert(key3(e->G)), dC.insert(budget_key(e->C));
+  if (tr.size() < 6 || dA.size() < 2 || dG.size() < 3 || dC.size() < 2) {
+    R.notes.push_back("EL joint law: needs EL points (below the threshold) at 2+ activation "
+                      "ratios, 3+ granularities and 2+ budgets; have " + std::to_string(tr.size()) +
+                      " points, " + std::to_string(dA.size()) + " A, " + std::to_string(dG.size()) +
+                      " G, " + std::to_string(dC.size()) + " C");
+  } else {
+    std::vector<JointRes> res;
+    for (auto* e : tr)
+      res.push_back({e->A, std::log10(e->C), std::log2(e->G), std::log(e->EL), opt.A_max});
+    std::array<double, 5> p{};
+    double cost = INFINITY;
+    if (warm && warm->laws.el.ok()) {
+      auto& w = warm->laws.el;
+      p = {w.a.v, w.d.v, w.gamma.v, w.beta.v, std::log(w.A_start.v)};
+      cost = huber_fit<JointRes, 5>(res, p, opt.huber_el);
+    } else {
+      // For fixed A_start the law is linear in (a, d, gamma, beta): profile
+      // A_start on a grid with least squares, then refine all with Huber+BFGS.
+      double bestss = INFINITY;
+      for (int i = 0; i <= 40; ++i) {
+        double As = std::pow(10.0, -4 + 4.0 * i / 40);
+        Eigen::MatrixXd X(tr.size(), 4);
+        Eigen::VectorXd Y(tr.size());
+        for (size_t j = 0; j < tr.size(); ++j) {
+          double la = std::log(a_hat(tr[j]->A, As, opt.A_max));
+          double lg = std::log2(tr[j]->G);
+          X(j, 0) = la, X(j, 1) = la * std::log10(tr[j]->C), X(j, 2) = la * lg * lg, X(j, 3) = la * lg;
+          Y(j) = std::log(tr[j]->EL);
+        }
+        Eigen::VectorXd c = ols(X, Y);
+        double ss = (X * c - Y).squaredNorm();
+        if (ss < bestss) bestss = ss, p = {c(0), c(1), c(2), c(3), std::log(As)};
+      }
+      cost = huber_fit<JointRes, 5>(res, p, opt.huber_el);
+    }
+    if (std::isfinite(cost)) {
+      L.el.a = V(p[0]), L.el.d = V(p[1]), L.el.gamma = V(p[2]), L.el.beta = V(p[3]);
+      L.el.A_start = V(std::exp(p[4]));
+      L.el.A_max = V(opt.A_max);
+      std::vector<double> ot, pt, ov, pv;
+      for (auto& e : R.el) {
+        e.EL_pred = el_joint(L.el, e.A, e.G, e.C);
+        (e.train ? ot : ov).push_back(e.EL);
+        (e.train ? pt : pv).push_back(e.EL_pred);
+      }
+      L.n_train = ot.size(), L.n_val = ov.size();
+      L.r2_train = r2(ot, pt), L.mape_train = mape(ot, pt);
+      L.r2_val = r2(ov, pv), L.mape_val = mape(ov, pv);
+    } else {
+      R.notes.push_back("EL joint law: fit did not converge");
+    }
+  }
+
+  // Separable laws on one slice each (chosen once, reused by the bootstrap).
+  if (!R.slices_set) {
+    auto pick = [&](auto keyfn, auto varfn, long long& k1, long long& k2) {
+      std::map<std::pair<long long, long long>, std::set<long long>> g;
+      for (auto* e : tr) g[keyfn(e)].insert(varfn(e));
+      size_t bestn = 0;
+      for (auto& [k, s] : g)
+        if (s.size() >= bestn) bestn = s.size(), k1 = k.first, k2 = k.second;  // ties: larger key
+      return bestn;
+    };
+    pick([](const ELPoint* e) { return std::make_pair(key3(e->G), budget_key(e->C)); },
+         [](const ELPoint* e) { return key3(e->A); }, R.slice_A_G, R.slice_A_C);
+    pick([](const ELPoint* e) { return std::make_pair(key3(e->A), budget_key(e->C)); },
+         [](const ELPoint* e) { return key3(e->G); }, R.slice_G_A, R.slice_G_C);
+    pick([](const ELPoint* e) { return std::make_pair(key3(e->A), key3(e->G)); },
+         [](const ELPoint* e) { return budget_key(e->C); }, R.slice_C_A, R.slice_C_G);
+    R.slices_set = true;
+  }
+  // activation
+  {
+    std::vector<const ELPoint*> s;
+    std::set<long long> d;
+    for (auto* e : tr)
+      if (key3(e->G) == R.slice_A_G && budget_key(e->C) == R.slice_A_C) s.push_back(e), d.insert(key3(e->A));
+    if (d.size() >= 3) {
+      std::vector<ActRes> res;
+      for (auto* e : s) res.push_back({e->A, std::log(e->EL), opt.A_max});
+      std::array<double, 2> p{};
+      if (warm && warm->laws.el_A.ok()) {
+        p = {warm->laws.el_A.a_A.v, std::log(warm->laws.el_A.A_start.v)};
+      } else {
+        double bestss = INFINITY;
+        for (int i = 0; i <= 40; ++i) {
+          double As = std::pow(10.0, -4 + 4.0 * i / 40);
+          double sxy = 0, sxx = 0;
+          for (auto* e : s) {
+            double x = std::log(a_hat(e->A, As, opt.A_max));
+            sxy += x * std::log(e->EL), sxx += x * x;
+          }
+          double a = sxy / sxx, ss = 0;
+          for (auto* e : s) {
+            double x = std::log(a_hat(e->A, As, opt.A_max));
+            ss += (a * x - std::log(e->EL)) * (a * x - std::log(e->EL));
+          }
+          if (ss < bestss) bestss = ss, p = {a, std::log(As)};
+        }
+      }
+      if (std::isfinite(huber_fit<ActRes, 2>(res, p, opt.huber_el))) {
+        L.el_A.a_A = V(p[0]);
+        L.el_A.A_start = V(std::exp(p[1]));
+        L.el_A.A_max = opt.A_max;
+        L.el_A.G = s[0]->G, L.el_A.C = s[0]->C;
+      }
+    } else if (!tr.empty()) {
+      R.notes.push_back("EL activation law: no slice (fixed G, C) with 3+ activation ratios");
+    }
+  }
+  // granularity
+  {
+    std::vector<double> x, y;
+    const ELPoint* e0 = nullptr;
+    std::set<long long> d;
+    for (auto* e : tr)
+      if (key3(e->A) == R.slice_G_A && budget_key(e->C) == R.slice_G_C)
+        x.push_back(std::log2(e->G)), y.push_back(std::log(e->EL)), d.insert(key3(e->G)), e0 = e;
+    if (d.size() >= 3) {
+      Eigen::MatrixXd X(x.size(), 3);
+      Eigen::VectorXd Y(x.size());
+      for (size_t i = 0; i < x.size(); ++i) X(i, 0) = 1, X(i, 1) = x[i], X(i, 2) = x[i] * x[i], Y(i) = y[i];
+      Eigen::VectorXd c = ols(X, Y);
+      if (c(2) != 0) {
+        L.el_G.a_G = V(c(0)), L.el_G.b_G = V(c(2)), L.el_G.c_G = V(c(1) / c(2));
+        L.el_G.A = e0->A, L.el_G.C = e0->C;
+      }
+    } else if (!tr.empty()) {
+      R.notes.push_back("EL granularity law: no slice (fixed A, C) with 3+ granularities");
+    }
+  }
+  // compute
+  {
+    std::vector<double> x, y;
+    const ELPoint* e0 = nullptr;
+    std::set<long long> d;
+    for (auto* e : tr)
+      if (key3(e->A) == R.slice_C_A && key3(e->G) == R.slice_C_G)
+        x.push_back(std::log10(e->C)), y.push_back(std::log(e->EL)), d.insert(budget_key(e->C)), e0 = e;
+    if (d.size() >= 3) {
+      auto c = linfit(x, y);
+      L.el_C.a_C = V(c[1]), L.el_C.c_C = V(c[0]);
+      L.el_C.A = e0->A, L.el_C.G = e0->G;
+    } else if (!tr.empty()) {
+      R.notes.push_back("EL compute law: no slice (fixed A, G) with 3+ budgets");
+    }
+  }
+}
+
+void choose_main_laws(FitResult& R) {
+  LawSet& L = R.laws;
+  L.law1_dense = Law1{}, L.law1_moe = Law1{}, L.law2_dense = Law2{}, L.law2_moe = Law2{};
+  for (auto& l : R.law1_all) {
+    if (l.family == "dense") L.law1_dense = l;
+    else if (!L.law1_moe.ok()) L.law1_moe = l;  // first MoE family with a sweep
+  }
+  size_t best = 0;
+  for (auto& l : R.law1_all) {
+    if (l.family == "dense") continue;
+    size_t n = std::count_if(R.hp.begin(), R.hp.end(),
+                             [&](const HPPoint& p) { return p.family == l.family && p.near_opt; });
+    if (n > best) best = n, L.law1_moe = l;
+  }
+  best = 0;
+  for (auto& l : R.law2_all) {
+    if (l.family == "dense") { L.law2_dense = l; continue; }
+    size_t n = std::count_if(R.isofits.begin(), R.isofits.end(),
+                             [&](const IsoFit& f) { return f.family == l.family; });
+    if (n > best) best = n, L.law2_moe = l;
+  }
+}
+
+}  // namespace
+
+FitResult fit_all(const std::vector<Run>& runs, const FitOptions& opt, const FitResult* warm) {
+  FitResult R;
+  R.n_runs = static_cast<int>(runs.size());
+  if (warm) {
+    R.slices_set = warm->slices_set;
+    R.slice_A_G = warm->slice_A_G, R.slice_A_C = warm->slice_A_C;
+    R.slice_G_A = warm->slice_G_A, R.slice_G_C = warm->slice_G_C;
+    R.slice_C_A = warm->slice_C_A, R.slice_C_G = warm->slice_C_G;
+  }
+  std::set<long long> budgets;
+  for (auto& r : runs) budgets.insert(budget_key(r.C));
+  if (budgets.size() < 2) {
+    std::ostringstream m;
+    m << "only one compute budget (C=" << fmt(runs.empty() ? NAN : runs[0].C)
+      << ") among the usable runs: every law needs two or more budgets";
+    R.notes.push_back(m.str());
+    return R;
+  }
+  fit_law1(runs, opt, R);
+  fit_law2(runs, opt, warm, R);
+  fit_law3(runs, opt, warm, R);
+  fit_el(runs, opt, warm, R);
+  choose_main_laws(R);
+  return R;
+}
+
+std::vector<std::pair<std::string, Value*>> constants(LawSet& L, std::vector<Law1>* l1,
+                                                      std::vector<Law2>* l2) {
+  std::vector<std::pair<std::string, Value*>> c;
+  auto add1 = [&](const std::string& n, Law1& l) {
+    if (!l.ok()) return;
+    c.push_back({n + ".eta_k", &l.eta.k});
+    c.push_back({n + ".eta_a", &l.eta.a});
+    c.push_back({n + ".batch_k", &l.batch.k});
+    c.push_back({n + ".batch_a", &l.batch.a});
+  };
+  auto add2 = [&](const std::string& n, Law2& l) {
+    if (!l.ok()) return;
+    c.push_back({n + ".M_k", &l.M_opt.k});
+    c.push_back({n + ".M_a", &l.M_opt.a});
+    c.push_back({n + ".D_k", &l.D_opt.k});
+    c.push_back({n + ".D_a", &l.D_opt.a});
+  };
+  if (l1) for (auto& l : *l1) add1("law1[" + l.family + "]", l);
+  if (l2) for (auto& l : *l2) add2("law2[" + l.family + "]", l);
+  add1("law1.dense", L.law1_dense);
+  add1("law1.moe", L.law1_moe);
+  add2("law2.dense", L.law2_dense);
+  add2("law2.moe", L.law2_moe);
+  for (auto& p : L.parametric) {
+    if (!p.ok()) continue;
+    std::string n = "parametric[" + p.family + "]";
+    c.push_back({n + ".E", &p.E});
+    c.push_back({n + ".A", &p.A});
+    c.push_back({n + ".B", &p.B});
+    c.push_back({n + ".alpha", &p.alpha});
+    c.push_back({n + ".beta", &p.beta});
+  }
+  for (auto& l : L.law3) {
+    if (!l.ok()) continue;
+    std::string n = "law3[" + l.family + "]";
+    c.push_back({n + ".alpha", &l.alpha});
+    c.push_back({n + ".beta", &l.beta});
+    c.push_back({n + ".b", &l.b});
+  }
+  if (L.el.ok()) {
+    c.push_back({"el.joint.a", &L.el.a});
+    c.push_back({"el.joint.d", &L.el.d});
+    c.push_back({"el.joint.gamma", &L.el.gamma});
+    c.push_back({"el.joint.beta", &L.el.beta});
+    c.push_back({"el.joint.A_start", &L.el.A_start});
+  }
+  if (L.el_A.ok()) {
+    c.push_back({"el.activation.a_A", &L.el_A.a_A});
+    c.push_back({"el.activation.A_start", &L.el_A.A_start});
+  }
+  if (L.el_G.ok()) {
+    c.push_back({"el.granularity.a_G", &L.el_G.a_G});
+    c.push_back({"el.granularity.b_G", &L.el_G.b_G});
+    c.push_back({"el.granularity.c_G", &L.el_G.c_G});
+  }
+  if (L.el_C.ok()) {
+    c.push_back({"el.compute.a_C", &L.el_C.a_C});
+    c.push_back({"el.compute.c_C", &L.el_C.c_C});
+  }
+  return c;
+}
+
+void bootstrap(const std::vector<Run>& runs, const FitOptions& opt, FitResult& res) {
+  if (opt.bootstrap <= 0) return;
+  std::map<std::string, std::vector<size_t>> fam;
+  for (size_t i = 0; i < runs.size(); ++i) fam[runs[i].family].push_back(i);
+  auto target = constants(res.laws, &res.law1_all, &res.law2_all);
+  std::unordered_map<std::string, std::vector<double>> samples;
+  for (auto& [n, v] : target) samples[n].reserve(opt.bootstrap);
+  std::mt19937_64 rng(opt.seed);
+  std::vector<Run> rs;
+  rs.reserve(runs.size());
+  for (int b = 0; b < opt.bootstrap; ++b) {
+    rs.clear();
+    for (auto& [f, idx] : fam) {
+      std::uniform_int_distribution<size_t> u(0, idx.size() - 1);
+      for (size_t j = 0; j < idx.size(); ++j) rs.push_back(runs[idx[u(rng)]]);
+    }
+    FitResult r = fit_all(rs, opt, &res);
+    auto got = constants(r.laws, &r.law1_all, &r.law2_all);
+    if (got.empty()) {
+      ++res.bootstrap_failed;
+      continue;
+    }
+    ++res.bootstrap_done;
+    for (auto& [n, v] : got) {
+      auto it = samples.find(n);
+      if (it != samples.end() && std::isfinite(v->v)) it->second.push_back(v->v);
+    }
+  }
+  for (auto& [n, v] : target) {
+    auto& s = samples[n];
+    if (s.size() < 20) continue;  // too few successful resamples: no interval
+    std::sort(s.begin(), s.end());
+    auto q = [&](double p) {
+      double x = p * (s.size() - 1);
+      size_t i = static_cast<size_t>(x);
+      double f = x - i;
+      return i + 1 < s.size() ? s[i] * (1 - f) + s[i + 1] * f : s[i];
+    };
+    v->lo = q(0.025);
+    v->hi = q(0.975);
+  }
+  // Main laws are copies of entries of law1_all / law2_all: keep them in step.
+  choose_main_laws(res);
+}
+
+}  // namespace fulcrum::fit

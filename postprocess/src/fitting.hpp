@@ -1,0 +1,83 @@
+// fitting.hpp: Laws 1-4, EL and the bootstrap (doc/fit.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "laws.hpp"
+#include "runs.hpp"
+
+namespace fulcrum::fit {
+
+struct FitOptions {
+  double near_optimal = 0.0025;  // Law 1: within this fraction of the best loss
+  double el_threshold = 6.0;     // joint EL law: train on EL < threshold
+  bool law1_vertex = false;      // Law 1 on per-budget quadratic-bowl optima instead
+                                 // of the near-optimal points (more efficient)
+  double outlier_k = 3.0;        // Law 1: drop |residual| > k * 1.4826 * MAD
+  double huber_loss = 2e-3;      // Huber scale on relative / log loss residuals
+  double huber_el = 0.05;        // Huber scale on ln EL residuals
+  double A_max = 5.28e16;        // fixed A_max of the A_hat transform
+  int bootstrap = 1000;
+  std::uint64_t seed = 1;
+};
+
+struct HPPoint {                 // one run of a hyper-parameter sweep budget
+  std::string family;
+  double C, lr, batch, loss;
+  bool near_opt = false, outlier_lr = false, outlier_batch = false;
+};
+struct IsoPoint {                // best loss of one model size at one budget
+  std::string family;
+  double C, M, D, loss;
+  double resid_parametric = 0;
+};
+struct IsoFit {                  // loss = c0 + c1 x + c2 x^2, x = log10 M
+  std::string family;
+  double C, c0, c1, c2, M_opt, L_min;
+  double x_lo, x_hi;
+};
+struct CurvePoint {              // Law 3 data: per family and budget
+  std::string family;
+  double C, loss, resid = 0;
+};
+struct ELPoint {
+  std::string family;
+  double A, G, C, loss, C_dense, EL, EL_pred = 0;
+  bool train = true;
+};
+
+struct FitResult {
+  LawSet laws;
+  std::vector<Law1> law1_all;
+  std::vector<Law2> law2_all;
+  std::vector<HPPoint> hp;
+  std::vector<IsoPoint> iso;
+  std::vector<IsoFit> isofits;
+  std::vector<CurvePoint> curve;
+  std::vector<ELPoint> el;
+  std::vector<std::string> notes;   // why something was not fitted / left out
+  // slice keys chosen for the separable laws (reused by the bootstrap)
+  long long slice_A_G = 0, slice_A_C = 0, slice_G_A = 0, slice_G_C = 0, slice_C_A = 0,
+            slice_C_G = 0;
+  bool slices_set = false;
+  int n_runs = 0;
+  int bootstrap_done = 0, bootstrap_failed = 0;
+  bool any() const;                 // at least one law was fitted
+};
+
+// Point estimate of every law that the data allow. `warm`: a previous fit of
+// the same data (bootstrap) whose constants start the optimisers.
+FitResult fit_all(const std::vector<Run>& runs, const FitOptions& opt,
+                  const FitResult* warm = nullptr);
+
+// Resamples runs with replacement within each family, refits, and stores
+// 95% percentile intervals in res.laws (and law1_all / law2_all).
+void bootstrap(const std::vector<Run>& runs, const FitOptions& opt, FitResult& res);
+
+// Named list of every constant of a law set, for reports and the bootstrap.
+std::vector<std::pair<std::string, Value*>> constants(LawSet& L, std::vector<Law1>* l1 = nullptr,
+                                                      std::vector<Law2>* l2 = nullptr);
+
+}  // namespace fulcrum::fit

@@ -1,0 +1,52 @@
+// h5io.hpp: the HDF5 side of fulcrum-fit. Reads run files (layout in
+// doc/output-format.md, the agreed part is restated in doc/fit.md), writes
+// run files of the same layout for synthetic tests, and writes fit.h5.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace fulcrum::fit {
+
+// Raw content of one run file, exactly as stored.
+struct RunRecord {
+  std::string path;                       // the run id
+  std::string format = "fulcrum-run";
+  std::int64_t format_version = 1;
+  std::string status;                     // running|completed|diverged|failed
+  std::string deck;
+  std::int64_t seed = 0;
+  std::map<std::string, double> config;   // /config attributes, any numeric type
+  std::map<std::string, double> summary;  // /summary attributes
+};
+
+// Reads `path`. On failure returns false and a one-line reason (truncated,
+// not HDF5, foreign layout, unsupported version, missing group).
+bool read_run_file(const std::string& path, RunRecord& out, std::string& reason);
+
+// Writes a run file with the trainer's layout (root attributes, /config,
+// /summary as attributes, tiny /train and /eval datasets).
+void write_run_file(const std::string& path, const RunRecord& rec);
+
+// Minimal writer for fit.h5: groups, 1-D float64 datasets, attributes.
+class H5Writer {
+ public:
+  explicit H5Writer(const std::string& path);
+  ~H5Writer();
+  H5Writer(const H5Writer&) = delete;
+  H5Writer& operator=(const H5Writer&) = delete;
+  void group(const std::string& path);  // creates intermediate groups
+  void dataset(const std::string& path, const std::vector<double>& v);
+  void attr(const std::string& obj, const std::string& name, double v);
+  void attr(const std::string& obj, const std::string& name, const std::string& v);
+
+ private:
+  std::int64_t file_ = -1;
+};
+
+// Silences HDF5's automatic error-stack printing (we report our own reasons).
+void quiet_hdf5();
+
+}  // namespace fulcrum::fit

@@ -1,0 +1,248 @@
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "h5io.hpp"
+#include "output.hpp"
+
+namespace fulcrum::fit {
+
+namespace {
+
+std::string g(double v, const char* f = "%.4g") {
+  if (!std::isfinite(v)) return "n/a";
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+std::string vci(const Value& v) {
+  std::string s = g(v.v);
+  if (std::isfinite(v.lo)) s += "  [" + g(v.lo) + ", " + g(v.hi) + "]";
+  return s;
+}
+
+void row(std::ostream& o, const std::string& name, const Value& v) {
+  char b[512];
+  std::snprintf(b, sizeof b, "  %-28s %s\n", name.c_str(), vci(v).c_str());
+  o << b;
+}
+
+}  // namespace
+
+void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, const FitOptions& opt) {
+  o << "fulcrum-fit report\n==================\n\n";
+  o << "Inputs: " << L.files_seen << " file(s), " << L.runs.size() << " usable run(s), "
+    << L.excluded.size() << " excluded, " << L.unreadable.size() << " unreadable\n";
+  std::map<std::string, int> fams;
+  for (auto& r : L.runs) fams[r.family]++;
+  o << "Families: " << fams.size() << "\n";
+  for (auto& [f, n] : fams) o << "  " << f << ": " << n << " run(s)\n";
+  if (!L.excluded.empty()) {
+    o << "\nExcluded runs (not used in any fit):\n";
+    for (auto& e : L.excluded) o << "  " << e.path << ": " << e.reason << "\n";
+  }
+  if (!L.unreadable.empty()) {
+    o << "\nUnreadable inputs (skipped):\n";
+    for (auto& e : L.unreadable) o << "  " << e.path << ": " << e.reason << "\n";
+  }
+  o << "\nBootstrap: " << opt.bootstrap << " resample(s) of runs within each family, seed "
+    << opt.seed << "; " << R.bootstrap_done << " usable, " << R.bootstrap_failed
+    << " failed. Intervals: 95% percentile.\n";
+  o << "Log conventions: log10 C, log2 G, ln EL (doc/fit.md).\n";
+
+  o << "\nLaw 1: optimal hyper-parameters vs compute (near-optimal: within "
+    << g(100 * opt.near_optimal) << "% of the best loss per budget)\n";
+  if (R.law1_all.empty()) o << "  not fitted\n";
+  for (auto& l : R.law1_all) {
+    int n = 0, out_lr = 0, out_b = 0;
+    std::set<double> b;
+    for (auto& p : R.hp)
+      if (p.family == l.family && p.near_opt) n++, out_lr += p.outlier_lr, out_b += p.outlier_batch, b.insert(p.C);
+    o << " [" << l.family << "]  eta_opt = k C^a, B_opt = k C^a  (" << n << " near-optimal points, "
+      << b.size() << " budgets; outliers removed: lr " << out_lr << ", batch " << out_b << ")\n";
+    row(o, "eta k", l.eta.k);
+    row(o, "eta a", l.eta.a);
+    row(o, "batch k", l.batch.k);
+    row(o, "batch a", l.batch.a);
+  }
+
+  o << "\nLaw 2: compute-optimal allocation (IsoFLOP minima; M_opt = k C^a, D_opt = C / M_opt)\n";
+  if (R.law2_all.empty()) o << "  not fitted\n";
+  for (auto& l : R.law2_all) {
+    int n = 0;
+    for (auto& f : R.isofits) n += f.family == l.family;
+    o << " [" << l.family << "]  (" << n << " IsoFLOP budgets)\n";
+    row(o, "M_opt k", l.M_opt.k);
+    row(o, "M_opt a", l.M_opt.a);
+    row(o, "D_opt k", l.D_opt.k);
+    row(o, "D_opt a", l.D_opt.a);
+    for (auto& f : R.isofits)
+      if (f.family == l.family)
+        o << "    C=" << g(f.C) << "  M_opt=" << g(f.M_opt) << "  L_min=" << g(f.L_min, "%.5f") << "\n";
+  }
+  for (auto& p : R.laws.parametric) {
+    o << " parametric cross-check [" << p.family << "]  L = E + A/M^alpha + B/D^beta (Huber on ln L)\n";
+    row(o, "E", p.E);
+    row(o, "A", p.A);
+    row(o, "B", p.B);
+    row(o, "alpha", p.alpha);
+    row(o, "beta", p.beta);
+    o << "  implied M_opt exponent beta/(alpha+beta) = " << g(p.beta.v / (p.alpha.v + p.beta.v)) << "\n";
+  }
+
+  o << "\nLaw 3: loss vs compute per family, L(C) = alpha C^beta + b\n";
+  if (R.laws.law3.empty()) o << "  not fitted\n";
+  char b[512];
+  std::snprintf(b, sizeof b, "  %-32s %-30s %-30s %-30s %6s %3s\n", "family", "alpha [CI]",
+                "beta [CI]", "b [CI]", "R^2", "n");
+  o << b;
+  for (auto& l : R.laws.law3) {
+    std::snprintf(b, sizeof b, "  %-32s %-30s %-30s %-30s %6s %3d\n", l.family.c_str(),
+                  vci(l.alpha).c_str(), vci(l.beta).c_str(), vci(l.b).c_str(), g(l.r2, "%.4f").c_str(), l.n);
+    o << b;
+  }
+
+  const LawSet& S = R.laws;
+  o << "\nEfficiency leverage: " << R.el.size() << " EL point(s) (EL = C_dense(L_moe) / C_moe)\n";
+  if (S.el.ok()) {
+    o << " joint law EL = A_hat^(a + d log10 C + gamma log2(G)^2 + beta log2 G), A_max fixed at "
+      << g(S.el.A_max.v) << "\n";
+    row(o, "a", S.el.a);
+    row(o, "d", S.el.d);
+    row(o, "gamma", S.el.gamma);
+    row(o, "beta", S.el.beta);
+    row(o, "A_start", S.el.A_start);
+    o << "  train (EL < " << g(S.el_threshold) << "): n=" << S.n_train << "  R^2=" << g(S.r2_train, "%.4f")
+      << "  MAPE=" << g(S.mape_train, "%.2f") << "%\n";
+    o << "  validation (EL >= " << g(S.el_threshold) << "): n=" << S.n_val << "  R^2=" << g(S.r2_val, "%.4f")
+      << "  MAPE=" << g(S.mape_val, "%.2f") << "%\n";
+    double Go = el_optimal_G(S.el);
+    o << "  optimal granularity (unconstrained) G* = " << g(Go) << "\n";
+  } else {
+    o << " joint law: not fitted\n";
+  }
+  if (S.el_A.ok()) {
+    o << " activation law ln EL = a_A ln A_hat  (slice G=" << g(S.el_A.G) << ", C=" << g(S.el_A.C) << ")\n";
+    row(o, "a_A", S.el_A.a_A);
+    row(o, "A_start", S.el_A.A_start);
+  }
+  if (S.el_G.ok()) {
+    o << " granularity law ln EL = a_G + b_G log2 G (log2 G + c_G)  (slice A=" << g(S.el_G.A)
+      << ", C=" << g(S.el_G.C) << ")\n";
+    row(o, "a_G", S.el_G.a_G);
+    row(o, "b_G", S.el_G.b_G);
+    row(o, "c_G", S.el_G.c_G);
+  }
+  if (S.el_C.ok()) {
+    o << " compute law ln EL = a_C log10 C + c_C  (slice A=" << g(S.el_C.A) << ", G=" << g(S.el_C.G) << ")\n";
+    row(o, "a_C", S.el_C.a_C);
+    row(o, "c_C", S.el_C.c_C);
+  }
+  if (!R.el.empty()) {
+    o << "\n  EL points:\n";
+    std::snprintf(b, sizeof b, "  %-10s %-6s %-10s %-10s %-10s %-10s %s\n", "A", "G", "C", "loss", "EL",
+                  "EL_pred", "set");
+    o << b;
+    for (auto& e : R.el) {
+      std::snprintf(b, sizeof b, "  %-10s %-6s %-10s %-10s %-10s %-10s %s\n", g(e.A).c_str(), g(e.G).c_str(),
+                    g(e.C).c_str(), g(e.loss, "%.5f").c_str(), g(e.EL).c_str(), g(e.EL_pred).c_str(),
+                    e.train ? "train" : "validation");
+      o << b;
+    }
+  }
+  if (!R.notes.empty()) {
+    o << "\nNot fitted / left out:\n";
+    for (auto& n : R.notes) o << "  - " << n << "\n";
+  }
+}
+
+void write_fit_h5(const std::string& path, const FitResult& R, const LoadResult& L) {
+  H5Writer w(path);
+  w.attr("/", "format", std::string("fulcrum-fit"));
+  w.attr("/", "format_version", 1.0);
+  {
+    std::vector<double> C, lr, bt, loss, near, olr, ob;
+    std::string fams;
+    for (auto& p : R.hp) {
+      C.push_back(p.C), lr.push_back(p.lr), bt.push_back(p.batch), loss.push_back(p.loss);
+      near.push_back(p.near_opt), olr.push_back(p.outlier_lr), ob.push_back(p.outlier_batch);
+      fams += p.family + "\n";
+    }
+    w.dataset("/law1/C", C);
+    w.dataset("/law1/lr", lr);
+    w.dataset("/law1/batch", bt);
+    w.dataset("/law1/loss", loss);
+    w.dataset("/law1/near_optimal", near);
+    w.dataset("/law1/outlier_lr", olr);
+    w.dataset("/law1/outlier_batch", ob);
+    w.attr("/law1", "family_per_point", fams);
+  }
+  {
+    std::vector<double> C, M, D, loss, res;
+    std::string fams;
+    for (auto& p : R.iso) {
+      C.push_back(p.C), M.push_back(p.M), D.push_back(p.D), loss.push_back(p.loss);
+      res.push_back(p.resid_parametric);
+      fams += p.family + "\n";
+    }
+    w.dataset("/law2/points/C", C);
+    w.dataset("/law2/points/M", M);
+    w.dataset("/law2/points/D", D);
+    w.dataset("/law2/points/loss", loss);
+    w.dataset("/law2/points/residual_parametric_lnL", res);
+    w.attr("/law2/points", "family_per_point", fams);
+    std::vector<double> fc, c0, c1, c2, mo, lm;
+    fams.clear();
+    for (auto& f : R.isofits) {
+      fc.push_back(f.C), c0.push_back(f.c0), c1.push_back(f.c1), c2.push_back(f.c2);
+      mo.push_back(f.M_opt), lm.push_back(f.L_min);
+      fams += f.family + "\n";
+    }
+    w.dataset("/law2/isoflop/C", fc);
+    w.dataset("/law2/isoflop/c0", c0);
+    w.dataset("/law2/isoflop/c1", c1);
+    w.dataset("/law2/isoflop/c2", c2);
+    w.dataset("/law2/isoflop/M_opt", mo);
+    w.dataset("/law2/isoflop/L_min", lm);
+    w.attr("/law2/isoflop", "family_per_point", fams);
+    w.attr("/law2/isoflop", "parabola", std::string("loss = c0 + c1 x + c2 x^2, x = log10 M"));
+  }
+  {
+    std::vector<double> C, loss, res;
+    std::string fams;
+    for (auto& p : R.curve) C.push_back(p.C), loss.push_back(p.loss), res.push_back(p.resid), fams += p.family + "\n";
+    w.dataset("/law3/C", C);
+    w.dataset("/law3/loss", loss);
+    w.dataset("/law3/residual", res);
+    w.attr("/law3", "family_per_point", fams);
+  }
+  {
+    std::vector<double> A, G, C, loss, Cd, EL, pr, tr;
+    std::string fams;
+    for (auto& e : R.el) {
+      A.push_back(e.A), G.push_back(e.G), C.push_back(e.C), loss.push_back(e.loss);
+      Cd.push_back(e.C_dense), EL.push_back(e.EL), pr.push_back(e.EL_pred), tr.push_back(e.train);
+      fams += e.family + "\n";
+    }
+    w.dataset("/el/A", A);
+    w.dataset("/el/G", G);
+    w.dataset("/el/C", C);
+    w.dataset("/el/loss", loss);
+    w.dataset("/el/C_dense", Cd);
+    w.dataset("/el/EL", EL);
+    w.dataset("/el/EL_pred_joint", pr);
+    std::vector<double> res;
+    for (size_t i = 0; i < EL.size(); ++i) res.push_back(std::log(EL[i]) - std::log(pr[i]));
+    w.dataset("/el/residual_lnEL", res);
+    w.dataset("/el/train", tr);
+    w.attr("/el", "family_per_point", fams);
+  }
+  std::string ex;
+  for (auto& e : L.excluded) ex += e.path + ": " + e.reason + "\n";
+  for (auto& e : L.unreadable) ex += e.path + ": unreadable: " + e.reason + "\n";
+  w.attr("/", "excluded_runs", ex);
+}
+
+}  // namespace fulcrum::fit

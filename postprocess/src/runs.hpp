@@ -1,0 +1,67 @@
+// runs.hpp: loading run files into the flat table every fit works on.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "h5io.hpp"
+
+namespace fulcrum::fit {
+
+// Thrown for conditions where nothing useful can be done; the CLI prints the
+// message and exits with `code`.
+struct FitError : std::runtime_error {
+  int code;
+  FitError(const std::string& m, int c = 2) : std::runtime_error(m), code(c) {}
+};
+
+struct Run {
+  std::string path;       // run id
+  std::string family;     // "dense" or "moe A=.. G=.. S=.."
+  bool is_moe = false;
+  double A = 1, G = 0, S = 0;
+  double M = 0;           // non-embedding training FLOPs per token
+  double C = 0;           // compute budget (compute_target, else flops_seen)
+  double D = 0;           // tokens (tokens_seen, else tokens_target)
+  double N = 0, N_active = 0;
+  double lr = 0, batch = 0;
+  double loss = 0;        // final validation loss (or train, see LoadOptions)
+};
+
+struct Skipped {
+  std::string path;
+  std::string reason;
+};
+
+struct LoadOptions {
+  bool strict = false;        // unreadable/foreign files are fatal
+  bool use_train_loss = false;
+};
+
+struct LoadResult {
+  std::vector<Run> runs;          // usable
+  std::vector<Skipped> excluded;  // readable run files left out (diverged, NaN, ...)
+  std::vector<Skipped> unreadable;// corrupt, truncated or foreign files
+  int files_seen = 0;
+};
+
+// Expands files, directories (recursively, *.h5 / *.hdf5) and sweep
+// manifests (text: one path per line, '#' comments, relative to the manifest).
+std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs,
+                                       std::vector<Skipped>& problems);
+
+// Loads everything; throws FitError when nothing usable remains or (strict)
+// when a file is unreadable.
+LoadResult load_runs(const std::vector<std::string>& inputs, const LoadOptions& opt);
+
+// Converts a record; returns false with the exclusion reason.
+bool run_from_record(const RunRecord& rec, const LoadOptions& opt, Run& out,
+                     std::string& reason);
+
+std::string family_key(bool is_moe, double A, double G, double S);
+
+// Budget key: budgets equal to 1e-4 relative are the same budget.
+long long budget_key(double C);
+
+}  // namespace fulcrum::fit

@@ -1,0 +1,236 @@
+// Plan expansion: counts, ids, determinism, FLOPs-per-token invariance of the
+// activation / granularity / shared ablations, IsoFLOP budgets within 1%,
+// laws, and clear errors for invalid expansions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "deck/deck_reader.hpp"
+#include "sweep/sweep_manifest.hpp"
+#include "sweep/sweep_plan.hpp"
+
+namespace fs = std::filesystem;
+using namespace fulcrum::sweep;
+
+namespace {
+
+// A tiny MoE base deck (never trained here: planning does not open data).
+const std::string kBase = R"(
+[data]
+train = "t.tok"
+valid = "v.tok"
+[model]
+d_model = 64
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+d_ffn = 128
+seq_len = 32
+[moe]
+num_experts = 8
+num_active_experts = 2
+num_shared_experts = 1
+d_expert = 32
+[train]
+tokens = 4096
+batch_tokens = 128
+micro_batch_size = 4
+)";
+
+std::string tmpdir(const std::string& name) {
+  const fs::path p = fs::temp_directory_path() / ("fulcrum-sweep-plan-" + name);
+  fs::remove_all(p);
+  return p.string();
+}
+
+SweepPlan plan(const std::string& sweep, const std::string& name) {
+  PlanOptions o;
+  o.dir = tmpdir(name);
+  return plan_sweep_text("[sweep]\nname = \"" + name + "\"\n" + sweep + kBase, name + ".toml", o);
+}
+
+}  // namespace
+
+TEST(SweepPlan, GridCountsIdsAndDeterminism) {
+  const std::string s = "[sweep.log2_grid]\ntrain.lr = [-11, -10, -9]\ntrain.batch_tokens = [7, 8]\n"
+                        "[sweep.grid]\n\"run.seed\" = [1, 2]\n";
+  const SweepPlan a = plan(s, "grid");
+  ASSERT_EQ(a.runs.size(), 12u);
+  std::set<std::string> ids;
+  for (const auto& r : a.runs) {
+    ids.insert(r.id);
+    EXPECT_EQ(r.config.output.dir, a.dir + "/runs/" + r.id);
+    EXPECT_EQ(r.config.run.name, "grid/" + r.id);
+    EXPECT_TRUE(fs::path(r.config.data.train_path).is_absolute());
+    EXPECT_NO_THROW(fulcrum::read_deck_text(r.deck_text, "x"));
+  }
+  EXPECT_EQ(ids.size(), 12u);
+  // axes ordered by key name, last fastest
+  EXPECT_EQ(a.runs[0].id, "seed1_batch_tokens2pow7_lr2pow-11");
+  EXPECT_EQ(a.runs[1].id, "seed1_batch_tokens2pow7_lr2pow-10");
+  EXPECT_DOUBLE_EQ(a.runs[0].config.train.lr, std::exp2(-11));
+  EXPECT_EQ(a.runs[0].config.train.batch_tokens, 128u);
+  EXPECT_EQ(a.runs[3].config.train.batch_tokens, 256u);
+  EXPECT_EQ(a.runs[6].config.run.seed, 2u);
+  const SweepPlan b = plan(s, "grid");
+  ASSERT_EQ(b.runs.size(), a.runs.size());
+  for (size_t i = 0; i < a.runs.size(); ++i) {
+    EXPECT_EQ(a.runs[i].id, b.runs[i].id);
+    EXPECT_EQ(a.runs[i].deck_text, b.runs[i].deck_text);
+  }
+}
+
+TEST(SweepPlan, ActivationAblationKeepsFlopsPerToken) {
+  const SweepPlan p = plan("[sweep.activation]\nnum_experts = [4, 8, 16, 32]\n", "act");
+  ASSERT_EQ(p.runs.size(), 4u);
+  EXPECT_EQ(p.runs[0].id, "E4");
+  for (const auto& r : p.runs) {
+    EXPECT_DOUBLE_EQ(r.flops_per_token, p.runs[0].flops_per_token) << r.id;
+    EXPECT_DOUBLE_EQ(r.granularity, p.runs[0].granularity);
+    EXPECT_EQ(r.config.moe.num_active_experts, 2);
+    EXPECT_EQ(r.config.moe.num_shared_experts, 1);
+    EXPECT_EQ(r.config.moe.d_expert, 32);
+  }
+  EXPECT_NEAR(p.runs[0].activation_ratio, 3.0 / 5.0, 1e-12);
+  EXPECT_NEAR(p.runs[3].activation_ratio, 3.0 / 33.0, 1e-12);
+  EXPECT_GT(p.runs[3].params_total, p.runs[0].params_total);
+}
+
+TEST(SweepPlan, GranularityAblationKeepsFlopsAndActivation) {
+  // base G = 2*64/32 = 4; G = 2 and 8 halve / double d_expert, E, E_a, E_s scale inversely
+  const SweepPlan p = plan("[sweep.granularity]\ngranularity = [4, 8, 16]\n", "gran");
+  ASSERT_EQ(p.runs.size(), 3u);
+  for (const auto& r : p.runs) {
+    EXPECT_NEAR(r.flops_per_token, p.runs[0].flops_per_token, 1e-9 * r.flops_per_token) << r.id;
+    EXPECT_NEAR(r.activation_ratio, p.runs[0].activation_ratio, 1e-12) << r.id;
+    EXPECT_NEAR(r.shared_ratio, p.runs[0].shared_ratio, 1e-12) << r.id;
+  }
+  EXPECT_DOUBLE_EQ(p.runs[1].granularity, 8.0);
+  EXPECT_EQ(p.runs[1].config.moe.d_expert, 16);
+  EXPECT_EQ(p.runs[1].config.moe.num_experts, 16);
+  EXPECT_EQ(p.runs[2].config.moe.num_active_experts, 8);
+  EXPECT_EQ(p.runs[2].id, "G16");
+  // G = 3 gives a non-integer d_expert: a clear error naming deck and run
+  try {
+    plan("[sweep.granularity]\ngranularity = [3]\n", "gran-bad");
+    FAIL() << "expected an error";
+  } catch (const SweepError& e) {
+    EXPECT_NE(std::string(e.what()).find("gran-bad.toml: run G3"), std::string::npos) << e.what();
+  }
+}
+
+TEST(SweepPlan, SharedAblationTradesActiveForShared) {
+  const SweepPlan p = plan("[sweep.shared]\nnum_shared_experts = [0, 1, 2]\n", "shared");
+  ASSERT_EQ(p.runs.size(), 3u);
+  for (const auto& r : p.runs) {
+    EXPECT_NEAR(r.flops_per_token, p.runs[0].flops_per_token, 1e-9 * r.flops_per_token);
+    EXPECT_NEAR(r.activation_ratio, p.runs[0].activation_ratio, 1e-12);
+    // expert count E + E_s fixed; only the router (E x d_model) changes
+    EXPECT_NEAR(r.params_total, p.runs[0].params_total, 0.01 * r.params_total);
+    EXPECT_EQ(r.config.moe.num_active_experts + r.config.moe.num_shared_experts, 3);
+  }
+  EXPECT_DOUBLE_EQ(p.runs[0].shared_ratio, 0.0);
+  EXPECT_NEAR(p.runs[2].shared_ratio, 2.0 / 3.0, 1e-12);
+  EXPECT_THROW(plan("[sweep.shared]\nnum_shared_experts = [3]\n", "shared-bad"), SweepError);
+}
+
+TEST(SweepPlan, IsoflopLadderHitsBudgets) {
+  const SweepPlan p = plan("[sweep.isoflop]\ncompute = [1e12, 4e12]\nd_model = [32, 64, 96, 128]\n", "iso");
+  ASSERT_EQ(p.runs.size(), 8u);
+  EXPECT_EQ(p.runs[0].id, "C1e12_d32L1");
+  EXPECT_EQ(p.runs[3].id, "C1e12_d128L4");
+  for (const auto& r : p.runs) {
+    EXPECT_LE(std::fabs(r.compute - r.budget) / r.budget, 0.01) << r.id;
+    EXPECT_EQ(r.config.model.d_model / r.config.model.n_heads, 16) << r.id;  // head_dim fixed
+    EXPECT_EQ(r.config.model.n_heads / r.config.model.n_kv_heads, 2) << r.id;
+    EXPECT_NEAR(r.granularity, 4.0, 1e-12) << r.id;
+    EXPECT_NEAR(r.activation_ratio, 3.0 / 9.0, 1e-12) << r.id;
+    EXPECT_NEAR(r.shared_ratio, 1.0 / 3.0, 1e-12) << r.id;
+    EXPECT_EQ(r.config.train.tokens % r.config.train.batch_tokens, 0u);
+    EXPECT_NEAR(r.tokens * r.flops_per_token, r.compute, 1e-6 * r.compute);
+  }
+  // n_layers scales with d_model (constant aspect ratio)
+  EXPECT_EQ(p.runs[2].config.model.n_layers, 3);
+  EXPECT_EQ(p.runs[2].config.model.d_ffn, 192);
+  // a budget too small for whole batches is an error, not a silent miss
+  EXPECT_THROW(plan("[sweep.isoflop]\ncompute = [1e8]\nd_model = [64]\n", "iso-small"), SweepError);
+  // a width that breaks head_dim
+  EXPECT_THROW(plan("[sweep.isoflop]\ncompute = [1e12]\nd_model = [40]\n", "iso-bad"), SweepError);
+}
+
+TEST(SweepPlan, LawsConfigureLrBatchAndAllocation) {
+  const std::string laws = "[sweep.laws.law1.moe]\neta_k = 1.1576\neta_a = -0.1529\nbatch_k = 0.0694\nbatch_a = 0.3644\n"
+                           "[sweep.laws.law2.moe]\nM_k = 0.1915\nM_a = 0.5095\n";
+  const SweepPlan p = plan("[sweep.isoflop]\ncompute = [1e13, 1e14]\nallocation = \"laws\"\n" + laws, "laws");
+  ASSERT_EQ(p.runs.size(), 2u);
+  for (const auto& r : p.runs) {
+    EXPECT_NEAR(r.config.train.lr, 1.1576 * std::pow(r.budget, -0.1529), 1e-12);
+    EXPECT_EQ(r.config.train.batch_tokens % 128, 0u);
+    EXPECT_LE(std::fabs(r.compute - r.budget) / r.budget, 0.01) << r.id;
+  }
+  EXPECT_GT(p.runs[1].config.model.d_model, p.runs[0].config.model.d_model);
+  // token multiplier: D = 3 x the compute-optimal D for the base model
+  const SweepPlan m = plan_sweep_text("[sweep]\nname = \"mult\"\ntoken_multiplier = 3.0\n" + laws + kBase, "mult.toml",
+                                      PlanOptions{tmpdir("mult")});
+  ASSERT_EQ(m.runs.size(), 1u);
+  const double M = m.runs[0].flops_per_token;
+  const double Cstar = std::pow(M / 0.1915, 1.0 / 0.5095);
+  EXPECT_NEAR(m.runs[0].tokens, 3.0 * Cstar / M, m.runs[0].config.train.batch_tokens);
+}
+
+TEST(SweepPlan, InvalidExpansionNamesDeckAndRun) {
+  try {
+    plan("[sweep.grid]\nmodel.n_heads = [4, 3]\n", "bad");
+    FAIL() << "expected an error";
+  } catch (const SweepError& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("bad.toml: run n_heads3"), std::string::npos) << w;
+    EXPECT_NE(w.find("n_heads"), std::string::npos) << w;
+  }
+  EXPECT_THROW(plan("[sweep.grid]\ntrain.lr = [2.0]\n", "bad-range"), SweepError);
+  EXPECT_THROW(plan("[sweep]\nbogus = 1\n", "bad-key"), SweepError);
+  EXPECT_THROW(plan_sweep_text(kBase, "nosweep.toml"), SweepError);
+}
+
+TEST(SweepPlan, WritePlanManifestRoundTrip) {
+  const SweepPlan p = plan("[sweep.grid]\nrun.seed = [1, 2, 3]\n", "write");
+  write_plan(p);
+  const Manifest m = read_manifest(p.dir);
+  ASSERT_EQ(m.runs.size(), 3u);
+  EXPECT_EQ(m.name, "write");
+  EXPECT_EQ(m.runs[2].id, "seed3");
+  EXPECT_EQ(m.runs[2].index, 2);
+  EXPECT_TRUE(fs::exists(m.runs[2].deck));
+  EXPECT_NO_THROW(fulcrum::read_deck(m.runs[2].deck));
+  EXPECT_EQ(inspect_run(m.runs[0]).status, RunStatus::pending);
+  // re-planning the same deck is a no-op; changing a deck under a run file is refused
+  EXPECT_NO_THROW(write_plan(p));
+  std::ofstream(m.runs[0].dir + "/run.h5") << "x";
+  const SweepPlan q = plan_sweep_text("[sweep]\nname = \"write\"\n[sweep.grid]\nrun.seed = [1, 2, 3]\n" + kBase +
+                                          "\n[output]\noverwrite = true\n",
+                                      "write.toml", PlanOptions{p.dir});
+  EXPECT_THROW(write_plan(q), SweepError);
+}
+
+TEST(SweepPlan, ShippedSweepDecksPlan) {
+  const fs::path dir = fs::path(FULCRUM_SOURCE_DIR) / "input_decks" / "sweeps";
+  ASSERT_TRUE(fs::exists(dir));
+  int n = 0;
+  const auto cwd = fs::current_path();
+  fs::current_path(FULCRUM_SOURCE_DIR);  // shipped decks use repository-relative paths
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() != ".toml") continue;
+    ++n;
+    PlanOptions o;
+    o.dir = tmpdir("shipped-" + e.path().stem().string());
+    EXPECT_NO_THROW({
+      const SweepPlan p = plan_sweep(e.path().string(), o);
+      EXPECT_FALSE(p.runs.empty()) << e.path();
+    }) << e.path();
+  }
+  fs::current_path(cwd);
+  EXPECT_GE(n, 1);
+}
