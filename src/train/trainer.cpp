@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -164,7 +165,13 @@ void reduce_routing_statistics(Transformer<Real>& model, MPI_Comm world) {
 
 class ProgressPrinter {
  public:
-  explicit ProgressPrinter(bool quiet) : quiet_(quiet), tty_(isatty(fileno(stdout)) != 0) {}
+  // In-place (\r) updates only on an interactive terminal: MPI launchers give
+  // ranks a pseudo-terminal even when the job's output goes to a file, so
+  // under a launcher (or Slurm) plain lines are printed.
+  explicit ProgressPrinter(bool quiet)
+      : quiet_(quiet),
+        tty_(isatty(fileno(stdout)) != 0 && !std::getenv("OMPI_COMM_WORLD_SIZE") && !std::getenv("PMI_SIZE") &&
+             !std::getenv("PMIX_RANK") && !std::getenv("SLURM_JOB_ID")) {}
   void update(std::int64_t step, std::int64_t steps, double tokens, double loss, double lr, double tps,
               double eta_s, bool log_point) {
     if (quiet_) return;
