@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 namespace fulcrum {
@@ -18,11 +19,14 @@ struct RunSection {
   std::uint64_t seed = 1234;      // seeds init, data sampling, everything
 };
 
-// [data]
+// [data]: either one token-file pair (train + valid) or a built corpus
+// (manifest + weights per source group, doc/data.md); exactly one of the two.
 struct DataSection {
-  std::string train_path;         // token file (doc/data-format.md), required
-  std::string valid_path;         // token file, required
+  std::string train_path;         // token file (doc/data-format.md)
+  std::string valid_path;         // token file
   std::string tokenizer = "byte"; // "byte" (registry; unknown values fail)
+  std::string manifest_path;      // manifest.toml of `fulcrum-data build`
+  std::map<std::string, double> weights;  // source group -> mixture weight (sum > 0)
 };
 
 // [model]

@@ -137,7 +137,8 @@ namespace {
 // ---------------------------------------------------------------------------
 // Key table
 
-enum class Kind { Int, UInt64, Float, String, Bool };
+// Table: a map of name -> number (data.weights), the one non-scalar key.
+enum class Kind { Int, UInt64, Float, String, Bool, Table };
 
 struct Value {
   Kind kind = Kind::Int;
@@ -145,6 +146,7 @@ struct Value {
   double f = 0.0;
   std::string s;
   bool b = false;
+  std::map<std::string, double> m;  // Table
 };
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -269,6 +271,33 @@ KeySpec bool_key(const char* sec, const char* name, S RunConfig::*s, bool S::*f)
   return k;
 }
 
+// data.weights: group name -> mixture weight. Weights are in [0, 1e30]
+// (finite; integers accepted), their sum > 0; at most kMaxWeightGroups
+// groups, names 1-kMaxGroupNameBytes bytes without control characters (the
+// corpus builder allows 1-64 characters of a-z 0-9 _ -; the trainer checks
+// the names against the manifest).
+constexpr std::size_t kMaxWeightGroups = 64;
+constexpr std::size_t kMaxGroupNameBytes = 64;
+constexpr double kMaxWeight = 1e30;
+
+template <class S>
+KeySpec table_key(const char* sec, const char* name, S RunConfig::*s,
+                  std::map<std::string, double> S::*f) {
+  KeySpec k;
+  k.section = sec;
+  k.name = name;
+  k.kind = Kind::Table;
+  k.frange = closed(0.0, kMaxWeight);
+  k.set = [s, f](RunConfig& c, const Value& v) { (c.*s).*f = v.m; };
+  k.get = [s, f](const RunConfig& c) {
+    Value v;
+    v.kind = Kind::Table;
+    v.m = (c.*s).*f;
+    return v;
+  };
+  return k;
+}
+
 const std::vector<std::string>& section_names() {
   static const std::vector<std::string> names = {"run",   "data",     "model", "moe",
                                                  "train", "parallel", "output"};
@@ -287,6 +316,9 @@ const std::vector<KeySpec>& key_table() {
     t.push_back(string_key("data", "train", &R::data, &DataSection::train_path, {}, "train_path"));
     t.push_back(string_key("data", "valid", &R::data, &DataSection::valid_path, {}, "valid_path"));
     t.push_back(string_key("data", "tokenizer", &R::data, &DataSection::tokenizer, {"byte"}));
+    t.push_back(string_key("data", "manifest", &R::data, &DataSection::manifest_path, {},
+                           "manifest_path"));
+    t.push_back(table_key("data", "weights", &R::data, &DataSection::weights));
     // [model]
     t.push_back(int_key("model", "vocab_size", &R::model, &ModelSection::vocab_size, 2, 1 << 24));
     t.push_back(int_key("model", "d_model", &R::model, &ModelSection::d_model, 2, 1 << 16));
@@ -484,6 +516,7 @@ const char* kind_name(Kind k) {
     case Kind::Float: return "a number (float or integer)";
     case Kind::String: return "a string";
     case Kind::Bool: return "a boolean (true/false)";
+    case Kind::Table: return "a table of group = weight, e.g. { books = 0.5, code = 0.5 }";
   }
   return "?";
 }
@@ -771,6 +804,8 @@ class Reader {
   std::string path_;
   LoadedDeck out_;
   std::map<std::string, Origin> given_;  // dotted key -> where it was set
+  std::map<std::string, int> set_order_; // dotted key -> index of its (last) --set
+  int set_count_ = 0;
   bool moe_present_ = false;
 
   [[noreturn]] void fail(const Origin& o, const std::string& key, const std::string& msg) const {
@@ -1012,6 +1047,11 @@ class Reader {
         val.b = v.as_boolean();
         break;
       }
+      case Kind::Table: {
+        if (!v.is_table()) wrong_type();
+        val.m = table_weights(spec, v, at);
+        break;
+      }
     }
     if (spec.extra) {
       const std::string err = spec.extra(val);
@@ -1020,6 +1060,63 @@ class Reader {
     spec.set(out_.config, val);
     given_[key] = at;
     if (spec.section == "moe") moe_present_ = true;
+  }
+
+  // data.weights: every problem is reported at the line of the key.
+  std::map<std::string, double> table_weights(const KeySpec& spec, const toml::value& v,
+                                              const Origin& at) const {
+    const std::string key = spec.dotted();
+    const auto& table = v.as_table();
+    if (table.size() > kMaxWeightGroups) {
+      fail(at, key, "too many groups: " + std::to_string(table.size()) + "; at most " +
+                        std::to_string(kMaxWeightGroups));
+    }
+    std::map<std::string, double> out;
+    double sum = 0.0;
+    for (const auto& [name, w] : by_line(table)) {
+      if (name.empty()) fail(at, key, "group name must not be empty");
+      if (name.size() > kMaxGroupNameBytes) {
+        fail(at, key, "group name '" + excerpt(name) + "' is longer than " +
+                          std::to_string(kMaxGroupNameBytes) + " bytes");
+      }
+      for (const char ch : name) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c < 0x20 || c == 0x7f) {
+          fail(at, key, "group name '" + excerpt(name) + "' must not contain control characters");
+        }
+      }
+      const std::string group = "weight of group '" + excerpt(name) + "'";
+      double f = 0.0;
+      if (w->is_integer()) {
+        std::int64_t i = 0;
+        if (!literal_integer(*w, &i)) {
+          fail(at, key, group + ": integer " + raw_text(*w) + " does not fit in 64 bits; must be " +
+                            range_text(spec));
+        }
+        f = static_cast<double>(i);
+      } else if (w->is_floating()) {
+        f = w->as_floating();
+      } else {
+        std::string got = type_name(w->type());
+        const std::string raw = raw_text(*w);
+        if (!w->is_table() && !w->is_array() && !raw.empty()) got += " (" + raw + ")";
+        fail(at, key, group + ": wrong type: expected a number (float or integer), got " + got);
+      }
+      const FloatRange& r = spec.frange;
+      if (!(std::isfinite(f) && f >= r.lo && f <= r.hi)) {
+        const std::string raw = raw_text(*w);
+        fail(at, key, group + ": out of range: " + (raw.empty() ? format_number(f) : raw) +
+                          "; must be " + (std::isfinite(f) ? "" : "finite and ") +
+                          range_text(spec));
+      }
+      out[name] = f;
+      sum += f;
+    }
+    if (!(sum > 0.0)) {
+      fail(at, key, out.empty() ? "no groups; give at least one group with a weight > 0"
+                                : "the weights sum to 0; at least one group needs a weight > 0");
+    }
+    return out;
   }
 
   void check_string(const KeySpec& spec, const std::string& s, const Origin& at) const {
@@ -1097,6 +1194,7 @@ class Reader {
       set_value(spec, doc.at("v"), at);
     }
     out_.overridden_keys.insert(spec.dotted());
+    set_order_[spec.dotted()] = set_count_++;
     if (sec == "moe") moe_present_ = true;
     // The run length is one choice: --set of one of tokens/compute replaces
     // the deck's other one.
@@ -1118,8 +1216,7 @@ class Reader {
     const auto missing = [&](const std::string& key, const std::string& what) {
       fail(Origin{path_, 0}, key, "missing required key (" + what + ")");
     };
-    if (!given("data.train")) missing("data.train", "path of the training token file");
-    if (!given("data.valid")) missing("data.valid", "path of the validation token file");
+    check_data_source(missing);
     if (!given("train.tokens") && !given("train.compute")) {
       missing("train.tokens",
               "give exactly one of train.tokens (training tokens) or train.compute (FLOPs)");
@@ -1147,6 +1244,62 @@ class Reader {
         }
       }
     }
+  }
+
+  // Exactly one data source: token files (train + valid) or a corpus
+  // manifest with mixture weights (manifest + weights).
+  template <class Missing>
+  void check_data_source(const Missing& missing) {
+    const std::vector<std::string> files = {"data.train", "data.valid"};
+    const std::vector<std::string> mix = {"data.manifest", "data.weights"};
+    // The first-set key of a source ("" if none): --set keys count as after
+    // the file's, in the order they were given.
+    const auto first = [&](const std::vector<std::string>& keys) {
+      std::string best;
+      for (const auto& k : keys) {
+        if (!given(k)) continue;
+        if (best.empty() || order(k) < order(best)) best = k;
+      }
+      return best;
+    };
+    const std::string f = first(files), m = first(mix);
+    if (!f.empty() && !m.empty()) {
+      const bool mix_later = order(m) >= order(f);
+      const std::string& second = mix_later ? m : f;
+      const std::string& other = mix_later ? f : m;
+      const Origin& o = given_.at(other);
+      const std::string where = o.file == kSetFile ? "by --set"
+                                : o.line > 0       ? "on line " + std::to_string(o.line)
+                                                   : "too";
+      fail(given_.at(second), second,
+           "give exactly one data source: train and valid (token files) or manifest and weights "
+           "(a corpus manifest); " + other + " is set " + where);
+    }
+    if (!m.empty()) {
+      if (!given("data.manifest")) {
+        missing("data.manifest", "data.weights is given: the mixture needs the corpus manifest "
+                                 "(manifest.toml of fulcrum-data build)");
+      }
+      if (!given("data.weights")) {
+        missing("data.weights", "data.manifest is given: the mixture needs a weight per group, "
+                                "e.g. weights = { books = 0.5, code = 0.5 }");
+      }
+      return;
+    }
+    const char* either = "; or, instead of train and valid, give data.manifest and data.weights";
+    if (!given("data.train")) {
+      missing("data.train", std::string("path of the training token file") + either);
+    }
+    if (!given("data.valid")) {
+      missing("data.valid", std::string("path of the validation token file") + either);
+    }
+  }
+
+  // Position of a given key for "which came second": file line, --set after.
+  std::pair<int, int> order(const std::string& key) const {
+    const Origin& o = given_.at(key);
+    if (o.file == kSetFile) return {1, set_order_.at(key)};
+    return {0, o.line};
   }
 
   void check_consistency() {
@@ -1223,8 +1376,26 @@ class Reader {
   }
 };
 
+// A table key (data.weights): bare keys where TOML allows them.
+std::string table_key_text(const std::string& name) {
+  const bool bare = !name.empty() && std::all_of(name.begin(), name.end(), [](char ch) {
+    const auto c = static_cast<unsigned char>(ch);
+    return std::isalnum(c) || c == '_' || c == '-';
+  });
+  return bare ? name : toml_quote(name);
+}
+
 std::string value_text(const Value& v) {
   switch (v.kind) {
+    case Kind::Table: {
+      std::string out = "{";
+      const char* sep = " ";
+      for (const auto& [name, w] : v.m) {  // std::map: sorted by name
+        out += sep + table_key_text(name) + " = " + format_double(w);
+        sep = ", ";
+      }
+      return out + " }";
+    }
     case Kind::Int:
     case Kind::UInt64: return std::to_string(v.i);
     case Kind::Float: return format_double(v.f);
@@ -1274,7 +1445,24 @@ std::string resolved_deck_toml(const RunConfig& config) {
       // Exactly one of tokens / compute is written.
       if (k.dotted() == "train.tokens" && config.train.tokens == 0) continue;
       if (k.dotted() == "train.compute" && config.train.tokens != 0) continue;
-      os << k.name << " = " << value_text(k.get(config)) << "\n";
+      // Only the data source in use: token files or manifest + weights.
+      const bool mixture = !config.data.manifest_path.empty();
+      if ((k.dotted() == "data.train" || k.dotted() == "data.valid") && mixture) continue;
+      if ((k.dotted() == "data.manifest" || k.dotted() == "data.weights") && !mixture) continue;
+      std::string line = k.name + " = " + value_text(k.get(config));
+      if (k.dotted() == "data.tokenizer" && mixture) {
+        line += "  # ignored: the manifest names the tokenizer";
+      }
+      if (k.kind == Kind::Table && line.size() > kMaxLineBytes) {
+        // Too long for one line (the reader's line limit): a sub-table, which
+        // must close [data]; weights is the section's last key.
+        os << "\n[" << sec << "." << k.name << "]\n";
+        for (const auto& [name, w] : k.get(config).m) {
+          os << table_key_text(name) << " = " << format_double(w) << "\n";
+        }
+        continue;
+      }
+      os << line << "\n";
     }
   }
   return os.str();

@@ -24,6 +24,7 @@
 #include "train/distributed.hpp"
 #include "train/lr_schedule.hpp"
 #include "train/run_plan.hpp"
+#include "train/training_data.hpp"
 
 namespace fulcrum {
 
@@ -129,7 +130,7 @@ RunFile::RoutingSnapshot routing_snapshot(Transformer<Real>& model, std::int64_t
 
 // Mean validation loss over the held-out rows, split evenly over the ranks
 // (every rank runs the same number of forwards: the MoE exchange is collective).
-double evaluate(Transformer<Real>& model, const TokenDataset& valid, std::uint64_t eval_tokens, int micro_batch,
+double evaluate(Transformer<Real>& model, const TrainingData& valid, std::uint64_t eval_tokens, int micro_batch,
                 const ParallelGroups& groups) {
   const std::int64_t W = groups.world_size;
   const std::int64_t rows_per_rank = std::max<std::int64_t>(1, valid.eval_row_count(eval_tokens) / W);
@@ -236,8 +237,9 @@ void check_run_inputs(const LoadedDeck& deck, int world_size, bool resuming) {
                                                "multiple of ranks x micro_batch_size = " +
                                                std::to_string(world_size) + " x " +
                                                std::to_string(c.train.micro_batch_size));
-  for (const auto& [key, path] : {std::pair<std::string, std::string>{"data.train", c.data.train_path},
-                                  {"data.valid", c.data.valid_path}}) {
+  std::vector<std::pair<std::string, std::string>> files;
+  if (c.data.manifest_path.empty()) files = {{"data.train", c.data.train_path}, {"data.valid", c.data.valid_path}};
+  for (const auto& [key, path] : files) {
     TokenFileHeader h;
     try {
       h = read_token_header(path);
@@ -281,8 +283,20 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
 
   // Everything below may fail for reasons outside the deck; from here on the
   // run file exists (rank 0) and records the outcome.
-  TokenDataset train_data(cfg.data.train_path, cfg.model.seq_len);
-  TokenDataset valid_data(cfg.data.valid_path, cfg.model.seq_len);
+  // Opening the data reads and checks every token (and, for a mixture, the
+  // manifest, its checksums and the group names): still bad input, no output yet.
+  std::unique_ptr<TrainingData> data;
+  try {
+    data = open_training_data(cfg.data, cfg.model.seq_len);
+  } catch (const DataError& e) {
+    throw deck.error(cfg.data.manifest_path.empty() ? "data.train" : "data.manifest", e.what());
+  }
+  if (data->vocab_size() != cfg.model.vocab_size)
+    throw deck.error("model.vocab_size", "is " + std::to_string(cfg.model.vocab_size) + " but the data (" +
+                                             data->spec() + ") has vocabulary size " +
+                                             std::to_string(data->vocab_size()));
+  const TrainingData& train_data = *data;
+  const TrainingData& valid_data = *data;
   RunFile file = !root ? RunFile::detached()
                  : resuming ? RunFile::open_existing(cfg.output.dir + "/run.h5")
                             : RunFile::create(cfg.output.dir, cfg.output.overwrite);
@@ -295,6 +309,8 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   file.set_root_attr("deck", resolved_deck_toml(cfg));
   file.set_root_attr("deck_path", cfg.deck_path);
   file.set_root_attr("deck_text", cfg.deck_text);
+  file.set_root_attr("data_spec", data->spec());
+  file.set_root_attr("data_checksum", data->checksum());
   file.set_root_attr("name", cfg.run.name);
   file.set_root_attr("seed", static_cast<std::int64_t>(cfg.run.seed));
   file.set_root_attr("version", std::string(FULCRUM_VERSION));
