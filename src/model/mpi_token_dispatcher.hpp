@@ -89,6 +89,19 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
   }
 
   long dropped_assignments() const override { return local_.dropped_assignments(); }
+
+  // Public only because CUDA forbids device lambdas in private member
+  // functions: copies rows between source-major and expert-major order.
+  void regroup(T* dst, const T* src, bool to_expert_major) {
+    const int C = C_;
+    const int* map = expert_to_source_.data();
+    Kokkos::parallel_for("moe::a2a_regroup", RangePolicy(0, rows_ * C), KOKKOS_LAMBDA(const long i) {
+      const long row = i / C, c = i % C;
+      if (to_expert_major) dst[i] = src[(long)map[row] * C + c];
+      else dst[(long)map[row] * C + c] = src[i];
+    });
+  }
+
   double exchange_seconds() const override { return seconds_; }
   double exchange_bytes() const override { return bytes_; }
 
@@ -147,16 +160,6 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
     }
     Kokkos::deep_copy(Kokkos::subview(expert_to_source_, std::make_pair(0L, rows_)),
                       Kokkos::subview(map_host_, std::make_pair(0L, rows_)));
-  }
-
-  void regroup(T* dst, const T* src, bool to_expert_major) {
-    const int C = C_;
-    const int* map = expert_to_source_.data();
-    Kokkos::parallel_for("moe::a2a_regroup", RangePolicy(0, rows_ * C), KOKKOS_LAMBDA(const long i) {
-      const long row = i / C, c = i % C;
-      if (to_expert_major) dst[i] = src[(long)map[row] * C + c];
-      else dst[(long)map[row] * C + c] = src[i];
-    });
   }
 
   LocalTokenDispatcher<T> local_;

@@ -289,7 +289,10 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   try {
     data = open_training_data(cfg.data, cfg.model.seq_len);
   } catch (const DataError& e) {
-    throw deck.error(cfg.data.manifest_path.empty() ? "data.train" : "data.manifest", e.what());
+    const std::string what = e.what();
+    const bool about_weights = what.find("group") != std::string::npos || what.find("weight") != std::string::npos;
+    throw deck.error(cfg.data.manifest_path.empty() ? "data.train" : about_weights ? "data.weights" : "data.manifest",
+                     what);
   }
   if (data->vocab_size() != cfg.model.vocab_size)
     throw deck.error("model.vocab_size", "is " + std::to_string(cfg.model.vocab_size) + " but the data (" +

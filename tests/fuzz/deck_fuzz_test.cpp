@@ -77,7 +77,7 @@ struct Rng {
 const std::map<std::string, std::set<std::string>>& schema() {
   static const std::map<std::string, std::set<std::string>> s = {
       {"run", {"name", "seed"}},
-      {"data", {"train", "valid", "tokenizer"}},
+      {"data", {"train", "valid", "tokenizer", "manifest", "weights"}},
       {"model",
        {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ffn", "seq_len",
         "rope_theta", "norm_eps", "init_std"}},
@@ -87,7 +87,8 @@ const std::map<std::string, std::set<std::string>>& schema() {
       {"train",
        {"tokens", "compute", "batch_tokens", "micro_batch_size", "lr", "lr_schedule",
         "warmup_fraction", "decay_fraction", "final_lr_fraction", "weight_decay", "beta1", "beta2",
-        "eps", "grad_clip", "log_interval", "eval_interval", "eval_tokens", "divergence_factor"}},
+        "eps", "grad_clip", "log_interval", "eval_interval", "eval_tokens", "divergence_factor",
+        "checkpoint_interval"}},
       {"parallel", {"world_size", "expert_parallel", "dispatcher"}},
       {"output", {"dir", "overwrite"}},
   };
@@ -340,7 +341,10 @@ class Mutator {
     const std::size_t at = any_assign(d);
     const Line& l = d.lines[at];
     const std::string v = rng_.pick(wrong_type_values(l.kind));
-    return result(Expect::MustReject, with_value(d, at, v), l.section + "." + l.key + " = " + v);
+    // data.weights is a table: another table may well be a valid value
+    const Expect e = (l.section == "data" && l.key == "weights" && v.rfind("{", 0) == 0)
+                         ? Expect::MayAccept : Expect::MustReject;
+    return result(e, with_value(d, at, v), l.section + "." + l.key + " = " + v);
   }
   Mutant negative(const Deck& d) {
     const std::size_t at = any_assign(d);
