@@ -229,6 +229,15 @@ void check_run_inputs(const LoadedDeck& deck, int world_size, bool resuming) {
   if (c.moe.enabled && c.moe.num_experts % ep != 0)
     throw deck.error("parallel.expert_parallel", "is " + std::to_string(ep) + ", which does not divide " +
                                                      "num_experts = " + std::to_string(c.moe.num_experts));
+  {
+    const auto valid = token_dispatcher_names();
+    if (std::find(valid.begin(), valid.end(), c.parallel.dispatcher) == valid.end()) {
+      std::string list;
+      for (const auto& n : valid) list += (list.empty() ? "" : ", ") + n;
+      throw deck.error("parallel.dispatcher", "'" + c.parallel.dispatcher + "' is not available in this build (valid: " +
+                                                  list + ")");
+    }
+  }
   if (ep > 1 && c.parallel.dispatcher == "local")
     throw deck.error("parallel.dispatcher", "is 'local', which needs expert_parallel = 1; use mpi_alltoall");
   const long rows = static_cast<long>(c.train.batch_tokens / c.model.seq_len);
