@@ -6,7 +6,7 @@
 // (source-major) by local expert for the grouped GEMM. combine is the mirror
 // exchange; backward exchanges gradients the same two ways. Buffers are
 // passed to MPI directly (device memory needs a CUDA-aware MPI; the nccl
-// dispatcher is the CUDA path).
+// dispatcher is the CUDA path: the same class with an NCCL RowExchange).
 #pragma once
 
 #include <mpi.h>
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "model/expert_parallel.hpp"
+#include "model/row_exchange.hpp"
 #include "model/token_dispatcher.hpp"
 
 namespace fulcrum {
@@ -22,9 +23,13 @@ namespace fulcrum {
 template <class T>
 class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
  public:
+  // rows: how rows move between peers (MPI_Alltoallv or NCCL send/recv);
+  // the split counts always go through MPI_Alltoall on the host.
   MpiAlltoallTokenDispatcher(int max_tokens, int d_model, int num_experts, int top_k,
-                             double capacity_factor, MPI_Comm ep_comm)
+                             double capacity_factor, MPI_Comm ep_comm,
+                             std::unique_ptr<RowExchange<T>> rows = nullptr)
       : local_(max_tokens, d_model, num_experts, top_k, capacity_factor), comm_(ep_comm),
+        rows_exchange_(rows ? std::move(rows) : std::make_unique<MpiRowExchange<T>>(ep_comm)),
         C_(d_model), E_(num_experts) {
     MPI_Comm_size(comm_, &P_);
     MPI_Comm_rank(comm_, &rank_);
@@ -130,10 +135,9 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
 
   void exchange(const T* send, const std::vector<int>& scounts, const std::vector<int>& sdispls, T* recv,
                 const std::vector<int>& rcounts, const std::vector<int>& rdispls) {
-    Kokkos::fence();  // buffers are complete before MPI reads them
+    Kokkos::fence();  // buffers are complete before the exchange reads them
     timed([&] {
-      MPI_Alltoallv(send, scounts.data(), sdispls.data(), mpi_datatype<T>(), recv, rcounts.data(),
-                    rdispls.data(), mpi_datatype<T>(), comm_);
+      rows_exchange_->alltoallv(send, scounts.data(), sdispls.data(), recv, rcounts.data(), rdispls.data());
     });
     for (int p = 0; p < P_; ++p) bytes_ += (double)scounts[p] * sizeof(T);
   }
@@ -164,6 +168,7 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
 
   LocalTokenDispatcher<T> local_;
   MPI_Comm comm_;
+  std::unique_ptr<RowExchange<T>> rows_exchange_;
   int P_ = 1, rank_ = 0, C_, E_, El_ = 0;
   long rows_ = 0;
   DeviceBuffer<T> input_, output_, input_grad_, output_grad_, staging_;

@@ -3,6 +3,9 @@
 #include <stdexcept>
 
 #include "model/mpi_token_dispatcher.hpp"
+#ifdef FULCRUM_HAVE_NCCL
+#include "model/nccl_row_exchange.hpp"
+#endif
 
 namespace fulcrum {
 
@@ -30,6 +33,12 @@ std::unique_ptr<TokenDispatcher<T>> make_token_dispatcher(const std::string& nam
   if (name == "mpi_alltoall")
     return std::make_unique<MpiAlltoallTokenDispatcher<T>>(max_tokens, d_model, num_experts, top_k,
                                                            capacity_factor, ep_comm);
+#ifdef FULCRUM_HAVE_NCCL
+  if (name == "nccl")
+    return std::make_unique<MpiAlltoallTokenDispatcher<T>>(
+        max_tokens, d_model, num_experts, top_k, capacity_factor, ep_comm,
+        std::make_unique<NcclRowExchange<T>>(ep_comm, ExecSpace().cuda_stream()));
+#endif
   std::string valid;
   for (const auto& n : token_dispatcher_names()) valid += (valid.empty() ? "" : ", ") + n;
   throw std::invalid_argument("unknown token dispatcher '" + name + "' (valid: " + valid + ")");
