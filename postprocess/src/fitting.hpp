@@ -10,11 +10,19 @@
 
 namespace fulcrum::fit {
 
+// Law 1 estimator (doc/fit.md): `vertex` fits a quadratic surface of ln(loss)
+// in (log2 lr, log2 B) per budget and fits the power laws through its vertices
+// (default); `near_optimal` is the paper's procedure (Sec. 2.2): power laws
+// through every run within `near_optimal` of the best loss of its budget.
+enum class Law1Method { vertex, near_optimal };
+
 struct FitOptions {
   double near_optimal = 0.0025;  // Law 1: within this fraction of the best loss
   double el_threshold = 6.0;     // joint EL law: train on EL < threshold
-  bool law1_vertex = false;      // Law 1 on per-budget quadratic-bowl optima instead
-                                 // of the near-optimal points (more efficient)
+  Law1Method law1_method = Law1Method::vertex;
+  bool law1_compare = true;      // also fit Law 1 with the other method (report only)
+  int law1_vertex_min_points = 6;  // per budget, else near-optimal fallback
+  int law1_vertex_min_values = 3;  // distinct lr and distinct B values per budget
   double outlier_k = 3.0;        // Law 1: drop |residual| > k * 1.4826 * MAD
   double huber_loss = 2e-3;      // Huber scale on relative / log loss residuals
   double huber_el = 0.05;        // Huber scale on ln EL residuals
@@ -27,6 +35,13 @@ struct HPPoint {                 // one run of a hyper-parameter sweep budget
   std::string family;
   double C, lr, batch, loss;
   bool near_opt = false, outlier_lr = false, outlier_batch = false;
+};
+struct HPOptimum {              // Law 1 optimum of one budget (vertex method)
+  std::string family;
+  double C, lr, batch;
+  bool vertex = true;            // false: log-mean of the near-optimal runs (fallback)
+  int n_points = 0;              // sweep runs of the budget
+  bool outlier_lr = false, outlier_batch = false;
 };
 struct IsoPoint {                // best loss of one model size at one budget
   std::string family;
@@ -50,7 +65,9 @@ struct ELPoint {
 
 struct FitResult {
   LawSet laws;
-  std::vector<Law1> law1_all;
+  std::vector<Law1> law1_all;      // fitted with opt.law1_method
+  std::vector<Law1> law1_alt;      // the other Law 1 method, for comparison (report only)
+  std::vector<HPOptimum> hp_opt;   // per-budget optima (vertex method)
   std::vector<Law2> law2_all;
   std::vector<HPPoint> hp;
   std::vector<IsoPoint> iso;
@@ -78,6 +95,9 @@ void bootstrap(const std::vector<Run>& runs, const FitOptions& opt, FitResult& r
 
 // Named list of every constant of a law set, for reports and the bootstrap.
 std::vector<std::pair<std::string, Value*>> constants(LawSet& L, std::vector<Law1>* l1 = nullptr,
-                                                      std::vector<Law2>* l2 = nullptr);
+                                                      std::vector<Law2>* l2 = nullptr,
+                                                      std::vector<Law1>* l1_alt = nullptr);
+
+const char* law1_method_name(Law1Method m);
 
 }  // namespace fulcrum::fit

@@ -4,6 +4,7 @@
 #include <hdf5.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -69,7 +70,10 @@ std::vector<float> gather_full(const std::vector<float>& local, const std::vecto
 }
 
 void check(herr_t rc, const std::string& path, const std::string& what) {
-  if (rc < 0) throw CheckpointError("checkpoint '" + path + "': cannot " + what);
+  if (rc >= 0) return;
+  // HDF5 keeps the system error in errno for failed writes (ENOSPC, EACCES)
+  const std::string why = errno != 0 ? std::string(" (") + std::strerror(errno) + ")" : "";
+  throw CheckpointError("checkpoint '" + path + "': cannot " + what + why);
 }
 
 void write_attr_i64(hid_t obj, const char* name, std::int64_t v, const std::string& path) {
@@ -181,6 +185,7 @@ void save_checkpoint(const std::string& path, Transformer<float>& model, AdamW<f
   if (g.world_rank == 0) {
     const std::string tmp = path + ".tmp";
     hid_t f = -1;
+    errno = 0;
     try {
       std::filesystem::create_directories(std::filesystem::path(path).parent_path());
       f = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);

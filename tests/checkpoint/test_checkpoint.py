@@ -206,6 +206,33 @@ class CheckpointTests(unittest.TestCase):
         np.testing.assert_allclose(got["train/loss"], ref["train/loss"], rtol=1e-4)
         np.testing.assert_allclose(got["eval/val_loss"], ref["eval/val_loss"], rtol=1e-4)
 
+    def test_disk_full_keeps_last_good_checkpoint(self):
+        """Output on a tiny tmpfs: a later checkpoint cannot be written."""
+        mnt = os.path.join(self.tmp, "small-disk")
+        os.makedirs(mnt)
+        size_kb = 900  # the first checkpoint fits, a second one beside it does not
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk" % size_kb, "tmpfs", mnt],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a small tmpfs here (needs root): " + r.stderr.strip())
+        try:
+            d = os.path.join(mnt, "run")
+            p = run(d, expect=1)
+            out = p.stdout + p.stderr
+            self.assertIn("checkpoint", out)
+            self.assertFalse(os.path.exists(os.path.join(d, "checkpoint.h5.tmp")), "temporary file left")
+            self.assertTrue(os.path.exists(os.path.join(d, "checkpoint.h5")), "last good checkpoint lost")
+            with h5py.File(os.path.join(d, "run.h5"), "r") as f:
+                self.assertIn(f.attrs["status"], ("failed", "running"))
+            # the kept checkpoint is intact: resume it on a disk with room
+            moved = os.path.join(self.tmp, "after-disk-full")
+            shutil.copytree(d, moved)
+        finally:
+            subprocess.run(["umount", mnt])
+        run(moved)
+        self.assertEqual(read(moved)["status"], "completed")
+        print("  disk full: exit 1 with '%s'" % [l for l in out.splitlines() if "error" in l][:1])
+
     def test_reshard_ep2_to_ep1(self):
         self.reshard(1, 1)
 
