@@ -108,8 +108,12 @@ int run_cli(int argc, char** argv) {
   fit->add_flag("--strict", lopt.strict, "unreadable or foreign input files are fatal");
   fit->add_option("--near-optimal", opt.near_optimal, "Law 1 near-optimal tolerance (fraction)")->capture_default_str();
   fit->add_option("--el-threshold", opt.el_threshold, "train the EL law on EL below this")->capture_default_str();
-  fit->add_flag("--law1-vertex", opt.law1_vertex,
-                "Law 1 on per-budget quadratic-bowl optima instead of near-optimal points");
+  std::string law1_method = "vertex";
+  fit->add_option("--law1-method", law1_method,
+                  "Law 1 estimator: vertex (per-budget quadratic surface, default) or near-optimal "
+                  "(the paper's power law through near-optimal runs); the other is reported for comparison")
+      ->check(CLI::IsMember({"vertex", "near-optimal"}))
+      ->capture_default_str();
   fit->add_flag("--train-loss", lopt.use_train_loss, "fit final_train_loss instead of final_val_loss");
   fit->add_flag("--no-plots", no_plots, "skip the PNG plots");
 
@@ -159,7 +163,10 @@ int run_cli(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 1;
   }
   try {
-    if (*fit) return cmd_fit(inputs, out, opt, lopt, !no_plots);
+    if (*fit) {
+      opt.law1_method = law1_method == "near-optimal" ? Law1Method::near_optimal : Law1Method::vertex;
+      return cmd_fit(inputs, out, opt, lopt, !no_plots);
+    }
     if (*pred) {
       if (!(A > 0 && A <= 1) || !(G > 0) || !(C > 0))
         throw FitError("predict: need 0 < A <= 1, G > 0, C > 0", 1);

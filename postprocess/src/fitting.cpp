@@ -218,6 +218,118 @@ template <class K, class T> const T* find_family(const std::vector<T>& v, const 
 }
 
 // ------------------------------------------------------------ Law 1
+// Paper's procedure (Sec. 2.2): power laws through every near-optimal run of
+// every budget, outliers removed. Sets the outlier flags of `pts`.
+bool law1_near_optimal(std::vector<HPPoint>& pts, const FitOptions& opt, Law1& l) {
+  std::vector<double> x, ye, yb;
+  std::vector<size_t> idx;
+  std::set<long long> bud;
+  for (size_t i = 0; i < pts.size(); ++i)
+    if (pts[i].near_opt) {
+      x.push_back(std::log10(pts[i].C));
+      ye.push_back(std::log10(pts[i].lr));
+      yb.push_back(std::log10(pts[i].batch));
+      idx.push_back(i);
+      bud.insert(budget_key(pts[i].C));
+    }
+  if (bud.size() < 2) return false;
+  std::vector<bool> ke, kb;
+  auto ce = robust_linfit(x, ye, opt.outlier_k, ke);
+  auto cb = robust_linfit(x, yb, opt.outlier_k, kb);
+  for (size_t j = 0; j < idx.size(); ++j) {
+    pts[idx[j]].outlier_lr = !ke[j];
+    pts[idx[j]].outlier_batch = !kb[j];
+  }
+  l.eta = {V(std::pow(10.0, ce[0])), V(ce[1])};
+  l.batch = {V(std::pow(10.0, cb[0])), V(cb[1])};
+  return true;
+}
+
+// Vertex method: per budget, ln(loss) = quadratic in (log2 lr, log2 B) over
+// the sweep runs; its vertex is (eta_opt, B_opt). A budget with too few runs
+// or values, a non-convex surface or a vertex outside the sampled range falls
+// back to the log-mean of its near-optimal runs (one point per budget either
+// way). Power laws through the per-budget optima, outliers removed.
+bool law1_vertex(const std::vector<HPPoint>& pts, const FitOptions& opt, Law1& l,
+                 std::vector<HPOptimum>& optima, std::vector<std::string>* notes) {
+  const std::string& fam = l.family;
+  std::map<long long, std::vector<const HPPoint*>> bb;
+  for (auto& p : pts) bb[budget_key(p.C)].push_back(&p);
+  std::vector<HPOptimum> op;
+  auto note = [&](double C, const std::string& why) {
+    if (notes)
+      notes->push_back("Law 1 (" + fam + ", C=" + fmt(C) + "): " + why +
+                       "; near-optimal runs used for this budget");
+  };
+  for (auto& [k, v] : bb) {
+    double C = v[0]->C;
+    HPOptimum o{fam, C, NAN, NAN};
+    o.n_points = static_cast<int>(v.size());
+    std::set<long long> ulr, ub;
+    std::set<std::pair<long long, long long>> upair;
+    double a0 = INFINITY, a1 = -INFINITY, b0 = INFINITY, b1 = -INFINITY;
+    for (auto* p : v) {
+      ulr.insert(key3(p->lr)), ub.insert(key3(p->batch)), upair.insert({key3(p->lr), key3(p->batch)});
+      double a = std::log2(p->lr), b = std::log2(p->batch);
+      a0 = std::min(a0, a), a1 = std::max(a1, a), b0 = std::min(b0, b), b1 = std::max(b1, b);
+    }
+    bool done = false;
+    if (static_cast<int>(upair.size()) < opt.law1_vertex_min_points ||
+        static_cast<int>(ulr.size()) < opt.law1_vertex_min_values ||
+        static_cast<int>(ub.size()) < opt.law1_vertex_min_values) {
+      note(C, std::to_string(upair.size()) + " distinct (lr, B) runs, " + std::to_string(ulr.size()) +
+                  " lr and " + std::to_string(ub.size()) + " B values (the vertex fit needs " +
+                  std::to_string(opt.law1_vertex_min_points) + " runs and " +
+                  std::to_string(opt.law1_vertex_min_values) + " values on each axis)");
+    } else {
+      double mx = 0, my = 0;
+      for (auto* p : v) mx += std::log2(p->lr) / v.size(), my += std::log2(p->batch) / v.size();
+      Eigen::MatrixXd X(v.size(), 6);
+      Eigen::VectorXd Y(v.size());
+      for (size_t i = 0; i < v.size(); ++i) {
+        double a = std::log2(v[i]->lr) - mx, b = std::log2(v[i]->batch) - my;
+        X.row(i) << 1, a, b, a * a, b * b, a * b;
+        Y(i) = std::log(v[i]->loss);
+      }
+      Eigen::VectorXd c = ols(X, Y);
+      Eigen::Matrix2d H;
+      H << 2 * c(3), c(5), c(5), 2 * c(4);
+      if (!(H(0, 0) > 0 && H.determinant() > 0)) {
+        note(C, "loss surface in (log lr, log B) is not convex");
+      } else {
+        Eigen::Vector2d x = H.ldlt().solve(Eigen::Vector2d(-c(1), -c(2)));
+        double a = x(0) + mx, b = x(1) + my, tol = 1e-9;
+        if (!(a >= a0 - tol && a <= a1 + tol && b >= b0 - tol && b <= b1 + tol)) {
+          note(C, "vertex (lr " + fmt(std::exp2(a)) + ", B " + fmt(std::exp2(b)) +
+                      ") outside the sampled range (lr " + fmt(std::exp2(a0)) + ".." + fmt(std::exp2(a1)) +
+                      ", B " + fmt(std::exp2(b0)) + ".." + fmt(std::exp2(b1)) + "), not extrapolated");
+        } else {
+          o.lr = std::exp2(a), o.batch = std::exp2(b), done = true;
+        }
+      }
+    }
+    if (!done) {
+      double sa = 0, sb = 0;
+      int n = 0;
+      for (auto* p : v)
+        if (p->near_opt) sa += std::log2(p->lr), sb += std::log2(p->batch), ++n;
+      o.lr = std::exp2(sa / n), o.batch = std::exp2(sb / n), o.vertex = false;
+    }
+    op.push_back(o);
+  }
+  if (op.size() < 2) return false;
+  std::vector<double> x, ye, yb;
+  for (auto& o : op) x.push_back(std::log10(o.C)), ye.push_back(std::log10(o.lr)), yb.push_back(std::log10(o.batch));
+  std::vector<bool> ke, kb;
+  auto ce = robust_linfit(x, ye, opt.outlier_k, ke);
+  auto cb = robust_linfit(x, yb, opt.outlier_k, kb);
+  for (size_t j = 0; j < op.size(); ++j) op[j].outlier_lr = !ke[j], op[j].outlier_batch = !kb[j];
+  l.eta = {V(std::pow(10.0, ce[0])), V(ce[1])};
+  l.batch = {V(std::pow(10.0, cb[0])), V(cb[1])};
+  optima.insert(optima.end(), op.begin(), op.end());
+  return true;
+}
+
 void fit_law1(const std::vector<Run>& runs, const FitOptions& opt, FitResult& R) {
   std::map<std::string, std::map<long long, std::vector<const Run*>>> byfam;
   for (auto& r : runs)
@@ -249,57 +361,22 @@ void fit_law1(const std::vector<Run>& runs, const FitOptions& opt, FitResult& R)
       R.hp.insert(R.hp.end(), pts.begin(), pts.end());
       continue;
     }
-    std::vector<double> x, ye, yb;
-    std::vector<size_t> idx;
-    if (opt.law1_vertex) {
-      // per budget: loss = quadratic in (log2 lr, log2 B); its vertex is the optimum
-      std::map<long long, std::vector<const HPPoint*>> bb;
-      for (auto& p : pts) bb[budget_key(p.C)].push_back(&p);
-      for (auto& [k, v] : bb) {
-        if (v.size() < 8) continue;
-        double mx = 0, my = 0;
-        for (auto* p : v) mx += std::log2(p->lr) / v.size(), my += std::log2(p->batch) / v.size();
-        Eigen::MatrixXd X(v.size(), 6);
-        Eigen::VectorXd Y(v.size());
-        for (size_t i = 0; i < v.size(); ++i) {
-          double a = std::log2(v[i]->lr) - mx, b = std::log2(v[i]->batch) - my;
-          X.row(i) << 1, a, b, a * a, b * b, a * b;
-          Y(i) = std::log(v[i]->loss);
-        }
-        Eigen::VectorXd c = ols(X, Y);
-        Eigen::Matrix2d H;
-        H << 2 * c(3), c(5), c(5), 2 * c(4);
-        if (!(H(0, 0) > 0 && H.determinant() > 0)) continue;
-        Eigen::Vector2d o = H.ldlt().solve(Eigen::Vector2d(-c(1), -c(2)));
-        x.push_back(std::log10(v[0]->C));
-        ye.push_back((o(0) + mx) * std::log10(2.0));
-        yb.push_back((o(1) + my) * std::log10(2.0));
-      }
-      if (x.size() < 2) {
-        R.notes.push_back("Law 1 (" + fam + "): fewer than two budgets with a convex hyper-parameter bowl");
-        R.hp.insert(R.hp.end(), pts.begin(), pts.end());
-        continue;
-      }
+    Law1 lv, ln;
+    lv.family = ln.family = fam;
+    bool vertex = opt.law1_method == Law1Method::vertex;
+    bool ok_n = (!vertex || opt.law1_compare) && law1_near_optimal(pts, opt, ln);
+    std::vector<HPOptimum> optima;
+    bool ok_v = (vertex || opt.law1_compare) &&
+                law1_vertex(pts, opt, lv, optima, vertex ? &R.notes : nullptr);
+    if (vertex) {
+      if (ok_v) R.law1_all.push_back(lv), R.hp_opt.insert(R.hp_opt.end(), optima.begin(), optima.end());
+      else R.notes.push_back("Law 1 (" + fam + "): fewer than two budgets with a usable optimum");
+      if (ok_n) R.law1_alt.push_back(ln);
+    } else {
+      if (ok_n) R.law1_all.push_back(ln);
+      else R.notes.push_back("Law 1 (" + fam + "): near-optimal runs at fewer than two budgets");
+      if (ok_v) R.law1_alt.push_back(lv), R.hp_opt.insert(R.hp_opt.end(), optima.begin(), optima.end());
     }
-    for (size_t i = 0; i < pts.size() && !opt.law1_vertex; ++i)
-      if (pts[i].near_opt) {
-        x.push_back(std::log10(pts[i].C));
-        ye.push_back(std::log10(pts[i].lr));
-        yb.push_back(std::log10(pts[i].batch));
-        idx.push_back(i);
-      }
-    std::vector<bool> ke, kb;
-    auto ce = opt.law1_vertex ? linfit(x, ye) : robust_linfit(x, ye, opt.outlier_k, ke);
-    auto cb = opt.law1_vertex ? linfit(x, yb) : robust_linfit(x, yb, opt.outlier_k, kb);
-    for (size_t j = 0; j < idx.size(); ++j) {
-      pts[idx[j]].outlier_lr = !ke[j];
-      pts[idx[j]].outlier_batch = !kb[j];
-    }
-    Law1 l;
-    l.family = fam;
-    l.eta = {V(std::pow(10.0, ce[0])), V(ce[1])};
-    l.batch = {V(std::pow(10.0, cb[0])), V(cb[1])};
-    R.law1_all.push_back(l);
     R.hp.insert(R.hp.end(), pts.begin(), pts.end());
   }
 }
@@ -703,7 +780,7 @@ void choose_main_laws(FitResult& R) {
   for (auto& l : R.law1_all) {
     if (l.family == "dense") continue;
     size_t n = std::count_if(R.hp.begin(), R.hp.end(),
-                             [&](const HPPoint& p) { return p.family == l.family && p.near_opt; });
+                             [&](const HPPoint& p) { return p.family == l.family; });
     if (n > best) best = n, L.law1_moe = l;
   }
   best = 0;
@@ -743,8 +820,12 @@ FitResult fit_all(const std::vector<Run>& runs, const FitOptions& opt, const Fit
   return R;
 }
 
+const char* law1_method_name(Law1Method m) {
+  return m == Law1Method::vertex ? "vertex" : "near-optimal";
+}
+
 std::vector<std::pair<std::string, Value*>> constants(LawSet& L, std::vector<Law1>* l1,
-                                                      std::vector<Law2>* l2) {
+                                                      std::vector<Law2>* l2, std::vector<Law1>* l1_alt) {
   std::vector<std::pair<std::string, Value*>> c;
   auto add1 = [&](const std::string& n, Law1& l) {
     if (!l.ok()) return;
@@ -762,6 +843,7 @@ std::vector<std::pair<std::string, Value*>> constants(LawSet& L, std::vector<Law
   };
   if (l1) for (auto& l : *l1) add1("law1[" + l.family + "]", l);
   if (l2) for (auto& l : *l2) add2("law2[" + l.family + "]", l);
+  if (l1_alt) for (auto& l : *l1_alt) add1("law1_alt[" + l.family + "]", l);
   add1("law1.dense", L.law1_dense);
   add1("law1.moe", L.law1_moe);
   add2("law2.dense", L.law2_dense);
@@ -809,7 +891,7 @@ void bootstrap(const std::vector<Run>& runs, const FitOptions& opt, FitResult& r
   if (opt.bootstrap <= 0) return;
   std::map<std::string, std::vector<size_t>> fam;
   for (size_t i = 0; i < runs.size(); ++i) fam[runs[i].family].push_back(i);
-  auto target = constants(res.laws, &res.law1_all, &res.law2_all);
+  auto target = constants(res.laws, &res.law1_all, &res.law2_all, &res.law1_alt);
   std::unordered_map<std::string, std::vector<double>> samples;
   for (auto& [n, v] : target) samples[n].reserve(opt.bootstrap);
   std::mt19937_64 rng(opt.seed);
@@ -822,7 +904,7 @@ void bootstrap(const std::vector<Run>& runs, const FitOptions& opt, FitResult& r
       for (size_t j = 0; j < idx.size(); ++j) rs.push_back(runs[idx[u(rng)]]);
     }
     FitResult r = fit_all(rs, opt, &res);
-    auto got = constants(r.laws, &r.law1_all, &r.law2_all);
+    auto got = constants(r.laws, &r.law1_all, &r.law2_all, &r.law1_alt);
     if (got.empty()) {
       ++res.bootstrap_failed;
       continue;

@@ -148,7 +148,7 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
       mm(xs, x0, x1);
       mm(ys, y0, y1);
       frame(x0, x1, y0, y1, 30, "compute C (FLOPs)", which ? "batch (tokens)" : "peak learning rate",
-            which ? "Law 1: B_opt(C) on near-optimal runs" : "Law 1: eta_opt(C) on near-optimal runs");
+            which ? "Law 1: B_opt(C)" : "Law 1: eta_opt(C)");
       std::map<std::string, int> fc;
       for (auto& h : R.hp) if (!fc.count(h.family)) fc[h.family] = col(fc.size());
       int li = 0;
@@ -165,6 +165,10 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
         points(ax, ay, 10, 1);
         points(nx, ny, c, 17);
         points(ox, oy, 1, 5);
+        std::vector<double> vx, vy;  // per-budget optima (vertex method), open circles
+        for (auto& q : R.hp_opt)
+          if (q.family == fam) vx.push_back(std::log10(q.C)), vy.push_back(std::log10(which ? q.batch : q.lr));
+        points(vx, vy, c, 4);
         for (auto& l : R.law1_all) {
           if (l.family != fam) continue;
           const PowerLaw& pl = which ? l.batch : l.eta;

@@ -52,20 +52,57 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     << " failed. Intervals: 95% percentile.\n";
   o << "Log conventions: log10 C, log2 G, ln EL (doc/fit.md).\n";
 
-  o << "\nLaw 1: optimal hyper-parameters vs compute (near-optimal: within "
-    << g(100 * opt.near_optimal) << "% of the best loss per budget)\n";
+  const bool vtx = opt.law1_method == Law1Method::vertex;
+  o << "\nLaw 1: optimal hyper-parameters vs compute (method: " << law1_method_name(opt.law1_method)
+    << (vtx ? ", per-budget vertex of a quadratic surface of ln(loss) in (log lr, log B)"
+            : ", the paper's power law through the near-optimal runs")
+    << "; near-optimal: within " << g(100 * opt.near_optimal) << "% of the best loss per budget)\n";
   if (R.law1_all.empty()) o << "  not fitted\n";
-  for (auto& l : R.law1_all) {
-    int n = 0, out_lr = 0, out_b = 0;
+  auto nearopt_counts = [&](const std::string& fam, int& n, int& olr, int& ob, size_t& nb) {
     std::set<double> b;
+    n = olr = ob = 0;
     for (auto& p : R.hp)
-      if (p.family == l.family && p.near_opt) n++, out_lr += p.outlier_lr, out_b += p.outlier_batch, b.insert(p.C);
-    o << " [" << l.family << "]  eta_opt = k C^a, B_opt = k C^a  (" << n << " near-optimal points, "
-      << b.size() << " budgets; outliers removed: lr " << out_lr << ", batch " << out_b << ")\n";
+      if (p.family == fam && p.near_opt) n++, olr += p.outlier_lr, ob += p.outlier_batch, b.insert(p.C);
+    nb = b.size();
+  };
+  for (auto& l : R.law1_all) {
+    if (vtx) {
+      int nv = 0, nf = 0, olr = 0, ob = 0;
+      for (auto& q : R.hp_opt)
+        if (q.family == l.family) (q.vertex ? nv : nf)++, olr += q.outlier_lr, ob += q.outlier_batch;
+      o << " [" << l.family << "]  eta_opt = k C^a, B_opt = k C^a  (" << nv + nf << " budgets: " << nv
+        << " vertex, " << nf << " near-optimal fallback; outliers removed: lr " << olr << ", batch " << ob
+        << ")\n";
+    } else {
+      int n, olr, ob;
+      size_t nb;
+      nearopt_counts(l.family, n, olr, ob, nb);
+      o << " [" << l.family << "]  eta_opt = k C^a, B_opt = k C^a  (" << n << " near-optimal points, " << nb
+        << " budgets; outliers removed: lr " << olr << ", batch " << ob << ")\n";
+    }
     row(o, "eta k", l.eta.k);
     row(o, "eta a", l.eta.a);
     row(o, "batch k", l.batch.k);
     row(o, "batch a", l.batch.a);
+  }
+  if (!R.law1_alt.empty()) {
+    o << " Comparison (not written to laws.toml): method "
+      << law1_method_name(vtx ? Law1Method::near_optimal : Law1Method::vertex)
+      << (vtx ? " (the paper's procedure, Sec. 2.2)" : "") << "\n";
+    for (auto& l : R.law1_alt) {
+      o << " [" << l.family << "]";
+      if (vtx) {
+        int n, olr, ob;
+        size_t nb;
+        nearopt_counts(l.family, n, olr, ob, nb);
+        o << "  (" << n << " near-optimal points, " << nb << " budgets)";
+      }
+      o << "\n";
+      row(o, "eta k", l.eta.k);
+      row(o, "eta a", l.eta.a);
+      row(o, "batch k", l.batch.k);
+      row(o, "batch a", l.batch.a);
+    }
   }
 
   o << "\nLaw 2: compute-optimal allocation (IsoFLOP minima; M_opt = k C^a, D_opt = C / M_opt)\n";
@@ -178,6 +215,22 @@ void write_fit_h5(const std::string& path, const FitResult& R, const LoadResult&
     w.dataset("/law1/outlier_lr", olr);
     w.dataset("/law1/outlier_batch", ob);
     w.attr("/law1", "family_per_point", fams);
+  }
+  if (!R.hp_opt.empty()) {  // per-budget optima of the vertex method
+    std::vector<double> C, lr, bt, vx, olr, ob;
+    std::string fams;
+    for (auto& q : R.hp_opt) {
+      C.push_back(q.C), lr.push_back(q.lr), bt.push_back(q.batch), vx.push_back(q.vertex);
+      olr.push_back(q.outlier_lr), ob.push_back(q.outlier_batch);
+      fams += q.family + "\n";
+    }
+    w.dataset("/law1/optima/C", C);
+    w.dataset("/law1/optima/lr", lr);
+    w.dataset("/law1/optima/batch", bt);
+    w.dataset("/law1/optima/vertex", vx);
+    w.dataset("/law1/optima/outlier_lr", olr);
+    w.dataset("/law1/optima/outlier_batch", ob);
+    w.attr("/law1/optima", "family_per_point", fams);
   }
   {
     std::vector<double> C, M, D, loss, res;

@@ -1,7 +1,9 @@
 // Planted-constant recovery: synthetic campaigns from known laws plus noise.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
+#include <cstdio>
 
 #include "fitting.hpp"
 #include "synth.hpp"
@@ -30,7 +32,7 @@ const Law3* law3(const FitResult& R, const std::string& fam) {
 struct Campaign {
   SynthTruth truth;
   SynthSpec spec;
-  std::vector<Run> runs;
+  std::vector<fulcrum::fit::Run> runs;
   FitResult fit;
   explicit Campaign(int hp_runs, double noise, std::uint64_t seed = 7) {
     spec.hp_runs = hp_runs;
@@ -72,34 +74,123 @@ TEST(Recovery, Law2IsoFlopAndLaw3Exponents) {
   EXPECT_LT(rel(p.beta.v / (p.alpha.v + p.beta.v), a_true), 0.02);
 }
 
-TEST(Recovery, Law1NearOptimalWithinInterval) {
+// Law 1 exponent errors (relative) of one fit: dense eta, dense B, MoE eta, MoE B.
+std::array<double, 4> law1_errors(const Law1& d, const Law1& m, const SynthTruth& t) {
+  return {rel(d.eta.a.v, t.eta_dense.a.v), rel(d.batch.a.v, t.batch_dense.a.v),
+          rel(m.eta.a.v, t.eta_moe.a.v), rel(m.batch.a.v, t.batch_moe.a.v)};
+}
+
+const Law1* alt(const FitResult& R, const std::string& fam) {
+  for (auto& l : R.law1_alt) if (l.family == fam) return &l;
+  return nullptr;
+}
+
+TEST(Recovery, Law1VertexExponentsDefault) {
+  // Default method (vertex): exponents within 2% at 0.03% noise, 40 random
+  // (lr, B) runs per budget; the paper's near-optimal fit is kept for comparison.
+  Campaign c(40, 3e-4, 11);
+  ASSERT_TRUE(c.fit.laws.law1_dense.ok());
+  ASSERT_TRUE(c.fit.laws.law1_moe.ok());
+  for (double e : law1_errors(c.fit.laws.law1_dense, c.fit.laws.law1_moe, c.truth)) EXPECT_LT(e, 0.02);
+  const std::string moe = family_key(true, c.spec.ref_A, c.spec.ref_G, 0.5);
+  ASSERT_NE(alt(c.fit, "dense"), nullptr);
+  ASSERT_NE(alt(c.fit, moe), nullptr);
+  int nv = 0;
+  for (auto& q : c.fit.hp_opt) nv += q.vertex;
+  EXPECT_EQ(nv, 14);  // 7 budgets x 2 families, no fallback
+}
+
+TEST(Recovery, Law1VertexExponentsAtLawTwoNoise) {
+  // At the 0.1% noise of the Law 2/3 tests the vertex fit is not reliably
+  // within 2% (Law1Survey: mean 0.7-1.3%, worst of 20 seeds 3.3% with 100 runs
+  // per budget), so this check is 4%.
+  Campaign c(100, 1e-3, 5);
+  for (double e : law1_errors(c.fit.laws.law1_dense, c.fit.laws.law1_moe, c.truth)) EXPECT_LT(e, 0.04);
+}
+
+TEST(Recovery, Law1NearOptimalLooseCheck) {
   // The paper's estimator (power law through near-optimal points) is
   // unbiased but noisy: with 40 random runs per budget at 0.1% noise the
-  // exponents land only within ~30% (see doc/fit.md).
+  // exponents land only within ~30% (doc/fit.md), so the check is loose.
   Campaign c(40, 1e-3, 5);
-  const auto& d = c.fit.laws.law1_dense;
+  FitOptions o;
+  o.law1_method = Law1Method::near_optimal;
+  FitResult f = fit_all(c.runs, o);
+  const auto& d = f.laws.law1_dense;
   ASSERT_TRUE(d.ok());
   EXPECT_LT(rel(d.eta.a.v, c.truth.eta_dense.a.v), 0.3) << d.eta.a.v;
   EXPECT_LT(rel(d.batch.a.v, c.truth.batch_dense.a.v), 0.3) << d.batch.a.v;
+  // the default fit reports the same near-optimal law as its comparison
+  const Law1* a = alt(c.fit, "dense");
+  ASSERT_NE(a, nullptr);
+  EXPECT_DOUBLE_EQ(a->eta.a.v, d.eta.a.v);
+  EXPECT_DOUBLE_EQ(a->batch.a.v, d.batch.a.v);
 }
 
-TEST(Recovery, Law1VertexExponents) {
-  // Per-budget quadratic-bowl optima (--law1-vertex): exponents within 2%.
-  Campaign c(40, 3e-4, 11);
-  FitOptions o;
-  o.law1_vertex = true;
-  c.fit = fit_all(c.runs, o);
+TEST(Recovery, Law1VertexFallsBackWithFewRuns) {
+  // 5 runs per budget (4 random + the IsoFLOP run at the same size and the
+  // optimal lr, B): below the 6 the vertex fit needs, so every budget uses its
+  // near-optimal runs, with a note.
+  Campaign c(4, 1e-3, 5);
   ASSERT_TRUE(c.fit.laws.law1_dense.ok());
-  ASSERT_TRUE(c.fit.laws.law1_moe.ok());
-  ASSERT_TRUE(c.fit.laws.law1_dense.ok());
-  ASSERT_TRUE(c.fit.laws.law1_moe.ok());
-  const auto& t = c.truth;
-  const auto& d = c.fit.laws.law1_dense;
-  const auto& m = c.fit.laws.law1_moe;
-  EXPECT_LT(rel(d.eta.a.v, t.eta_dense.a.v), 0.02) << d.eta.a.v;
-  EXPECT_LT(rel(d.batch.a.v, t.batch_dense.a.v), 0.02) << d.batch.a.v;
-  EXPECT_LT(rel(m.eta.a.v, t.eta_moe.a.v), 0.02) << m.eta.a.v;
-  EXPECT_LT(rel(m.batch.a.v, t.batch_moe.a.v), 0.02) << m.batch.a.v;
+  ASSERT_FALSE(c.fit.hp_opt.empty());
+  for (auto& q : c.fit.hp_opt) EXPECT_FALSE(q.vertex);
+  int n = 0;
+  for (auto& s : c.fit.notes) n += s.find("the vertex fit needs 6 runs") != std::string::npos;
+  EXPECT_EQ(n, 14);
+}
+
+TEST(Recovery, Law1VertexNotExtrapolated) {
+  // A 3x3 grid whose sampled lr range lies above the optimum at one budget:
+  // that vertex is rejected (note) and the budget falls back.
+  std::vector<fulcrum::fit::Run> runs;
+  for (double C : {1e19, 1e20, 1e21}) {
+    double lo = std::pow(C / 1e19, -0.125), bo = 1e5 * std::pow(C / 1e19, 0.33);
+    double shift = C == 1e20 ? 8.0 : 1.0;  // sampled lr: 2x..8x the optimum
+    for (int i = -1; i <= 1; ++i)
+      for (int j = -1; j <= 1; ++j) {
+        fulcrum::fit::Run r;
+        r.path = "grid/" + std::to_string(runs.size());
+        r.family = "dense";
+        r.M = 1e9, r.C = C, r.D = C / r.M;
+        r.lr = lo * shift * std::exp2(i), r.batch = bo * std::exp2(j);
+        double a = std::log2(r.lr / lo), b = std::log2(r.batch / bo);
+        r.loss = 2.5 * (1 + 0.004 * a * a + 0.003 * b * b) * (1 + 1e-5 * (i + 2 * j));
+        runs.push_back(r);
+      }
+  }
+  FitResult f = fit_all(runs, FitOptions{});
+  ASSERT_TRUE(f.laws.law1_dense.ok());
+  ASSERT_EQ(f.hp_opt.size(), 3u);
+  EXPECT_TRUE(f.hp_opt[0].vertex);
+  EXPECT_FALSE(f.hp_opt[1].vertex);
+  EXPECT_TRUE(f.hp_opt[2].vertex);
+  int n = 0;
+  for (auto& s : f.notes) n += s.find("outside the sampled range") != std::string::npos;
+  EXPECT_EQ(n, 1);
+}
+
+// Survey behind the numbers in doc/fit.md (not run by ctest):
+//   fit_recovery_test --gtest_also_run_disabled_tests --gtest_filter='*Law1Survey*'
+TEST(Recovery, DISABLED_Law1Survey) {
+  for (int runs : {40, 100})
+    for (double noise : {3e-4, 1e-3}) {
+      for (auto m : {Law1Method::vertex, Law1Method::near_optimal}) {
+        std::array<double, 4> mx{}, mean{};
+        const int n = 20;
+        for (int s = 1; s <= n; ++s) {
+          Campaign c(runs, noise, 100 + s);
+          FitOptions o;
+          o.law1_method = m;
+          FitResult f = fit_all(c.runs, o);
+          auto e = law1_errors(f.laws.law1_dense, f.laws.law1_moe, c.truth);
+          for (int k = 0; k < 4; ++k) mx[k] = std::max(mx[k], e[k]), mean[k] += e[k] / n;
+        }
+        std::printf("%3d runs noise %.0e %-12s mean%% %5.2f %5.2f %5.2f %5.2f  max%% %5.2f %5.2f %5.2f %5.2f\n",
+                    runs, noise, law1_method_name(m), 100 * mean[0], 100 * mean[1], 100 * mean[2],
+                    100 * mean[3], 100 * mx[0], 100 * mx[1], 100 * mx[2], 100 * mx[3]);
+      }
+    }
 }
 
 TEST(Recovery, JointELLaw) {
@@ -161,18 +252,26 @@ TEST(Recovery, BootstrapCoversTruth1000) {
 }
 
 TEST(Recovery, BootstrapCoversLaw1) {
+  // Default (vertex) method at 0.1% noise and 40 runs per budget, 200
+  // resamples: the intervals cover the planted exponents of both families.
   Campaign c(40, 1e-3, 5);
   FitOptions o;
-  o.law1_vertex = true;
-  c.fit = fit_all(c.runs, o);
   o.bootstrap = 200;
   bootstrap(c.runs, o, c.fit);
-  const auto& l = c.fit.laws.law1_dense;
-  ASSERT_TRUE(std::isfinite(l.eta.a.lo));
-  EXPECT_LE(l.eta.a.lo, c.truth.eta_dense.a.v);
-  EXPECT_GE(l.eta.a.hi, c.truth.eta_dense.a.v);
-  EXPECT_LE(l.batch.a.lo, c.truth.batch_dense.a.v);
-  EXPECT_GE(l.batch.a.hi, c.truth.batch_dense.a.v);
+  const auto& t = c.truth;
+  auto covers = [](const Value& v, double truth) {
+    return std::isfinite(v.lo) && v.lo <= truth && truth <= v.hi;
+  };
+  const auto& d = c.fit.laws.law1_dense;
+  const auto& m = c.fit.laws.law1_moe;
+  EXPECT_TRUE(covers(d.eta.a, t.eta_dense.a.v)) << d.eta.a.lo << " " << d.eta.a.hi;
+  EXPECT_TRUE(covers(d.batch.a, t.batch_dense.a.v)) << d.batch.a.lo << " " << d.batch.a.hi;
+  EXPECT_TRUE(covers(m.eta.a, t.eta_moe.a.v)) << m.eta.a.lo << " " << m.eta.a.hi;
+  EXPECT_TRUE(covers(m.batch.a, t.batch_moe.a.v)) << m.batch.a.lo << " " << m.batch.a.hi;
+  // the comparison (near-optimal) law gets intervals too
+  const Law1* a = alt(c.fit, "dense");
+  ASSERT_NE(a, nullptr);
+  EXPECT_TRUE(std::isfinite(a->eta.a.lo));
 }
 
 TEST(Recovery, BootstrapCoversEL) {

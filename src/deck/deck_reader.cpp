@@ -1505,4 +1505,13 @@ std::string nearest_name(const std::string& name, const std::vector<std::string>
   return best;
 }
 
+std::string training_fingerprint(const RunConfig& config) {
+  RunConfig copy = config;
+  copy.parallel = ParallelSection{};
+  copy.output = OutputSection{};
+  copy.deck_path.clear();
+  copy.deck_text.clear();
+  return resolved_deck_toml(copy);
+}
+
 }  // namespace fulcrum

@@ -47,6 +47,11 @@ LoadedDeck read_deck_text(const std::string& text, const std::string& path_for_m
 // back with read_deck_text gives an identical RunConfig. Stored in every run file.
 std::string resolved_deck_toml(const RunConfig& config);
 
+// The resolved deck without [parallel] and [output] (and without the deck's
+// path and text): what a resumed run must share with its checkpoint. A run
+// may resume on another rank layout or write elsewhere, nothing else.
+std::string training_fingerprint(const RunConfig& config);
+
 // Closest valid name for a near-miss (edit distance), "" if none is close.
 std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates);
 

@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "deck/deck_reader.hpp"
 #include "io/run_file.hpp"
 #include "sweep/sweep_plan.hpp"
 
@@ -80,6 +81,21 @@ struct Child {
 };
 
 // fork + exec the launcher; stdout/stderr appended to the run's train.log.
+// A rerun resumes when the run left a checkpoint and did not diverge (the
+// trainer resumes automatically without overwrite); otherwise it restarts
+// and replaces the partial run file.
+bool rerun_overwrites(const ManifestRun& r, const RunStatusInfo& s) {
+  if (!s.has_run_file) return false;
+  if (s.file_status == "diverged" || s.file_status == "completed") return true;
+  const std::string ckpt = r.dir + "/checkpoint.h5";
+  if (!std::filesystem::exists(ckpt)) return true;
+  try {  // resume only a checkpoint of this very deck (it may have been re-planned)
+    return read_string_attr(ckpt, "/", "fingerprint") != training_fingerprint(read_deck(r.deck).config);
+  } catch (const std::exception&) {
+    return true;  // unreadable checkpoint or deck: start afresh
+  }
+}
+
 Child launch(const ManifestRun& r, const RunOptions& o, bool overwrite) {
   std::error_code ec;
   fs::create_directories(r.dir, ec);
@@ -224,7 +240,7 @@ RunSummary run_sweep(const Manifest& m, const RunOptions& o) {
         std::printf("skip   %s (%s%s)\n", r.id.c_str(), status_name(s.status), s.note.empty() ? "" : (": " + s.note).c_str());
       continue;
     }
-    todo.emplace_back(&r, s.has_run_file);
+    todo.emplace_back(&r, rerun_overwrites(r, s));
   }
   std::fflush(stdout);
   SignalGuard guard;
@@ -294,7 +310,7 @@ int run_one(const Manifest& m, int index, const RunOptions& o) {
   std::printf("start %s (%d rank%s)%s\n", r.id.c_str(), r.ranks, r.ranks == 1 ? "" : "s",
               s.has_run_file ? " [overwriting a previous run file]" : "");
   std::fflush(stdout);
-  Child c = launch(r, o, s.has_run_file);
+  Child c = launch(r, o, rerun_overwrites(r, s));
   std::map<pid_t, Child> children{{c.pid, c}};
   int status = 0;
   for (;;) {

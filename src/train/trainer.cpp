@@ -35,17 +35,6 @@ using Clock = std::chrono::steady_clock;
 volatile std::sig_atomic_t g_stop_requested = 0;
 extern "C" void request_stop(int) { g_stop_requested = 1; }
 
-// The deck minus [parallel] and [output]: what a resumed run must share with
-// the checkpoint (it may run on another layout or write elsewhere).
-std::string training_fingerprint(const RunConfig& c) {
-  RunConfig copy = c;
-  copy.parallel = ParallelSection{};
-  copy.output = OutputSection{};
-  copy.deck_path.clear();
-  copy.deck_text.clear();
-  return resolved_deck_toml(copy);
-}
-
 std::vector<double> pack_routing(Transformer<float>& model) {
   std::vector<double> out;
   for (int l = 0; l < model.shape().n_layers; ++l)
@@ -265,10 +254,21 @@ void check_run_inputs(const LoadedDeck& deck, int world_size, bool resuming) {
   }
   const std::string run_path = (std::filesystem::path(c.output.dir) / "run.h5").string();
   if (resuming) {
-    if (!std::filesystem::exists(checkpoint_path(c.output.dir)))
-      throw deck.error("output.dir", "cannot resume: no checkpoint '" + checkpoint_path(c.output.dir) + "'");
+    const std::string ckpt = checkpoint_path(c.output.dir);
+    if (!std::filesystem::exists(ckpt))
+      throw deck.error("output.dir", "cannot resume: no checkpoint '" + ckpt + "'");
     if (!std::filesystem::exists(run_path))
       throw deck.error("output.dir", "cannot resume: no run file '" + run_path + "'");
+    std::string stored;
+    try {
+      stored = read_string_attr(ckpt, "/", "fingerprint");
+    } catch (const std::exception&) {
+      return;  // unreadable: load_checkpoint reports it with the reason
+    }
+    if (stored != training_fingerprint(c))
+      throw deck.error("output.dir", "holds checkpoint '" + ckpt + "' from a different deck (model, data or " +
+                                         "training keys differ): use the original deck, or set " +
+                                         "output.overwrite = true to start afresh");
     return;
   }
   if (std::filesystem::exists(run_path) && !c.output.overwrite)
