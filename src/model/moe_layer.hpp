@@ -110,7 +110,7 @@ class MoeLayer {
   std::unique_ptr<TokenDispatcher<T>> dispatcher_;
   Experts<T> experts_;
   DeviceBuffer<T> shared_h1_, shared_h3_, shared_act_, shared_dact_, shared_dh1_, shared_dh3_;
-  typename DeviceBuffer<int>::HostMirror counts_host_;
+  typename DeviceBuffer<int>::host_mirror_type counts_host_;
   DeviceBuffer<T> dtopk_weight_;
 };
 

@@ -173,7 +173,7 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
   long rows_ = 0;
   DeviceBuffer<T> input_, output_, input_grad_, output_grad_, staging_;
   DeviceBuffer<int> expert_to_source_;
-  typename DeviceBuffer<int>::HostMirror map_host_;
+  typename DeviceBuffer<int>::host_mirror_type map_host_;
   std::vector<int> tokens_per_expert_, send_expert_counts_, recv_expert_counts_;
   std::vector<int> send_rows_, recv_rows_, send_counts_, recv_counts_, send_displs_, recv_displs_;
   double seconds_ = 0, bytes_ = 0;

@@ -172,7 +172,7 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
   int C_, E_, k_;
   double capacity_factor_;
   DeviceBuffer<int> position_, rank_in_expert_, kept_, offset_;
-  typename DeviceBuffer<int>::HostMirror kept_host_;
+  typename DeviceBuffer<int>::host_mirror_type kept_host_;
   DeviceBuffer<T> input_, output_, input_grad_, output_grad_;
   std::vector<int> tokens_per_expert_;
   long dropped_ = 0;
