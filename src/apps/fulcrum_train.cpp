@@ -1,6 +1,7 @@
 // fulcrum-train: trains one dense or MoE model from an input deck.
 //
 //   fulcrum-train DECK [--set section.key=value]... [--describe] [--quiet] [--resume]
+//   fulcrum-train RUN.h5 --set output.dir=...   (re-run the deck stored in a run file)
 //
 // Exit codes: 0 completed, 1 failed, 2 bad input (deck, data, command line),
 // 3 diverged, 4 stopped by SIGTERM/SIGUSR1 after a checkpoint (doc/running.md).
@@ -12,18 +13,41 @@
 #include <cstdio>
 
 #include "deck/deck_reader.hpp"
+#include "io/run_file.hpp"
 #include "fulcrum_version.hpp"
 #include "train/run_plan.hpp"
 #include "train/trainer.hpp"
 
 namespace {
 
+// A deck, or the resolved deck stored in a run file (root attribute "deck"):
+// every run can be repeated from its HDF5 file alone.
+fulcrum::LoadedDeck load_deck_or_run_file(const std::string& path, const std::vector<std::string>& overrides,
+                                          int world_rank) {
+  const bool is_run_file = path.size() > 3 && path.compare(path.size() - 3, 3, ".h5") == 0;
+  if (!is_run_file) return fulcrum::read_deck(path, overrides);
+  std::string text, revision;
+  try {
+    text = fulcrum::read_string_attr(path, "/", "deck");
+    revision = fulcrum::read_string_attr(path, "/", "git_revision");
+  } catch (const std::exception& e) {
+    throw fulcrum::DeckError(path, 0, "", std::string("cannot read the deck stored in this run file: ") + e.what());
+  }
+  if (world_rank == 0 && revision != FULCRUM_GIT_REVISION)
+    std::fprintf(stderr, "fulcrum-train: note: %s was written by revision %s, this binary is %s\n", path.c_str(),
+                 revision.c_str(), FULCRUM_GIT_REVISION);
+  return fulcrum::read_deck_text(text, path + ":/deck", overrides);
+}
+
 int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"fulcrum-train: train a dense or MoE transformer from an input deck"};
   std::string deck_path;
   std::vector<std::string> overrides;
   bool describe = false, quiet = false, resume = false;
-  app.add_option("deck", deck_path, "input deck (TOML), see doc/input-decks.md")->required();
+  app.add_option("deck", deck_path,
+                 "input deck (TOML, see doc/input-decks.md), or a run file (*.h5) to re-run the "
+                 "resolved deck stored in it")
+      ->required();
   app.add_option("--set", overrides, "override a deck key: section.key=value (TOML value)");
   app.add_flag("--describe", describe, "print parameter counts, FLOPs per token, A, G, S and exit");
   app.add_flag("--quiet", quiet, "no progress lines");
@@ -39,7 +63,7 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     return rc == 0 ? 0 : fulcrum::kExitBadInput;
   }
   try {
-    const fulcrum::LoadedDeck deck = fulcrum::read_deck(deck_path, overrides);
+    const fulcrum::LoadedDeck deck = load_deck_or_run_file(deck_path, overrides, world_rank);
     const auto& cfg = deck.config;
     if (describe) {
       const auto plan = fulcrum::make_run_plan(cfg, world_size);

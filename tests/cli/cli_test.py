@@ -295,10 +295,40 @@ def case_killed():
         check(all(math.isfinite(float(x)) for x in loss), "killed: the rows read back finite")
 
 
+def case_replay():
+    """Every run is reproducible from its HDF5 file: fulcrum-train RUN.h5."""
+    d = fresh_dir("replay")
+    first, second = os.path.join(d, "first"), os.path.join(d, "second")
+    p = run([ARGS.train, QUICK, "--quiet"] + data_sets() + [
+        "--set", "train.tokens=24576", "--set", "train.log_interval=1", "--set", "train.eval_interval=2",
+        "--set", "train.eval_tokens=8192", "--set", "run.seed=99", "--set", "output.dir=" + s(first)], cwd=d)
+    check(p.returncode == 0, "replay: original run exit 0", p.stderr[-500:])
+    rf = os.path.join(first, "run.h5")
+    with h5py.File(rf, "r") as f:
+        for key in ("deck", "seed", "version", "git_revision", "data_checksum"):
+            check(key in f.attrs, "replay: run file stores " + key)
+        check(int(f.attrs["seed"]) == 99, "replay: seed stored", str(f.attrs["seed"]))
+    p = run([ARGS.train, rf, "--quiet", "--set", "output.dir=" + s(second)], cwd=d)
+    check(p.returncode == 0, "replay: re-run from the run file exit 0", p.stderr[-500:])
+    with h5py.File(rf, "r") as a, h5py.File(os.path.join(second, "run.h5"), "r") as b:
+        for name in ("train/loss", "train/grad_norm", "eval/val_loss"):
+            x, y = a[name][...], b[name][...]
+            check(x.shape == y.shape and (x == y).all(), "replay: %s bit-identical" % name,
+                  "%d rows" % x.shape[0])
+        check(int(b.attrs["seed"]) == 99, "replay: seed carried over")
+    bogus = os.path.join(d, "not-a-run.h5")
+    with open(bogus, "w") as f:
+        f.write("not hdf5")
+    p = run([ARGS.train, bogus, "--set", "output.dir=" + s(os.path.join(d, "third"))], cwd=d)
+    check(p.returncode == 2 and "not-a-run.h5" in p.stderr, "replay: a file that is not a run file -> exit 2",
+          p.stderr.strip())
+    check(not os.path.exists(os.path.join(d, "third")), "replay: nothing written for bad input")
+
+
 def main():
     global ARGS, QUICK
     ap = argparse.ArgumentParser()
-    ap.add_argument("case", choices=["e2e", "exit_codes", "describe", "killed"])
+    ap.add_argument("case", choices=["e2e", "exit_codes", "describe", "killed", "replay"])
     ap.add_argument("--train", required=True)
     ap.add_argument("--source-dir", required=True)
     ap.add_argument("--work", required=True)
@@ -311,7 +341,7 @@ def main():
     os.makedirs(ARGS.work, exist_ok=True)
     try:
         {"e2e": case_e2e, "exit_codes": case_exit_codes, "describe": case_describe,
-         "killed": case_killed}[ARGS.case]()
+         "killed": case_killed, "replay": case_replay}[ARGS.case]()
     except Failure as e:
         print("FAIL " + str(e))
         return 1
