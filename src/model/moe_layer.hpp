@@ -53,7 +53,6 @@ class MoeLayer {
         shared_dact_("moe::shared_dact", (long)max_tokens * Ws_),
         shared_dh1_("moe::shared_dh1", (long)max_tokens * Ws_),
         shared_dh3_("moe::shared_dh3", (long)max_tokens * Ws_),
-        counts_host_(Kokkos::create_mirror_view(router_.counts())),
         dtopk_weight_("moe::dtopk_weight", (long)max_tokens * s.num_active) {
     stats.reset(E_);
   }
@@ -70,7 +69,7 @@ class MoeLayer {
     else
       zero(out, (std::size_t)N * C_);
     dispatcher_->combine(out, router_.topk_weight(), N);
-    accumulate_statistics(losses, N);
+    if (collect_statistics) accumulate_statistics(losses, N);
     return losses;
   }
 
@@ -91,14 +90,16 @@ class MoeLayer {
     router_.backward(dh, g.router, dtopk_weight_.data(), h, w.router, N, dloss);
   }
 
+  // Off during evaluation: routing statistics describe the training tokens.
+  bool collect_statistics = true;
   const Router<T>& router() const { return router_; }
   const TokenDispatcher<T>& dispatcher() const { return *dispatcher_; }
   RoutingAccumulator stats;
 
  private:
   void accumulate_statistics(const typename Router<T>::Losses& losses, int N) {
-    Kokkos::deep_copy(counts_host_, router_.counts());
-    for (int e = 0; e < E_; ++e) stats.assignments[e] += counts_host_(e);
+    const std::vector<int>& assigned = dispatcher_->assignments_per_expert();
+    for (int e = 0; e < E_; ++e) stats.assignments[e] += assigned[e];
     stats.routed += static_cast<double>(N) * k_;
     stats.dropped += static_cast<double>(dispatcher_->dropped_assignments());
     stats.entropy_sum += losses.entropy * N;
@@ -110,7 +111,6 @@ class MoeLayer {
   std::unique_ptr<TokenDispatcher<T>> dispatcher_;
   Experts<T> experts_;
   DeviceBuffer<T> shared_h1_, shared_h3_, shared_act_, shared_dact_, shared_dh1_, shared_dh3_;
-  typename DeviceBuffer<int>::host_mirror_type counts_host_;
   DeviceBuffer<T> dtopk_weight_;
 };
 

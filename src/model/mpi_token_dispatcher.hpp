@@ -69,6 +69,7 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
   }
 
   const std::vector<int>& tokens_per_local_expert() const override { return tokens_per_expert_; }
+  const std::vector<int>& assignments_per_expert() const override { return local_.assignments_per_expert(); }
   int num_local_experts() const override { return El_; }
   T* permuted_input() override { return input_.data(); }
   T* permuted_output() override { return output_.data(); }

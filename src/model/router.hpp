@@ -147,7 +147,6 @@ class Router {
   const T* probs() const { return probs_.data(); }            // (N,E)
   const int* topk_idx() const { return topk_idx_.data(); }    // (N,k)
   const T* topk_weight() const { return topk_weight_.data(); }  // (N,k)
-  const DeviceBuffer<int>& counts() const { return counts_; }  // (E) top-k assignments
   int top_k() const { return k_; }
   int num_experts() const { return E_; }
 

@@ -27,6 +27,9 @@ class TokenDispatcher {
   virtual void dispatch(const T* h, const int* topk_idx, int N) = 0;
   // Rows per local expert after dispatch (host copy, drives the grouped GEMM).
   virtual const std::vector<int>& tokens_per_local_expert() const = 0;
+  // This rank's top-k assignments per expert (all E experts) before capacity
+  // dropping, from the same host copy: routing statistics need no other one.
+  virtual const std::vector<int>& assignments_per_expert() const = 0;
   virtual int num_local_experts() const = 0;
   virtual T* permuted_input() = 0;    // (rows,C) input rows grouped by local expert
   virtual T* permuted_output() = 0;   // (rows,C) the experts' outputs
@@ -54,14 +57,14 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
       : C_(d_model), E_(num_experts), k_(top_k), capacity_factor_(capacity_factor),
         position_("dispatch::position", (long)max_tokens * top_k),
         rank_in_expert_("dispatch::rank_in_expert", (long)max_tokens * top_k),
-        kept_("dispatch::kept", num_experts),
+        kept_("dispatch::kept", 2 * num_experts),  // [kept (E) | requested (E)]
         offset_("dispatch::offset", num_experts + 1),
         kept_host_(Kokkos::create_mirror_view(kept_)),
         input_("dispatch::permuted_input", (long)max_tokens * top_k * d_model),
         output_("dispatch::permuted_output", (long)max_tokens * top_k * d_model),
         input_grad_("dispatch::permuted_input_grad", (long)max_tokens * top_k * d_model),
         output_grad_("dispatch::permuted_output_grad", (long)max_tokens * top_k * d_model),
-        tokens_per_expert_(num_experts, 0) {}
+        tokens_per_expert_(num_experts, 0), assignments_(num_experts, 0) {}
 
   void dispatch(const T* h, const int* topk_idx, int N) override {
     const int E = E_, k = k_, C = C_;
@@ -81,6 +84,7 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
         ++r;
       }
       kept[e] = static_cast<int>(r < capacity ? r : capacity);
+      kept[E + e] = static_cast<int>(r);
     });
     int* offset = offset_.data();
     Kokkos::parallel_scan("moe::dispatch_offsets", RangePolicy(0, E + 1),
@@ -99,16 +103,19 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
       if (p >= 0) in[(long)p * C + c] = h[(a / k) * C + c];
     });
     // The grouped GEMM needs the split sizes on the host (as Megatron's
-    // tokens_per_expert.cpu()): E integers per MoE layer per micro-batch.
+    // tokens_per_expert.cpu()): 2E integers per MoE layer per micro-batch,
+    // the one device-to-host copy of the MoE layer.
     Kokkos::deep_copy(kept_host_, kept_);
     dropped_ = NK;
     for (int e = 0; e < E; ++e) {
       tokens_per_expert_[e] = kept_host_(e);
+      assignments_[e] = kept_host_(E + e);
       dropped_ -= kept_host_(e);
     }
   }
 
   const std::vector<int>& tokens_per_local_expert() const override { return tokens_per_expert_; }
+  const std::vector<int>& assignments_per_expert() const override { return assignments_; }
   int num_local_experts() const override { return E_; }
   T* permuted_input() override { return input_.data(); }
   T* permuted_output() override { return output_.data(); }
@@ -174,7 +181,7 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
   DeviceBuffer<int> position_, rank_in_expert_, kept_, offset_;
   typename DeviceBuffer<int>::host_mirror_type kept_host_;
   DeviceBuffer<T> input_, output_, input_grad_, output_grad_;
-  std::vector<int> tokens_per_expert_;
+  std::vector<int> tokens_per_expert_, assignments_;
   long dropped_ = 0;
 };
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "data/hash.hpp"  // splitmix64 (header-only part)
 #include "model/layers.hpp"
 #include "model/model_shape.hpp"
 #include "model/moe_layer.hpp"
@@ -77,6 +78,11 @@ class Transformer {
     return layout_[it->second];
   }
   MoeLayer<T>* moe_layer(int l) { return moe_[l].get(); }
+  // Routing statistics count training forwards only (off for evaluation).
+  void set_routing_statistics(bool on) {
+    for (auto& m : moe_)
+      if (m) m->collect_statistics = on;
+  }
 
   // Normal(0, std) for matrices, 1 for norm weights. Each value is a pure
   // function of (seed, tensor id, element index in the full tensor)
@@ -84,12 +90,8 @@ class Transformer {
   // parallel layout and independent of the build.
   void init_parameters(std::uint64_t seed, double std) {
     auto host = Kokkos::create_mirror_view(params_);
-    auto mix = [](std::uint64_t z) {
-      z += 0x9E3779B97F4A7C15ULL;
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-      return z ^ (z >> 31);
-    };
+    auto mix = splitmix64;
+    // in (0,1): never 0, so log(u1) is finite
     auto uniform = [](std::uint64_t z) { return ((z >> 11) + 0.5) * (1.0 / 9007199254740992.0); };
     for (const auto& t : layout_) {
       const std::uint64_t tensor_key = mix(mix(seed) ^ (0x1000003ULL * (std::uint64_t)(t.id + 1)));

@@ -53,8 +53,7 @@ template <class T>
 ModelLosses Transformer<T>::forward() {
   const int B = batch_, Tn = s_.seq_len, N = B * Tn, C = s_.d_model, V = s_.vocab_size;
   const int nh = s_.n_heads, nkv = s_.n_kv_heads, hd = s_.head_dim, F = s_.d_ffn;
-  const long NC = (long)N * C, Nq = (long)N * nh * hd, Nkv = (long)N * nkv * hd;
-  const long NF = (long)N * F;
+  const long NC = (long)N * C;
   const long att_stride = (long)B_ * nh * Tn * Tn;
   const long big_NC = (long)B_ * Tn * C, big_Nq = (long)B_ * Tn * nh * hd;
   const long big_Nkv = (long)B_ * Tn * nkv * hd, big_NF = (long)B_ * Tn * F;
@@ -101,7 +100,6 @@ ModelLosses Transformer<T>::forward() {
       T* fo = ffn_out_.data();
       Kokkos::parallel_for("residual::add", RangePolicy(0, NC), KOKKOS_LAMBDA(const long i) { xout[i] += fo[i]; });
     }
-    (void)Nq; (void)Nkv; (void)NF;
   }
   rmsnorm_forward<T>(lnf_.data(), rstdf_.data(), resid + s_.n_layers * big_NC, weights_.lnf_w, N, C, s_.norm_eps);
   matmul<T>('N', 'T', N, V, C, T(1), lnf_.data(), weights_.lm_head, T(0), logits_.data());

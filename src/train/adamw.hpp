@@ -27,11 +27,11 @@ class AdamW {
     Kokkos::deep_copy(decay_, h);
   }
 
-  // Sum of squares of the gradient (local shard), in double.
-  static double grad_sq_sum(const DeviceBuffer<T>& grads) {
+  // Sum of squares of grads[begin, end) (default: all of this rank's), in double.
+  static double grad_sq_sum(const DeviceBuffer<T>& grads, long begin = 0, long end = -1) {
     const T* g = grads.data();
     double s = 0;
-    Kokkos::parallel_reduce("adamw::grad_norm", RangePolicy(0, grads.extent(0)),
+    Kokkos::parallel_reduce("adamw::grad_norm", RangePolicy(begin, end < 0 ? (long)grads.extent(0) : end),
                             KOKKOS_LAMBDA(const long i, double& acc) {
       acc += static_cast<double>(g[i]) * static_cast<double>(g[i]);
     }, s);

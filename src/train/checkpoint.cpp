@@ -8,6 +8,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <string_view>
+
+#include "data/hash.hpp"
 
 namespace fulcrum {
 
@@ -16,23 +19,11 @@ namespace {
 constexpr const char* kFormat = "fulcrum-checkpoint";
 constexpr std::int64_t kFormatVersion = 1;
 
-// FNV-1a, 64-bit, over raw bytes: cheap and enough to detect corruption.
+// FNV-1a 64 (data/hash.hpp) over raw bytes: cheap and enough to detect corruption.
 struct Fnv1a {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  void add(const void* data, std::size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (std::size_t i = 0; i < n; ++i) {
-      h ^= p[i];
-      h *= 0x100000001b3ULL;
-    }
-  }
+  std::uint64_t h = kFnvOffset;
+  void add(const void* data, std::size_t n) { h = fnv1a64(std::string_view(static_cast<const char*>(data), n), h); }
 };
-
-std::string hex(std::uint64_t v) {
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)v);
-  return buf;
-}
 
 // Host copy of a device buffer.
 std::vector<float> host_copy(const DeviceBuffer<float>& d) {
@@ -220,7 +211,7 @@ void save_checkpoint(const std::string& path, Transformer<float>& model, AdamW<f
       write_attr_f64(f, "last_val_loss", state.last_val_loss, tmp);
       write_attr_str(f, "fingerprint", state.fingerprint, tmp);
       write_attr_i64(f, "saved_expert_parallel", g.ep_size, tmp);
-      write_attr_str(f, "checksum_fnv1a64", hex(sum.h), tmp);
+      write_attr_str(f, "checksum_fnv1a64", hex64(sum.h), tmp);
       const herr_t rc = H5Fclose(f);
       f = -1;
       check(rc, tmp, "close (disk full?)");
@@ -294,9 +285,9 @@ TrainerState load_checkpoint(const std::string& path, Transformer<float>& model,
     const double scalars[4] = {(double)state.step, (double)state.optimizer_steps, state.tokens_seen, state.first_loss};
     sum.add(scalars, sizeof scalars);
     const std::string stored = read_attr_str(f, "checksum_fnv1a64", path);
-    if (stored != hex(sum.h))
+    if (stored != hex64(sum.h))
       throw CheckpointError("checkpoint '" + path + "': checksum mismatch (stored " + stored + ", computed " +
-                            hex(sum.h) + "): the file is corrupted");
+                            hex64(sum.h) + "): the file is corrupted");
   } catch (const std::exception& e) {
     error = e.what();
   }

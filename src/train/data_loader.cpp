@@ -2,16 +2,10 @@
 
 #include <stdexcept>
 
+#include "data/hash.hpp"
 #include "data/token_file.hpp"
 
 namespace fulcrum {
-
-std::uint64_t mix64(std::uint64_t z) {
-  z += 0x9E3779B97F4A7C15ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
 
 TokenDataset::TokenDataset(const std::string& path, int seq_len) : T_(seq_len) {
   vocab_size_ = static_cast<int>(read_token_header(path).vocab_size);
@@ -29,7 +23,8 @@ void TokenDataset::training_rows(std::uint64_t seed, std::int64_t step, std::int
   const std::uint64_t span = tokens_.size() - T_ - 1;  // valid start positions
   for (int r = 0; r < rows; ++r) {
     const std::uint64_t row = static_cast<std::uint64_t>(first_row + r);
-    const std::uint64_t h = mix64(mix64(seed ^ 0xDA7A5EEDULL) ^ mix64((std::uint64_t)step * 0x100000001B3ULL + row));
+    const std::uint64_t h = splitmix64(splitmix64(seed ^ 0xDA7A5EEDULL) ^
+                                       splitmix64((std::uint64_t)step * 0x100000001B3ULL + row));
     const std::uint64_t start = h % (span + 1);
     for (int t = 0; t < T_; ++t) {
       inputs[(std::size_t)r * T_ + t] = tokens_[start + t];

@@ -31,7 +31,4 @@ class TokenDataset {
   int T_ = 0;
 };
 
-// Stateless 64-bit mix (SplitMix64 finaliser) used to place rows.
-std::uint64_t mix64(std::uint64_t x);
-
 }  // namespace fulcrum

@@ -5,6 +5,7 @@
 
 #include "model/expert_parallel.hpp"
 #include "model/transformer.hpp"
+#include "train/adamw.hpp"
 
 namespace fulcrum {
 
@@ -22,17 +23,9 @@ double reduce_gradients(Transformer<T>& model, const ParallelGroups& g) {
   if (g.dp_size > 1 && total > replicated)
     MPI_Allreduce(MPI_IN_PLACE, grads + replicated, (int)(total - replicated), mpi_datatype<T>(), MPI_SUM,
                   g.shard);
-  auto sum_of_squares = [&](long begin, long end) {
-    double s = 0;
-    Kokkos::parallel_reduce("adamw::grad_norm", RangePolicy(begin, end),
-                            KOKKOS_LAMBDA(const long i, double& acc) {
-      acc += static_cast<double>(grads[i]) * static_cast<double>(grads[i]);
-    }, s);
-    return s;
-  };
-  double expert_sq = sum_of_squares(replicated, total);  // EP ranks hold distinct experts
+  double expert_sq = AdamW<T>::grad_sq_sum(model.grads(), replicated, total);  // EP ranks hold distinct experts
   if (g.ep_size > 1) MPI_Allreduce(MPI_IN_PLACE, &expert_sq, 1, MPI_DOUBLE, MPI_SUM, g.ep);
-  return std::sqrt(sum_of_squares(0, replicated) + expert_sq);
+  return std::sqrt(AdamW<T>::grad_sq_sum(model.grads(), 0, replicated) + expert_sq);
 }
 
 // Mean of a per-rank value over all ranks.

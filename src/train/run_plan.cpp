@@ -20,9 +20,6 @@ RunPlan make_run_plan(const RunConfig& config, int world_size) {
   const double bt = static_cast<double>(config.train.batch_tokens);
   p.steps_total = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(p.tokens_target / bt)));
   p.rows_per_step = static_cast<int>(config.train.batch_tokens / config.model.seq_len);
-  const int ep = config.parallel.expert_parallel > 0 ? config.parallel.expert_parallel : 1;
-  p.data_parallel = world_size > 0 ? world_size / ep : 1;
-  (void)p.data_parallel;
   // Every rank processes rows_per_step / W rows per step (expert parallelism
   // shards experts, not tokens), micro_batch_size rows at a time.
   const int W = world_size > 0 ? world_size : 1;

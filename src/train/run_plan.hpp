@@ -20,7 +20,6 @@ struct RunPlan {
   double compute_target = 0;      // C = train.compute, or D * M
   std::int64_t steps_total = 0;   // ceil(D / batch_tokens)
   int rows_per_step = 0;          // global sequences per step = batch_tokens / seq_len
-  int data_parallel = 1;          // DP = W / EP
   int grad_accum_steps = 0;       // micro-batches per rank per step
 };
 

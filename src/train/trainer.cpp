@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -65,12 +64,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
 
 // Named wall-clock accumulators, written to /timers at the end.
 struct Timers {
@@ -126,6 +119,7 @@ double evaluate(Transformer<Real>& model, const TrainingData& valid, std::uint64
   std::vector<int> inputs, targets;
   double sum = 0;
   std::int64_t done = 0;
+  model.set_routing_statistics(false);
   while (done < rows_per_rank) {
     const int n = static_cast<int>(std::min<std::int64_t>(micro_batch, rows_per_rank - done));
     valid.eval_rows(groups.world_rank * rows_per_rank + done, n, inputs, targets);
@@ -133,6 +127,7 @@ double evaluate(Transformer<Real>& model, const TrainingData& valid, std::uint64
     sum += model.forward().lm * n;
     done += n;
   }
+  model.set_routing_statistics(true);
   MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_DOUBLE, MPI_SUM, groups.world);
   return sum / static_cast<double>(rows_per_rank * W);
 }
@@ -303,12 +298,11 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     throw deck.error(cfg.data.manifest_path.empty() ? "data.train" : about_weights ? "data.weights" : "data.manifest",
                      what);
   }
-  if (data->vocab_size() != cfg.model.vocab_size)
+  // (token-file pairs were checked, file by file, in check_run_inputs)
+  if (!cfg.data.manifest_path.empty() && data->vocab_size() != cfg.model.vocab_size)
     throw deck.error("model.vocab_size", "is " + std::to_string(cfg.model.vocab_size) + " but the data (" +
                                              data->spec() + ") has vocabulary size " +
                                              std::to_string(data->vocab_size()));
-  const TrainingData& train_data = *data;
-  const TrainingData& valid_data = *data;
   RunFile file = !root ? RunFile::detached()
                  : resuming ? RunFile::open_existing(cfg.output.dir + "/run.h5")
                             : RunFile::create(cfg.output.dir, cfg.output.overwrite);
@@ -327,7 +321,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   file.set_root_attr("seed", static_cast<std::int64_t>(cfg.run.seed));
   file.set_root_attr("version", std::string(FULCRUM_VERSION));
   file.set_root_attr("git_revision", std::string(FULCRUM_GIT_REVISION));
-  if (!resuming) file.set_root_attr("start_time", utc_now());
+  if (!resuming) file.set_root_attr("start_time", iso8601_utc_now());
   file.set_root_attr("hostname", std::string(host));
   file.set_root_attr("world_size", std::int64_t(world_size));
   file.set_root_attr("expert_parallel", std::int64_t(groups.ep_size));
@@ -358,7 +352,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
 
     auto do_eval = [&]() {
       const auto t0 = Clock::now();
-      last_val = evaluate(model, valid_data, cfg.train.eval_tokens, cfg.train.micro_batch_size, groups);
+      last_val = evaluate(model, *data, cfg.train.eval_tokens, cfg.train.micro_batch_size, groups);
       timers.add("eval", seconds_since(t0));
       file.append_eval({step, static_cast<std::int64_t>(tokens_seen), tokens_seen * M, last_val});
     };
@@ -418,7 +412,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
       double t_data = 0, t_fwd = 0, t_bwd = 0;
       for (int m = 0; m < plan.grad_accum_steps; ++m) {
         auto t0 = Clock::now();
-        train_data.training_rows(cfg.run.seed, step, groups.world_rank * rows_per_rank + static_cast<std::int64_t>(m) * micro,
+        data->training_rows(cfg.run.seed, step, groups.world_rank * rows_per_rank + static_cast<std::int64_t>(m) * micro,
                                  micro, inputs, targets);
         model.set_batch(inputs, targets, micro);
         t_data += seconds_since(t0);
@@ -557,7 +551,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     file.set_summary("steps_completed", static_cast<std::int64_t>(step));
     file.set_summary("tokens_per_second", mean_tps);
     file.set_summary("model_flops_per_second", mean_tps * M);
-    if (exit_code != kExitPreempted) file.set_root_attr("end_time", utc_now());
+    if (exit_code != kExitPreempted) file.set_root_attr("end_time", iso8601_utc_now());
     file.set_status(status);  // "running" after a pre-emption: the run is not over
     file.flush();
   } catch (const std::exception& e) {

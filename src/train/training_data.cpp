@@ -1,7 +1,6 @@
 #include "train/training_data.hpp"
 
-#include <cstdio>
-
+#include "data/hash.hpp"
 #include "data/mixture_dataset.hpp"
 #include "data/token_file.hpp"
 #include "train/data_loader.hpp"
@@ -10,27 +9,14 @@ namespace fulcrum {
 
 namespace {
 
-std::string fnv1a_hex(const std::vector<std::string>& paths) {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  for (const auto& path : paths) {
-    const std::vector<std::int32_t> tokens = read_tokens(path);
-    const auto* p = reinterpret_cast<const unsigned char*>(tokens.data());
-    for (std::size_t i = 0; i < tokens.size() * sizeof(std::int32_t); ++i) {
-      h ^= p[i];
-      h *= 0x100000001b3ULL;
-    }
-  }
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
-  return buf;
-}
-
 class TokenFilePair : public TrainingData {
  public:
   TokenFilePair(const DataSection& d, int seq_len)
       : train_(d.train_path, seq_len), valid_(d.valid_path, seq_len),
         spec_("train=" + d.train_path + " valid=" + d.valid_path + " tokenizer=" + d.tokenizer),
-        checksum_("fnv1a64:" + fnv1a_hex({d.train_path, d.valid_path})) {}
+        // file bytes, as the corpus manifest's *_fnv1a64 checksums
+        checksum_("fnv1a64 train=" + hex64(fnv1a64_file(d.train_path)) +
+                  " valid=" + hex64(fnv1a64_file(d.valid_path))) {}
   int vocab_size() const override { return train_.vocab_size(); }
   void training_rows(std::uint64_t seed, std::int64_t step, std::int64_t first_row, int rows,
                      std::vector<int>& in, std::vector<int>& tg) const override {

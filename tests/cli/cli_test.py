@@ -130,9 +130,8 @@ def case_e2e():
                     "granularity", "shared_ratio", "batch_tokens", "lr_peak", "tokens_target",
                     "compute_target", "d_model", "n_layers", "num_experts"):
             check(key in cfg, "e2e: /config has " + key)
-        check(abs(float(cfg["activation_ratio"]) - 3.0 / 9.0) < 1e-9 or
-              abs(float(cfg["activation_ratio"]) - 2.0 / 8.0) < 1e-9,
-              "e2e: activation_ratio is (k+s)/(E+s) or k/E", str(cfg["activation_ratio"]))
+        check(abs(float(cfg["activation_ratio"]) - 3.0 / 9.0) < 1e-9,
+              "e2e: activation_ratio is (E_a+E_s)/(E+E_s) = 3/9", str(cfg["activation_ratio"]))
         check(int(cfg["tokens_target"]) == 163840, "e2e: tokens_target from --set",
               str(cfg["tokens_target"]))
         train = f["train"]

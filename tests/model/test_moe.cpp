@@ -247,3 +247,26 @@ TEST(MoeDispatch, EveryTokenToOneExpertAndIdleExperts) {
   EXPECT_EQ(layer.stats.assignments[2], N);
   EXPECT_EQ(layer.stats.assignments[0] + layer.stats.assignments[1] + layer.stats.assignments[3], 0);
 }
+
+TEST(MoeDispatch, StatisticsCountTrainingForwardsOnly) {
+  // assignments come from the dispatcher's counts (before capacity dropping);
+  // with collection off (evaluation) nothing is added.
+  const ModelShape s = moe_shape(4, 2, 0, 4, 3, false, 0.5);
+  const int N = 8, C = 4;
+  HostMoe hw(s, 31);
+  MoeLayer<double> layer(s, N, "local");
+  DeviceBuffer<double> out("out", (long)N * C);
+  auto w = hw.upload();
+  auto d_h = to_device(random_vector((long)N * C, 32));
+  layer.forward(out.data(), d_h.data(), w, N);
+  double total = 0;
+  for (double a : layer.stats.assignments) total += a;
+  EXPECT_EQ(total, N * 2.0) << "every top-k assignment, dropped ones included";
+  EXPECT_GT(layer.stats.dropped, 0.0);
+  layer.collect_statistics = false;
+  layer.forward(out.data(), d_h.data(), w, N);
+  double after = 0;
+  for (double a : layer.stats.assignments) after += a;
+  EXPECT_EQ(after, total);
+  EXPECT_EQ(layer.stats.token_count, N);
+}

@@ -1,6 +1,6 @@
 // Builds the NCCL row exchange against the CUDA toolkit and NCCL where they
 // are installed, even in a CPU (Serial Kokkos) build, so the GPU path keeps
-// compiling; running it needs a GPU (the test only starts it with no GPU work).
+// compiling. It is a build check only: running the exchange needs a GPU.
 #include "model/nccl_row_exchange.hpp"
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
