@@ -62,6 +62,8 @@ struct TrainSection {
   // Run length: exactly one of tokens / compute is set in the deck.
   std::uint64_t tokens = 0;       // training tokens D
   double compute = 0.0;           // compute budget C in FLOPs; D = C / M
+  double compute_budget = 0.0;    // the budget (FLOPs) this run belongs to in a study (IsoFLOP
+                                  // ladder); 0 = unset. Recorded only; does not set the run length
   std::uint64_t batch_tokens = 8192;   // global batch in tokens per step
   int micro_batch_size = 4;       // sequences per micro-batch per rank
   double lr = 1e-3;               // peak learning rate

@@ -361,6 +361,8 @@ const std::vector<KeySpec>& key_table() {
     t.push_back(u64_key("train", "tokens", &R::train, &TrainSection::tokens, 1));
     t.push_back(float_key("train", "compute", &R::train, &TrainSection::compute,
                           open_closed(0.0, 1e30)));
+    t.push_back(float_key("train", "compute_budget", &R::train, &TrainSection::compute_budget,
+                          open_closed(0.0, 1e30)));
     t.push_back(u64_key("train", "batch_tokens", &R::train, &TrainSection::batch_tokens, 1,
                         std::int64_t{1} << 40));
     t.push_back(int_key("train", "micro_batch_size", &R::train, &TrainSection::micro_batch_size,
@@ -1445,6 +1447,8 @@ std::string resolved_deck_toml(const RunConfig& config) {
       // Exactly one of tokens / compute is written.
       if (k.dotted() == "train.tokens" && config.train.tokens == 0) continue;
       if (k.dotted() == "train.compute" && config.train.tokens != 0) continue;
+      // compute_budget: written only when set (0 = unset is outside its range).
+      if (k.dotted() == "train.compute_budget" && config.train.compute_budget == 0.0) continue;
       // Only the data source in use: token files or manifest + weights.
       const bool mixture = !config.data.manifest_path.empty();
       if ((k.dotted() == "data.train" || k.dotted() == "data.valid") && mixture) continue;

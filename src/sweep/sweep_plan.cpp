@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <set>
 #include <sstream>
@@ -49,32 +50,15 @@ std::string id_num(double x) {
   return out;
 }
 
-// TOML text of a scalar (what a --set override takes).
+// TOML text of a value (what a --set override takes, and the right-hand side
+// of a key in a deck): toml11's own serialiser, on one line (infinite width:
+// strings are single-line basic strings with every control character
+// escaped, tables are inline tables), floats with 17 significant digits.
 std::string toml_text(const toml::value& v) {
-  switch (v.type()) {
-    case toml::value_t::integer: return std::to_string(v.as_integer());
-    case toml::value_t::floating: {
-      char b[64];
-      std::snprintf(b, sizeof b, "%.17g", v.as_floating());
-      std::string s = b;
-      if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
-      return s;
-    }
-    case toml::value_t::boolean: return v.as_boolean() ? "true" : "false";
-    case toml::value_t::string: {
-      std::string s = "\"";
-      for (char c : v.as_string().str) {
-        if (c == '"' || c == '\\') s += '\\';
-        s += c;
-      }
-      return s + "\"";
-    }
-    default: {
-      std::ostringstream o;
-      o << v;
-      return o.str();
-    }
-  }
+  return toml::visit(toml::serializer<toml::value>((std::numeric_limits<std::size_t>::max)(),
+                                                   std::numeric_limits<double>::max_digits10,
+                                                   /*can_be_inlined=*/true, /*no_comment=*/true),
+                     v);
 }
 std::string int_text(long long x) { return std::to_string(x); }
 std::string float_text(double x) { return toml_text(toml::value(x)); }
@@ -174,8 +158,8 @@ const std::set<std::string> kSweepKeys = {
 std::string serialize_sections(const std::map<std::string, std::map<std::string, toml::value>>& secs) {
   std::ostringstream o;
   for (const auto& [sec, keys] : secs) {
-    o << "[" << sec << "]\n";
-    for (const auto& [k, v] : keys) o << k << " = " << toml_text(v) << "\n";
+    o << "[" << toml::format_key(sec) << "]\n";
+    for (const auto& [k, v] : keys) o << toml::format_key(k) << " = " << toml_text(v) << "\n";
   }
   return o.str();
 }
@@ -648,6 +632,9 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
                               [](const std::string& x) { return x.rfind("train.compute=", 0) == 0 || x.rfind("train.tokens=", 0) == 0; }),
                ov.end());
       ov.push_back("train.tokens=" + int_text(static_cast<long long>(tokens)));
+      // the budget this run belongs to is data: recorded in the deck and the
+      // run file, so that fulcrum-fit groups runs by it (doc/fit.md)
+      if (isoflop) ov.push_back("train.compute_budget=" + float_text(C));
     }
     // ---- run identity and place
     const std::string dir = plan.dir + "/runs/" + id;
@@ -655,8 +642,9 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
     ov.push_back("output.dir=" + str_text(dir));
     LoadedDeck d2 = read(ov, id);
     RunConfig cfg = d2.config;
-    cfg.data.train_path = fs::absolute(cfg.data.train_path).lexically_normal().string();
-    cfg.data.valid_path = fs::absolute(cfg.data.valid_path).lexically_normal().string();
+    // every data path absolute (token files or the mixture's corpus manifest)
+    for (std::string* p : {&cfg.data.train_path, &cfg.data.valid_path, &cfg.data.manifest_path})
+      if (!p->empty()) *p = fs::absolute(*p).lexically_normal().string();
 
     PlannedRun r;
     r.id = id;

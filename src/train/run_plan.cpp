@@ -71,6 +71,7 @@ std::vector<std::pair<std::string, ConfigValue>> describe_run(const RunConfig& c
       {"final_lr_fraction", c.train.final_lr_fraction},
       {"tokens_target", p.tokens_target},
       {"compute_target", p.compute_target},
+      {"compute_budget", c.train.compute_budget},
       {"steps_total", I(p.steps_total)},
       {"weight_decay", c.train.weight_decay},
       {"beta1", c.train.beta1},

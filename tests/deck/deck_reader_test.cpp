@@ -477,6 +477,25 @@ TEST(DeckOverrides, AppliedAndValidated) {
   EXPECT_EQ(std::string(e.what()).rfind("--set: [model] n_heads:", 0), 0u) << e.what();
 }
 
+// train.compute_budget: unset (0) by default and then absent from the resolved
+// deck; when given it must be > 0, is kept, and does not set the run length.
+TEST(DeckComputeBudget, ValidatedRecordedAndRoundTripped) {
+  const RunConfig a = read_deck_text(kBase, kFile).config;
+  EXPECT_EQ(a.train.compute_budget, 0.0);
+  EXPECT_FALSE(contains(resolved_deck_toml(a), "compute_budget"));
+  const RunConfig b = read_deck_text(kBase + "compute_budget = 1e12\n", kFile).config;
+  EXPECT_EQ(b.train.compute_budget, 1e12);
+  EXPECT_EQ(b.train.tokens, 100000u);  // the run length is still train.tokens
+  const std::string r = resolved_deck_toml(b);
+  EXPECT_TRUE(contains(r, "\ncompute_budget = ")) << r;
+  EXPECT_EQ(read_deck_text(r, "resolved.toml").config.train.compute_budget, 1e12);
+  for (const char* bad : {"0", "-1e12", "inf", "\"1e12\""}) {
+    SCOPED_TRACE(bad);
+    const DeckError e = expect_error(kBase + "compute_budget = " + bad + "\n");
+    expect_located(e, 16, "train.compute_budget");
+  }
+}
+
 TEST(DeckResolved, RoundTripIsIdentical) {
   const std::string text =
       "[run]\nname = \"we\\\"ird \\\\ name\\t \xC3\xA9\"\nseed = 9223372036854775807\n"
@@ -544,7 +563,8 @@ TEST(DeckDoc, EveryKeyDocumented) {
   const std::string doc = ss.str();
   // A deck gives one data source and one of tokens / compute: add the others.
   const std::string resolved = resolved_deck_toml(read_deck_text(kBase, kFile).config) +
-                               "[train]\ncompute = 1.0\n[data]\nmanifest = \"m\"\n"
+                               "[train]\ncompute = 1.0\ncompute_budget = 1.0\n"
+                               "[data]\nmanifest = \"m\"\n"
                                "weights = { a = 1.0 }\n";
   std::istringstream lines(resolved);
   std::string line, section;
@@ -563,7 +583,7 @@ TEST(DeckDoc, EveryKeyDocumented) {
     EXPECT_TRUE(key_pos != std::string::npos && key_pos < next) << section << " " << key;
     ++keys;
   }
-  EXPECT_EQ(keys, 50);  // every key of the reader
+  EXPECT_EQ(keys, 51);  // every key of the reader
 }
 
 TEST(DeckNearestName, Basics) {

@@ -85,7 +85,7 @@ const std::map<std::string, std::set<std::string>>& schema() {
        {"num_experts", "num_active_experts", "num_shared_experts", "d_expert", "first_k_dense",
         "renormalize_topk", "capacity_factor", "aux_loss_coef", "z_loss_coef"}},
       {"train",
-       {"tokens", "compute", "batch_tokens", "micro_batch_size", "lr", "lr_schedule",
+       {"tokens", "compute", "compute_budget", "batch_tokens", "micro_batch_size", "lr", "lr_schedule",
         "warmup_fraction", "decay_fraction", "final_lr_fraction", "weight_decay", "beta1", "beta2",
         "eps", "grad_clip", "log_interval", "eval_interval", "eval_tokens", "divergence_factor",
         "checkpoint_interval"}},

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "deck/deck_reader.hpp"
@@ -151,6 +152,8 @@ TEST(SweepPlan, IsoflopLadderHitsBudgets) {
     EXPECT_NEAR(r.shared_ratio, 1.0 / 3.0, 1e-12) << r.id;
     EXPECT_EQ(r.config.train.tokens % r.config.train.batch_tokens, 0u);
     EXPECT_NEAR(r.tokens * r.flops_per_token, r.compute, 1e-6 * r.compute);
+    EXPECT_EQ(r.config.train.compute_budget, r.budget) << r.id;  // the budget is in the deck
+    EXPECT_NE(r.deck_text.find("\ncompute_budget = "), std::string::npos) << r.id;
   }
   // n_layers scales with d_model (constant aspect ratio)
   EXPECT_EQ(p.runs[2].config.model.n_layers, 3);
@@ -233,4 +236,79 @@ TEST(SweepPlan, ShippedSweepDecksPlan) {
   }
   fs::current_path(cwd);
   EXPECT_GE(n, 1);
+}
+
+// A sweep over the shipped mixture deck (inline-table data.weights, a corpus
+// manifest instead of token files): every planned deck reads back with the
+// trainer's reader, keeps the weights, has an absolute manifest path and
+// records its IsoFLOP budget (train.compute_budget).
+TEST(SweepPlan, MixtureBaseDeckPlansAndEveryDeckReadsBack) {
+  const auto cwd = fs::current_path();
+  fs::current_path(FULCRUM_SOURCE_DIR);  // the base deck's paths are repository-relative
+  PlanOptions o;
+  o.dir = tmpdir("mixture");
+  SweepPlan p;
+  ASSERT_NO_THROW(p = plan_sweep_text("[sweep]\nname = \"mixture\"\nbase = \"input_decks/data-mixture.toml\"\n"
+                                      "budget_tolerance = 0.1\n"
+                                      "[sweep.isoflop]\ncompute = [1e13, 3e13]\nd_model = [64, 128]\n",
+                                      "mixture.toml", o));
+  fs::current_path(cwd);
+  ASSERT_EQ(p.runs.size(), 4u);
+  write_plan(p);
+  const Manifest m = read_manifest(p.dir);
+  ASSERT_EQ(m.runs.size(), 4u);
+  const std::map<std::string, double> weights = {{"books", 0.4}, {"reference", 0.2}, {"technical", 0.2}, {"code", 0.2}};
+  for (const auto& mr : m.runs) {
+    SCOPED_TRACE(mr.id);
+    fulcrum::LoadedDeck d;
+    ASSERT_NO_THROW(d = fulcrum::read_deck(mr.deck));
+    EXPECT_EQ(d.config.data.weights, weights);
+    EXPECT_EQ(d.config.data.manifest_path, (fs::path(FULCRUM_SOURCE_DIR) / "data/mix-small/manifest.toml").lexically_normal().string());
+    EXPECT_TRUE(d.config.data.train_path.empty());
+    EXPECT_EQ(d.config.train.compute_budget, mr.budget);
+    EXPECT_GT(mr.budget, 0.0);
+  }
+}
+
+// Strings with quotes, backslashes and control characters, and table keys that
+// need quoting, survive the base-deck serialisation (the plan used to write
+// them unescaped: invalid TOML, or a different value).
+TEST(SweepPlan, BaseDeckStringsAndTableKeysAreEscaped) {
+  const std::string base = R"(
+[data]
+manifest = "m/\"q\" b\\s/manifest.toml"
+weights = {"group one" = 0.5, two = 0.5}
+[model]
+d_model = 64
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+d_ffn = 128
+seq_len = 32
+[train]
+tokens = 4096
+batch_tokens = 128
+micro_batch_size = 4
+)";
+  const std::string sweep = "[sweep]\nname = \"escape\"\n[sweep.grid]\n\"run.seed\" = [1, 2]\n";
+  SweepPlan p;
+  ASSERT_NO_THROW(p = plan_sweep_text(sweep + base, "escape.toml", PlanOptions{tmpdir("escape")}));
+  ASSERT_EQ(p.runs.size(), 2u);
+  for (const auto& r : p.runs) {
+    fulcrum::LoadedDeck d;
+    ASSERT_NO_THROW(d = fulcrum::read_deck_text(r.deck_text, r.id));
+    EXPECT_EQ(d.config.data.weights.at("group one"), 0.5);
+    EXPECT_EQ(d.config.data.manifest_path, (fs::current_path() / "m/\"q\" b\\s/manifest.toml").string());
+    EXPECT_EQ(d.config.train.compute_budget, 0.0);  // not a budget ladder
+  }
+  // A control character reaches the deck reader's own check (file, line, key),
+  // not a TOML syntax error of the serialised base deck.
+  try {
+    plan_sweep_text(sweep + "[run]\nname = \"a\\u0001b\"\n" + base, "escape.toml", PlanOptions{tmpdir("escape2")});
+    FAIL() << "a control character in run.name must be rejected";
+  } catch (const SweepError& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("[run] name: must not contain control characters"), std::string::npos) << w;
+    EXPECT_EQ(w.find("syntax"), std::string::npos) << w;
+  }
 }
