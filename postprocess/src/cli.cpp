@@ -4,9 +4,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 
 #include "fitting.hpp"
 #include "laws.hpp"
@@ -40,8 +42,12 @@ void check_range(const std::vector<double>& r, const char* name) {
     throw FitError(std::string(name) + " must be lo,hi with 0 < lo <= hi", 1);
 }
 
+// Exit status when a requested law is missing or not trustworthy (--strict,
+// --require); the outputs are written first (doc/fit.md).
+constexpr int kExitUntrusted = 4;
+
 int cmd_fit(const std::vector<std::string>& inputs, const std::string& out, const FitOptions& opt,
-            const LoadOptions& lopt, bool plots) {
+            const LoadOptions& lopt, bool plots, bool strict, const std::vector<std::string>& require) {
   auto t0 = std::chrono::steady_clock::now();
   LoadResult L = load_runs(inputs, lopt);
   std::cerr << "fulcrum-fit: " << L.runs.size() << " usable run(s) from " << L.files_seen << " file(s)";
@@ -50,13 +56,20 @@ int cmd_fit(const std::vector<std::string>& inputs, const std::string& out, cons
   std::cerr << "\n";
   for (auto& e : L.excluded) std::cerr << "  excluded " << e.path << ": " << e.reason << "\n";
   for (auto& e : L.unreadable) std::cerr << "  skipped " << e.path << ": " << e.reason << "\n";
+  auto budget_notes = group_budgets(L.runs, opt.budget_tolerance);
   FitResult R = fit_all(L.runs, opt);
+  R.budget_notes = budget_notes;
   if (!R.any()) {
+    diagnose(R, L.runs, opt);
     std::string m = "nothing could be fitted:";
-    for (auto& n : R.notes) m += "\n  - " + n;
+    for (auto& v : R.verdicts)
+      for (auto& w : v.reasons) m += "\n  - " + law_title(v.law) + (v.family.empty() ? "" : " [" + v.family + "]") + ": " + w;
+    m += "\n  budgets:";
+    for (auto& n : budget_notes) m += "\n    " + n;
     throw FitError(m, 3);
   }
   bootstrap(L.runs, opt, R);
+  diagnose(R, L.runs, opt);
   std::filesystem::create_directories(out);
   write_laws_toml(out + "/laws.toml", R.laws);
   write_fit_h5(out + "/fit.h5", R, L);
@@ -70,6 +83,40 @@ int cmd_fit(const std::vector<std::string>& inputs, const std::string& out, cons
   std::cout << "wrote " << out << "/laws.toml, fit.h5, report.txt and " << pngs.size()
             << " plot(s) in " << g(s) << " s\n";
   for (auto& n : R.notes) std::cout << "  note: " << n << "\n";
+  // verdicts: one line per fitted law; the laws not fitted counted (report.txt says why)
+  std::vector<std::string> bad;
+  std::map<std::string, int> not_fitted;
+  for (auto& v : R.verdicts) {
+    const std::string name = law_title(v.law) + (v.family.empty() ? "" : " [" + v.family + "]");
+    bool requested = std::find(require.begin(), require.end(), v.law) != require.end();
+    if (!v.fitted) {
+      not_fitted[law_title(v.law)]++;
+      continue;
+    }
+    std::cout << "  " << name << ": " << (v.trusted ? "fitted, trustworthy" : "fitted, NOT TRUSTWORTHY");
+    if (!v.reasons.empty()) std::cout << ": " << v.reasons[0] << (v.reasons.size() > 1 ? " (and more, see report.txt)" : "");
+    std::cout << "\n";
+    if (!v.trusted && (strict || requested)) bad.push_back(name + " is not trustworthy: " + v.reasons[0]);
+  }
+  for (auto& [law, n] : not_fitted)
+    std::cout << "  " << law << ": not fitted for " << n << " famil" << (n == 1 ? "y" : "ies") << " (report.txt says why)\n";
+  for (auto& law : require) {
+    bool any = false;
+    std::string why;
+    for (auto& v : R.verdicts)
+      if (v.law == law) {
+        any |= v.fitted;
+        if (!v.fitted && why.empty() && !v.reasons.empty())
+          why = (v.family.empty() ? "" : "[" + v.family + "] ") + v.reasons[0];
+      }
+    if (!any) bad.push_back(law_title(law) + " was requested (--require) but not fitted" + (why.empty() ? "" : ": " + why));
+  }
+  if (!bad.empty()) {
+    std::string m = "a requested law is not trustworthy (exit " + std::to_string(kExitUntrusted) +
+                    "; outputs written, see " + out + "/report.txt):";
+    for (auto& b : bad) m += "\n  - " + b;
+    throw FitError(m, kExitUntrusted);
+  }
   return 0;
 }
 
@@ -92,6 +139,10 @@ void print_prediction(const LawSet& L, double A, double G, double C) {
 
 int run_cli(int argc, char** argv) {
   CLI::App app{"fulcrum-fit: fit scaling laws and efficiency leverage from Fulcrum run files"};
+  app.footer(
+      "Exit status: 0 success; 1 usage or I/O error; 2 no usable runs (or an unreadable input under "
+      "--strict); 3 nothing could be fitted; 4 a law requested by --strict or --require is missing or "
+      "not trustworthy (outputs are written first; report.txt says why).");
   app.require_subcommand(1);
 
   // fit
@@ -105,7 +156,21 @@ int run_cli(int argc, char** argv) {
   fit->add_option("--out", out, "output directory")->required();
   fit->add_option("--bootstrap", opt.bootstrap, "bootstrap resamples (0: no intervals)")->capture_default_str();
   fit->add_option("--seed", opt.seed, "bootstrap seed")->capture_default_str();
-  fit->add_flag("--strict", lopt.strict, "unreadable or foreign input files are fatal");
+  bool strict = false;
+  std::vector<std::string> require;
+  fit->add_flag("--strict", strict,
+                "unreadable or foreign input files are fatal (exit 2), and so is any fitted law that the "
+                "diagnostics flag as not trustworthy (exit 4, after writing the outputs)");
+  fit->add_option("--require", require,
+                  "laws that must be fitted and trustworthy, comma separated: law1, law2, law3, el "
+                  "(exit 4 otherwise, after writing the outputs)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"law1", "law2", "law3", "el"}));
+  fit->add_option("--budget-tolerance", opt.budget_tolerance,
+                  "runs without a recorded compute_budget whose compute misses a budget by at most this "
+                  "fraction belong to it")
+      ->check(CLI::Range(0.0, 0.99))
+      ->capture_default_str();
   fit->add_option("--near-optimal", opt.near_optimal, "Law 1 near-optimal tolerance (fraction)")->capture_default_str();
   fit->add_option("--el-threshold", opt.el_threshold, "train the EL law on EL below this")->capture_default_str();
   std::string law1_method = "vertex";
@@ -165,7 +230,8 @@ int run_cli(int argc, char** argv) {
   try {
     if (*fit) {
       opt.law1_method = law1_method == "near-optimal" ? Law1Method::near_optimal : Law1Method::vertex;
-      return cmd_fit(inputs, out, opt, lopt, !no_plots);
+      lopt.strict = strict;
+      return cmd_fit(inputs, out, opt, lopt, !no_plots, strict, require);
     }
     if (*pred) {
       if (!(A > 0 && A <= 1) || !(G > 0) || !(C > 0))

@@ -347,8 +347,26 @@ void fit_law1(const std::vector<Run>& runs, const FitOptions& opt, FitResult& R)
       for (auto* r : *sw) hp.insert({key3(r->lr), key3(r->batch)});
       if (hp.size() < 3) continue;
       double best = INFINITY;
-      for (auto* r : *sw) best = std::min(best, r->loss);
+      const Run* rb = nullptr;
+      for (auto* r : *sw)
+        if (r->loss < best) best = r->loss, rb = r;
       ++nb;
+      {  // the best run at an edge of the sampled lr or batch range: optimum not bracketed
+        double lr0 = INFINITY, lr1 = 0, b0 = INFINITY, b1 = 0;
+        for (auto* r : *sw)
+          lr0 = std::min(lr0, r->lr), lr1 = std::max(lr1, r->lr), b0 = std::min(b0, r->batch), b1 = std::max(b1, r->batch);
+        auto edge = [&](double v, double lo, double hi, const char* what, const char* unit) {
+          if (!(hi > lo * (1 + 1e-9))) return;
+          std::string side = v <= lo * (1 + 1e-9) ? "smallest" : v >= hi * (1 - 1e-9) ? "largest" : "";
+          if (side.empty()) return;
+          R.flags.push_back({"law1", fam, "budget " + fmt(rb->C) + ": the best run has the " + side + " " + what +
+                                              " of the sweep (" + fmt(v) + unit + "); extend the " + what +
+                                              " grid toward " + (side == "smallest" ? "smaller" : "larger") +
+                                              " values"});
+        };
+        edge(rb->lr, lr0, lr1, "learning rate", "");
+        edge(rb->batch, b0, b1, "batch", " tokens");
+      }
       for (auto* r : *sw) {
         HPPoint p{fam, r->C, r->lr, r->batch, r->loss};
         p.near_opt = r->loss <= best * (1 + opt.near_optimal);
@@ -393,9 +411,13 @@ void fit_law2(const std::vector<Run>& runs, const FitOptions& opt, const FitResu
     std::vector<IsoFit> fits;
     std::vector<IsoPoint> pts;
     std::set<long long> sizes;
+    std::vector<std::string> few;  // budgets with fewer than 3 sizes
     for (auto& [bk, byM] : budgets) {
       for (auto& [mk, r] : byM) sizes.insert(mk);
-      if (byM.size() < 3) continue;
+      if (byM.size() < 3) {
+        few.push_back(fmt(byM.begin()->second->C) + " (" + std::to_string(byM.size()) + ")");
+        continue;
+      }
       std::vector<double> x, y;
       for (auto& [mk, r] : byM) {
         x.push_back(std::log10(r->M));
@@ -411,15 +433,35 @@ void fit_law2(const std::vector<Run>& runs, const FitOptions& opt, const FitResu
         X(i, 0) = 1, X(i, 1) = x[i] - xm, X(i, 2) = (x[i] - xm) * (x[i] - xm), Y(i) = y[i];
       Eigen::VectorXd c = ols(X, Y);
       double lo = *std::min_element(x.begin(), x.end()), hi = *std::max_element(x.begin(), x.end());
+      const double Cb = byM.begin()->second->C;
+      // where the best run of the ladder sits (byM is ordered by size)
+      const Run* rmin = nullptr;
+      for (auto& [mk, r] : byM) if (!rmin || r->loss < rmin->loss) rmin = r;
+      const bool at_small = rmin == byM.begin()->second, at_large = rmin == byM.rbegin()->second;
+      auto size_text = [](const Run* r) {
+        return (r->d_model > 0 ? "d_model " + fmt(r->d_model) + ", " : std::string()) + "M=" + fmt(r->M);
+      };
+      if (at_small || at_large) {
+        R.flags.push_back({"law2", fam, "budget " + fmt(Cb) + ": minimum at the " +
+                                            (at_small ? "smallest" : "largest") + " size of the ladder (" +
+                                            size_text(rmin) + "); extend the ladder toward " +
+                                            (at_small ? "smaller" : "larger") + " models"});
+      }
       if (!(c(2) > 0)) {
-        R.notes.push_back("Law 2 (" + fam + "): IsoFLOP curve at C=" + fmt(byM.begin()->second->C) +
-                          " is not convex; budget skipped");
+        R.notes.push_back("Law 2 (" + fam + "): IsoFLOP curve at C=" + fmt(Cb) + " is not convex; budget skipped");
+        R.flags.push_back({"law2", fam, "budget " + fmt(Cb) + ": the IsoFLOP curve (loss vs log M over " +
+                                            std::to_string(byM.size()) + " sizes) is not convex: no minimum "
+                                            "inside the ladder, or noise larger than the curvature; "
+                                            "budget skipped"});
         continue;
       }
       double xv = xm - c(1) / (2 * c(2));
       if (xv < lo - 0.5 * (hi - lo) || xv > hi + 0.5 * (hi - lo)) {
-        R.notes.push_back("Law 2 (" + fam + "): IsoFLOP minimum at C=" + fmt(byM.begin()->second->C) +
+        R.notes.push_back("Law 2 (" + fam + "): IsoFLOP minimum at C=" + fmt(Cb) +
                           " lies far outside the sampled sizes; budget skipped");
+        R.flags.push_back({"law2", fam, "budget " + fmt(Cb) + ": the IsoFLOP parabola's minimum (M=" +
+                                            fmt(std::pow(10.0, xv)) + ") lies far outside the sampled sizes; "
+                                            "budget skipped"});
         continue;
       }
       IsoFit f{fam, byM.begin()->second->C};
@@ -438,6 +480,14 @@ void fit_law2(const std::vector<Run>& runs, const FitOptions& opt, const FitResu
                         ") at every budget; IsoFLOP needs 3+ sizes per budget");
       continue;
     }
+    // budgets with 2 sizes next to budgets with ladders (one size everywhere is
+    // the plain "no IsoFLOP ladder" of the diagnostics)
+    if (!few.empty() && !std::all_of(budgets.begin(), budgets.end(), [](auto& b) { return b.second.size() == 1; })) {
+      std::string m = "Law 2 (" + fam + "): fewer than 3 model sizes at budget(s) ";
+      for (size_t i = 0; i < few.size(); ++i) m += (i ? ", " : "") + few[i];
+      m += " (sizes in parentheses); an IsoFLOP parabola needs 3+ sizes per budget";
+      R.notes.push_back(m);
+    }
     if (fits.empty()) continue;
     R.isofits.insert(R.isofits.end(), fits.begin(), fits.end());
     if (fits.size() < 2) {
@@ -448,6 +498,14 @@ void fit_law2(const std::vector<Run>& runs, const FitOptions& opt, const FitResu
     std::vector<double> x, y;
     for (auto& f : fits) x.push_back(std::log10(f.C)), y.push_back(std::log10(f.M_opt));
     auto c = linfit(x, y);
+    if (fits.size() >= 3) {  // with two budgets the line is exact
+      std::vector<double> pr;
+      for (double xi : x) pr.push_back(c[0] + c[1] * xi);
+      double q = r2(y, pr);
+      if (q < opt.min_r2)
+        R.flags.push_back({"law2", fam, "log M_opt vs log C is not a line: R^2 = " + fmt(q) + " < " +
+                                            fmt(opt.min_r2) + " over " + std::to_string(fits.size()) + " budgets"});
+    }
     Law2 l;
     l.family = fam;
     l.M_opt = {V(std::pow(10.0, c[0])), V(c[1])};
@@ -559,6 +617,11 @@ void fit_law3(const std::vector<Run>& runs, const FitOptions& opt, const FitResu
     l.b = V(p[0]);
     l.beta = V(p[2]);
     l.alpha = V(std::exp(p[1] - p[2] * lc0));
+    if (!std::isfinite(l.alpha.v) || !(l.alpha.v > 0)) {
+      R.notes.push_back("Law 3 (" + fam + "): L(C) = alpha C^beta + b did not converge to a finite curve "
+                        "(beta = " + fmt(p[2]) + ")");
+      continue;
+    }
     l.n = static_cast<int>(pts.size());
     std::vector<double> o, pr;
     for (auto& q : pts) {
@@ -567,6 +630,15 @@ void fit_law3(const std::vector<Run>& runs, const FitOptions& opt, const FitResu
       q.resid = q.loss - pr.back();
     }
     l.r2 = r2(o, pr);
+    if (!(l.b.v > 0))
+      R.flags.push_back({"law3", fam, "asymptote b = " + fmt(l.b.v) + " <= 0: unphysical (a loss cannot fall "
+                                          "below 0); the budgets do not constrain the curve's floor"});
+    else if (l.b.v >= lmin)
+      R.flags.push_back({"law3", fam, "asymptote b = " + fmt(l.b.v) + " is not below the lowest observed loss " +
+                                          fmt(lmin)});
+    if (!(l.r2 >= opt.min_r2))
+      R.flags.push_back({"law3", fam, "R^2 = " + fmt(l.r2) + " < " + fmt(opt.min_r2) + " over " +
+                                          std::to_string(l.n) + " budgets"});
     R.laws.law3.push_back(l);
     R.curve.insert(R.curve.end(), pts.begin(), pts.end());
   }
@@ -794,8 +866,23 @@ void choose_main_laws(FitResult& R) {
 
 }  // namespace
 
-FitResult fit_all(const std::vector<Run>& runs, const FitOptions& opt, const FitResult* warm) {
+std::vector<std::string> ensure_grouped(std::vector<Run>& runs, double tol) {
+  if (std::all_of(runs.begin(), runs.end(), [](const Run& r) { return r.grouped; })) return {};
+  return group_budgets(runs, tol);
+}
+
+FitResult fit_all(const std::vector<Run>& runs_in, const FitOptions& opt, const FitResult* warm) {
+  std::vector<Run> grouped;
+  const std::vector<Run>* rp = &runs_in;
+  std::vector<std::string> bnotes;
+  if (!std::all_of(runs_in.begin(), runs_in.end(), [](const Run& r) { return r.grouped; })) {
+    grouped = runs_in;
+    bnotes = group_budgets(grouped, opt.budget_tolerance);
+    rp = &grouped;
+  }
+  const std::vector<Run>& runs = *rp;
   FitResult R;
+  R.budget_notes = std::move(bnotes);
   R.n_runs = static_cast<int>(runs.size());
   if (warm) {
     R.slices_set = warm->slices_set;
@@ -887,8 +974,10 @@ std::vector<std::pair<std::string, Value*>> constants(LawSet& L, std::vector<Law
   return c;
 }
 
-void bootstrap(const std::vector<Run>& runs, const FitOptions& opt, FitResult& res) {
+void bootstrap(const std::vector<Run>& runs_in, const FitOptions& opt, FitResult& res) {
   if (opt.bootstrap <= 0) return;
+  std::vector<Run> runs = runs_in;  // resample grouped runs: budgets stay those of the point fit
+  ensure_grouped(runs, opt.budget_tolerance);
   std::map<std::string, std::vector<size_t>> fam;
   for (size_t i = 0; i < runs.size(); ++i) fam[runs[i].family].push_back(i);
   auto target = constants(res.laws, &res.law1_all, &res.law2_all, &res.law1_alt);
@@ -917,6 +1006,7 @@ void bootstrap(const std::vector<Run>& runs, const FitOptions& opt, FitResult& r
   }
   for (auto& [n, v] : target) {
     auto& s = samples[n];
+    res.boot_ok[n] = static_cast<int>(s.size());
     if (s.size() < 20) continue;  // too few successful resamples: no interval
     std::sort(s.begin(), s.end());
     auto q = [&](double p) {
@@ -930,6 +1020,171 @@ void bootstrap(const std::vector<Run>& runs, const FitOptions& opt, FitResult& r
   }
   // Main laws are copies of entries of law1_all / law2_all: keep them in step.
   choose_main_laws(res);
+}
+
+}  // namespace fulcrum::fit
+
+namespace fulcrum::fit {
+
+std::string law_title(const std::string& law) {
+  if (law == "law1") return "Law 1";
+  if (law == "law2") return "Law 2";
+  if (law == "law3") return "Law 3";
+  if (law == "el") return "EL joint law";
+  return law;
+}
+
+namespace {
+
+// The bootstrap and interval checks of the constants of one law.
+void check_constants(const std::string& law, const std::string& fam, const std::string& prefix,
+                     const std::vector<std::pair<std::string, const Value*>>& cs, const FitResult& R,
+                     const FitOptions& opt, std::vector<std::string>& out) {
+  if (opt.bootstrap <= 0) return;
+  (void)fam;
+  int worst = opt.bootstrap;
+  for (auto& [n, v] : cs) {
+    auto it = R.boot_ok.find(prefix + n);
+    worst = std::min(worst, it == R.boot_ok.end() ? 0 : it->second);
+  }
+  const double fail = 1.0 - static_cast<double>(worst) / opt.bootstrap;
+  if (fail > opt.max_bootstrap_failures)
+    out.push_back(fmt(100 * fail) + "% of the " + std::to_string(opt.bootstrap) +
+                  " bootstrap resamples could not fit it (more than " + fmt(100 * opt.max_bootstrap_failures) +
+                  "%): it rests on too few points");
+  for (auto& [n, v] : cs) {
+    if (!std::isfinite(v->lo) || !std::isfinite(v->hi)) continue;
+    // prefactors of power laws in C (their value at C = 1 FLOP, many decades
+    // below the data) are extrapolations that move with the exponent: their
+    // intervals say nothing about the law within the data
+    if (n == "eta_k" || n == "batch_k" || n == "M_k" || (law == "law3" && n == "alpha")) continue;
+    const double lo = v->lo, hi = v->hi;
+    if (lo <= 0 && hi >= 0)
+      out.push_back("the 95% interval of " + n + " [" + fmt(lo) + ", " + fmt(hi) + "] includes 0: its sign is not determined");
+    else if (std::log10(std::max(std::abs(lo), std::abs(hi)) / std::min(std::abs(lo), std::abs(hi))) > opt.max_ci_decades)
+      out.push_back("the 95% interval of " + n + " [" + fmt(lo) + ", " + fmt(hi) + "] spans more than " +
+                    (opt.max_ci_decades == 1.0 ? std::string("a decade") : fmt(opt.max_ci_decades) + " decades"));
+  }
+}
+
+}  // namespace
+
+void diagnose(FitResult& R, const std::vector<Run>& runs, const FitOptions& opt) {
+  R.verdicts.clear();
+  std::set<std::string> fams;
+  bool any_moe = false;
+  for (auto& r : runs) fams.insert(r.family), any_moe |= r.is_moe;
+  // notes that concern every law (e.g. a single budget)
+  std::vector<std::string> global;
+  for (auto& n : R.notes)
+    if (n.rfind("Law ", 0) != 0 && n.rfind("EL", 0) != 0) global.push_back(n);
+  auto notes_of = [&](const std::string& prefix, const std::string& fam) {
+    std::vector<std::string> v;
+    const std::string a = prefix + " (" + fam + "): ", b = prefix + " (" + fam + ", ",
+                      c = prefix + " parametric (" + fam + "): ";
+    for (auto& n : R.notes) {
+      if (n.rfind(a, 0) == 0) {
+        v.push_back(n.substr(a.size()));
+      } else if (n.rfind(b, 0) == 0) {
+        std::string r = n.substr(b.size());
+        auto k = r.find("): ");
+        if (k != std::string::npos) r = r.substr(0, k) + ": " + r.substr(k + 3);
+        v.push_back(r);
+      } else if (n.rfind(c, 0) == 0) {
+        v.push_back("parametric cross-check: " + n.substr(c.size()));
+      }
+    }
+    return v;
+  };
+  auto flags_of = [&](const std::string& law, const std::string& fam) {
+    std::vector<std::string> v;
+    for (auto& f : R.flags) if (f.law == law && f.family == fam) v.push_back(f.message);
+    return v;
+  };
+  auto finish = [&](Verdict& v, std::vector<std::string> flags, const std::vector<std::string>& not_fitted_why,
+                    const std::string& dflt_why) {
+    if (v.fitted) {
+      v.reasons = std::move(flags);
+      v.trusted = v.reasons.empty();
+    } else {
+      v.reasons = global;
+      v.reasons.insert(v.reasons.end(), not_fitted_why.begin(), not_fitted_why.end());
+      v.reasons.insert(v.reasons.end(), flags.begin(), flags.end());
+      if (v.reasons.empty()) v.reasons.push_back(dflt_why);
+    }
+    R.verdicts.push_back(std::move(v));
+  };
+  for (auto& fam : fams) {
+    {  // Law 1
+      Verdict v{"law1", fam};
+      const Law1* l = find_family(R.law1_all, fam);
+      v.fitted = l && l->ok();
+      auto fl = flags_of("law1", fam);
+      if (v.fitted) {
+        int nb = 0;
+        for (auto& q : R.hp_opt) nb += q.family == fam;
+        v.summary = "eta_opt = " + fmt(l->eta.k.v) + " C^" + fmt(l->eta.a.v) + ", B_opt = " + fmt(l->batch.k.v) +
+                    " C^" + fmt(l->batch.a.v);
+        check_constants("law1", fam, "law1[" + fam + "].",
+                        {{"eta_k", &l->eta.k}, {"eta_a", &l->eta.a}, {"batch_k", &l->batch.k}, {"batch_a", &l->batch.a}},
+                        R, opt, fl);
+      }
+      finish(v, fl, notes_of("Law 1", fam),
+             "no hyper-parameter sweep: needs 2+ budgets, each with 3+ distinct (lr, batch) runs at one model size");
+    }
+    {  // Law 2
+      Verdict v{"law2", fam};
+      const Law2* l = find_family(R.law2_all, fam);
+      v.fitted = l && l->ok();
+      auto fl = flags_of("law2", fam);
+      if (v.fitted) {
+        int nb = 0;
+        for (auto& f : R.isofits) nb += f.family == fam;
+        v.summary = "M_opt = " + fmt(l->M_opt.k.v) + " C^" + fmt(l->M_opt.a.v) + " from " + std::to_string(nb) +
+                    " IsoFLOP minima";
+        check_constants("law2", fam, "law2[" + fam + "].", {{"M_k", &l->M_opt.k}, {"M_a", &l->M_opt.a}}, R, opt, fl);
+      }
+      finish(v, fl, notes_of("Law 2", fam), "no budget with 3+ model sizes (an IsoFLOP ladder)");
+    }
+    {  // Law 3
+      Verdict v{"law3", fam};
+      const Law3* l = find_family(R.laws.law3, fam);
+      v.fitted = l && l->ok();
+      auto fl = flags_of("law3", fam);
+      if (v.fitted) {
+        v.summary = "L(C) = " + fmt(l->alpha.v) + " C^" + fmt(l->beta.v) + " + " + fmt(l->b.v) + ", R^2 " +
+                    fmt(l->r2) + ", " + std::to_string(l->n) + " budgets";
+        check_constants("law3", fam, "law3[" + fam + "].", {{"alpha", &l->alpha}, {"beta", &l->beta}, {"b", &l->b}},
+                        R, opt, fl);
+      }
+      finish(v, fl, notes_of("Law 3", fam), "needs 3+ budgets and more than one model size");
+    }
+  }
+  // EL joint law (all MoE families against the dense Law 3)
+  if (any_moe) {
+    Verdict v{"el", ""};
+    const LawSet& L = R.laws;
+    v.fitted = L.el.ok();
+    auto fl = flags_of("el", "");
+    if (v.fitted) {
+      v.summary = "a = " + fmt(L.el.a.v) + ", d = " + fmt(L.el.d.v) + ", gamma = " + fmt(L.el.gamma.v) +
+                  ", beta = " + fmt(L.el.beta.v) + ", A_start = " + fmt(L.el.A_start.v) + "; train R^2 " +
+                  fmt(L.r2_train) + ", n " + std::to_string(L.n_train);
+      if (!(L.r2_train >= opt.min_r2))
+        fl.push_back("train R^2 = " + fmt(L.r2_train) + " < " + fmt(opt.min_r2));
+      for (auto& w : R.verdicts)
+        if (w.law == "law3" && w.family == "dense" && w.fitted && !w.trusted)
+          fl.push_back("EL uses the dense family's Law 3, which is not trustworthy");
+      check_constants("el", "", "el.joint.",
+                      {{"a", &L.el.a}, {"d", &L.el.d}, {"gamma", &L.el.gamma}, {"beta", &L.el.beta},
+                       {"A_start", &L.el.A_start}},
+                      R, opt, fl);
+    }
+    std::vector<std::string> why;
+    for (auto& n : R.notes)
+      if (n.rfind("EL", 0) == 0) why.push_back(n);
+    finish(v, fl, why, "not enough EL points");
+  }
 }
 
 }  // namespace fulcrum::fit

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,27 @@ struct FitOptions {
   double A_max = 5.28e16;        // fixed A_max of the A_hat transform
   int bootstrap = 1000;
   std::uint64_t seed = 1;
+  double budget_tolerance = kDefaultBudgetTolerance;  // group_budgets (runs.hpp)
+  // Thresholds of the trust checks (doc/fit.md, "Diagnostics").
+  double min_r2 = 0.9;                 // R^2 below this: not trustworthy
+  double max_bootstrap_failures = 0.1; // fraction of resamples without the constant
+  double max_ci_decades = 1.0;         // 95% interval wider than this many decades
+};
+
+// A reason that a fitted law should not be trusted (law: "law1", "law2",
+// "law3", "el"; family "" for the EL joint law).
+struct Flag {
+  std::string law, family, message;
+};
+
+// The verdict on one law of one family, fitted or not, with every reason.
+struct Verdict {
+  std::string law;       // "law1" | "law2" | "law3" | "el"
+  std::string family;    // "" for the EL joint law
+  bool fitted = false;
+  bool trusted = false;  // fitted and no flag
+  std::vector<std::string> reasons;  // why not fitted, or why not trusted
+  std::string summary;   // one line: what was fitted from what
 };
 
 struct HPPoint {                 // one run of a hyper-parameter sweep budget
@@ -81,6 +103,10 @@ struct FitResult {
   bool slices_set = false;
   int n_runs = 0;
   int bootstrap_done = 0, bootstrap_failed = 0;
+  std::vector<std::string> budget_notes;  // group_budgets: one line per budget
+  std::vector<Flag> flags;                // trust problems found while fitting
+  std::map<std::string, int> boot_ok;     // constant -> resamples that produced it
+  std::vector<Verdict> verdicts;          // filled by diagnose()
   bool any() const;                 // at least one law was fitted
 };
 
@@ -92,6 +118,17 @@ FitResult fit_all(const std::vector<Run>& runs, const FitOptions& opt,
 // Resamples runs with replacement within each family, refits, and stores
 // 95% percentile intervals in res.laws (and law1_all / law2_all).
 void bootstrap(const std::vector<Run>& runs, const FitOptions& opt, FitResult& res);
+
+// Groups the runs into budgets (group_budgets) when they are not yet grouped;
+// returns the notes (empty when nothing was done).
+std::vector<std::string> ensure_grouped(std::vector<Run>& runs, double tol);
+
+// The verdict on every law of every family (after bootstrap()): fitted or not
+// and why, trustworthy or not and why (doc/fit.md, "Diagnostics").
+void diagnose(FitResult& res, const std::vector<Run>& runs, const FitOptions& opt);
+
+// Law names for --require and messages: "law1" -> "Law 1", "el" -> "EL joint law".
+std::string law_title(const std::string& law);
 
 // Named list of every constant of a law set, for reports and the bootstrap.
 std::vector<std::pair<std::string, Value*>> constants(LawSet& L, std::vector<Law1>* l1 = nullptr,

@@ -10,6 +10,8 @@
 
 namespace fulcrum::fit {
 
+// The verdict of every law (fitted or not, trustworthy or not, and why).
+std::string diagnostics_text(const FitResult& R);
 void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, const FitOptions& opt);
 void write_fit_h5(const std::string& path, const FitResult& R, const LoadResult& L);
 // Writes the plots into dir; returns the files written.

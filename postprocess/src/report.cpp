@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -31,6 +32,41 @@ void row(std::ostream& o, const std::string& name, const Value& v) {
 
 }  // namespace
 
+std::string diagnostics_text(const FitResult& R) {
+  std::string o;
+  // fitted laws one by one; laws not fitted grouped by their reasons
+  std::vector<std::pair<std::string, std::vector<std::string>>> groups;  // key -> families
+  std::map<std::string, const Verdict*> first;
+  for (auto& v : R.verdicts) {
+    if (!v.fitted && !v.family.empty()) {
+      std::string key = v.law + "\n";
+      for (auto& r : v.reasons) key += r + "\n";
+      auto it = std::find_if(groups.begin(), groups.end(), [&](auto& g) { return g.first == key; });
+      if (it == groups.end()) groups.push_back({key, {v.family}}), first[key] = &v;
+      else it->second.push_back(v.family);
+      continue;
+    }
+    o += "  " + law_title(v.law) + (v.family.empty() ? "" : " [" + v.family + "]") + ": ";
+    o += !v.fitted ? "not fitted" : v.trusted ? "fitted, trustworthy" : "fitted, NOT TRUSTWORTHY";
+    if (!v.summary.empty()) o += " (" + v.summary + ")";
+    o += "\n";
+    for (auto& r : v.reasons) o += "    - " + r + "\n";
+  }
+  for (auto& [key, fams] : groups) {
+    const Verdict* v = first[key];
+    o += "  " + law_title(v->law) + " [";
+    if (fams.size() <= 3) {
+      for (size_t i = 0; i < fams.size(); ++i) o += (i ? "], [" : "") + fams[i];
+    } else {
+      o += fams[0] + "] and " + std::to_string(fams.size() - 1) + " more famil" +
+           (fams.size() == 2 ? "y" : "ies") + " [...";
+    }
+    o += "]: not fitted\n";
+    for (auto& r : v->reasons) o += "    - " + r + "\n";
+  }
+  return o;
+}
+
 void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, const FitOptions& opt) {
   o << "fulcrum-fit report\n==================\n\n";
   o << "Inputs: " << L.files_seen << " file(s), " << L.runs.size() << " usable run(s), "
@@ -46,6 +82,17 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   if (!L.unreadable.empty()) {
     o << "\nUnreadable inputs (skipped):\n";
     for (auto& e : L.unreadable) o << "  " << e.path << ": " << e.reason << "\n";
+  }
+  if (!R.budget_notes.empty()) {
+    o << "\nBudgets (runs grouped by the recorded compute_budget, else clustered within "
+      << g(100 * opt.budget_tolerance) << "% of their compute; every law uses the best run or the IsoFLOP "
+      << "minimum per family and budget):\n";
+    for (auto& n : R.budget_notes) o << "  " << n << "\n";
+  }
+  if (!R.verdicts.empty()) {
+    o << "\nDiagnostics (every law, fitted or not; NOT TRUSTWORTHY fits are in laws.toml but should not "
+         "be used until the reasons are fixed):\n";
+    o << diagnostics_text(R);
   }
   o << "\nBootstrap: " << opt.bootstrap << " resample(s) of runs within each family, seed "
     << opt.seed << "; " << R.bootstrap_done << " usable, " << R.bootstrap_failed
@@ -296,6 +343,10 @@ void write_fit_h5(const std::string& path, const FitResult& R, const LoadResult&
   for (auto& e : L.excluded) ex += e.path + ": " + e.reason + "\n";
   for (auto& e : L.unreadable) ex += e.path + ": unreadable: " + e.reason + "\n";
   w.attr("/", "excluded_runs", ex);
+  w.attr("/", "diagnostics", diagnostics_text(R));
+  std::string bud;
+  for (auto& n : R.budget_notes) bud += n + "\n";
+  w.attr("/", "budgets", bud);
 }
 
 }  // namespace fulcrum::fit

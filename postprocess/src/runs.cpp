@@ -24,6 +24,88 @@ std::string family_key(bool is_moe, double A, double G, double S) {
 long long budget_key(double C) { return std::llround(std::log10(C) * 1e4); }
 
 namespace {
+std::string num(double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.4g", v);
+  return b;
+}
+}  // namespace
+
+std::vector<std::string> group_budgets(std::vector<Run>& runs, double tol) {
+  if (!(tol >= 0 && tol < 1)) throw FitError("budget tolerance must be in [0, 1)", 1);
+  std::vector<std::string> notes;
+  // recorded budgets: distinct values (equal to 1e-9 relative are one)
+  std::vector<double> rec;
+  for (auto& r : runs)
+    if (r.C_recorded > 0) rec.push_back(r.C_recorded);
+  std::sort(rec.begin(), rec.end());
+  std::vector<double> budgets;
+  for (double b : rec)
+    if (budgets.empty() || b > budgets.back() * (1 + 1e-9)) budgets.push_back(b);
+  auto nearest = [&](double c) {
+    double best = NAN, d = INFINITY;
+    for (double b : budgets)
+      if (std::abs(std::log(c / b)) < d) d = std::abs(std::log(c / b)), best = b;
+    return best;
+  };
+  struct Info {
+    int n = 0, n_rec = 0;
+    double lo = INFINITY, hi = 0;
+  };
+  std::map<double, Info> info;
+  std::vector<size_t> rest;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    Run& r = runs[i];
+    if (!(r.C_run > 0) || !std::isfinite(r.C_run)) r.C_run = r.C_recorded > 0 ? r.C_recorded : r.C;
+    if (r.C_recorded > 0) {
+      r.C = nearest(r.C_recorded);
+      if (std::abs(r.C_run - r.C) > tol * r.C)
+        notes.push_back("run " + r.path + ": compute " + num(r.C_run) + " misses its recorded budget " +
+                        num(r.C) + " by " + num(100 * std::abs(r.C_run / r.C - 1)) +
+                        "% (more than the " + num(100 * tol) + "% tolerance); grouped by the recorded budget");
+      info[r.C].n_rec++;
+    } else {
+      double b = nearest(r.C_run);
+      if (std::isfinite(b) && std::abs(r.C_run - b) <= tol * b) r.C = b;
+      else { rest.push_back(i); continue; }
+    }
+    auto& in = info[r.C];
+    in.n++, in.lo = std::min(in.lo, r.C_run), in.hi = std::max(in.hi, r.C_run);
+    r.grouped = true;
+  }
+  // the rest: greedy clusters from the smallest compute
+  std::sort(rest.begin(), rest.end(), [&](size_t a, size_t b) { return runs[a].C_run < runs[b].C_run; });
+  const double span = (1 + tol) / (1 - tol);
+  for (size_t i = 0; i < rest.size();) {
+    const double c0 = runs[rest[i]].C_run;
+    size_t j = i;
+    double sl = 0;
+    while (j < rest.size() && runs[rest[j]].C_run <= c0 * span * (1 + 1e-12)) sl += std::log(runs[rest[j]].C_run), ++j;
+    const double c1 = runs[rest[j - 1]].C_run;
+    // the centre: the geometric mean; exact when every member has the same compute
+    double centre = c1 <= c0 * (1 + 1e-12) ? c0 : std::exp(sl / (j - i));
+    for (size_t k = i; k < j; ++k) {
+      Run& r = runs[rest[k]];
+      r.C = centre;
+      r.grouped = true;
+      auto& in = info[centre];
+      in.n++, in.lo = std::min(in.lo, r.C_run), in.hi = std::max(in.hi, r.C_run);
+    }
+    i = j;
+  }
+  for (auto& [C, in] : info) {
+    std::string n = "C=" + num(C) + ": " + std::to_string(in.n) + " run(s), ";
+    if (in.n_rec == in.n) n += "recorded budget";
+    else if (in.n_rec > 0) n += std::to_string(in.n_rec) + " with the recorded budget, " +
+                               std::to_string(in.n - in.n_rec) + " matched within " + num(100 * tol) + "%";
+    else n += "no recorded budget: clustered within " + num(100 * tol) + "%";
+    n += "; compute " + (in.hi > in.lo * (1 + 1e-9) ? num(in.lo) + ".." + num(in.hi) : num(in.lo));
+    notes.push_back(n);
+  }
+  return notes;
+}
+
+namespace {
 
 bool has_ext(const fs::path& p) {
   auto e = p.extension().string();
@@ -116,8 +198,12 @@ bool run_from_record(const RunRecord& rec, const LoadOptions& opt, Run& r, std::
   r.N_active = get(c, "params_active", 0.0);
   r.lr = get(c, "lr_peak", 0.0);
   r.batch = get(c, "batch_tokens", 0.0);
-  r.C = get(c, "compute_target", NAN);
-  if (!(r.C > 0)) r.C = get(s, "flops_seen", NAN);
+  r.C_run = get(c, "compute_target", NAN);
+  if (!(r.C_run > 0)) r.C_run = get(s, "flops_seen", NAN);
+  r.C_recorded = get(c, "compute_budget", 0.0);
+  if (!(r.C_recorded > 0) || !std::isfinite(r.C_recorded)) r.C_recorded = 0;
+  r.d_model = get(c, "d_model", 0.0);
+  r.C = r.C_recorded > 0 ? r.C_recorded : r.C_run;  // until group_budgets
   r.D = get(s, "tokens_seen", NAN);
   if (!(r.D > 0)) r.D = get(c, "tokens_target", NAN);
   if (!(r.D > 0) && r.C > 0 && r.M > 0) r.D = r.C / r.M;
@@ -132,7 +218,7 @@ bool run_from_record(const RunRecord& rec, const LoadOptions& opt, Run& r, std::
     return false;
   }
   if (!(r.C > 0) || !std::isfinite(r.C)) {
-    reason = "no positive compute_target or flops_seen";
+    reason = "no positive compute_budget, compute_target or flops_seen";
     return false;
   }
   if (std::isnan(r.loss)) {

@@ -22,7 +22,13 @@ struct Run {
   bool is_moe = false;
   double A = 1, G = 0, S = 0;
   double M = 0;           // non-embedding training FLOPs per token
-  double C = 0;           // compute budget (compute_target, else flops_seen)
+  double C = 0;           // the budget this run belongs to (set by group_budgets; every
+                          // run of one budget has the same C): the recorded
+                          // compute_budget, else the centre of a cluster of C_run
+  double C_run = 0;       // compute of this run (compute_target, else flops_seen)
+  double C_recorded = 0;  // /config compute_budget (deck train.compute_budget); 0 = absent
+  bool grouped = false;   // C has been set by group_budgets
+  double d_model = 0;     // /config d_model (0 when absent), for messages
   double D = 0;           // tokens (tokens_seen, else tokens_target)
   double N = 0, N_active = 0;
   double lr = 0, batch = 0;
@@ -61,7 +67,21 @@ bool run_from_record(const RunRecord& rec, const LoadOptions& opt, Run& out,
 
 std::string family_key(bool is_moe, double A, double G, double S);
 
-// Budget key: budgets equal to 1e-4 relative are the same budget.
+// Budget key of a grouped budget C (runs of one budget have equal C; keys of
+// values equal to 1e-4 in log10 coincide).
 long long budget_key(double C);
+
+// Default relative tolerance of the budget clustering (doc/fit.md).
+constexpr double kDefaultBudgetTolerance = 0.1;
+
+// Assigns every run its budget C (doc/fit.md, "Budgets"): the recorded
+// compute_budget where the run file has one; else the recorded budget that
+// the run's compute misses by at most `tol` (relative); else a cluster of the
+// remaining runs whose computes all miss the cluster's geometric centre by at
+// most `tol` (sorted, greedy from the smallest: a cluster spans at most a
+// factor (1 + tol) / (1 - tol)). Returns one note per budget
+// ("C=1e+12: 4 run(s), recorded" / "clustered from compute 9.9e11..1.005e12")
+// and per recorded run whose compute misses its budget by more than `tol`.
+std::vector<std::string> group_budgets(std::vector<Run>& runs, double tol);
 
 }  // namespace fulcrum::fit
