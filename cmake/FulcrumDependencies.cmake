@@ -63,4 +63,46 @@ if(FULCRUM_ENABLE_TRAINER)
   if(FULCRUM_ENABLE_NCCL AND (Kokkos_ENABLE_CUDA OR Kokkos_DEVICES MATCHES "CUDA") AND NOT FULCRUM_HAVE_NCCL)
     message(FATAL_ERROR "FULCRUM_ENABLE_NCCL: NCCL not found (set NCCL_LIBRARY and NCCL_INCLUDE_DIR)")
   endif()
+
+  # gemm backends (src/model/gemm.hpp). oneDNN (libdnnl-dev): host matrix
+  # products in fp32 and bf16; on by default when found in a host build.
+  set(_fulcrum_cuda OFF)
+  if(Kokkos_ENABLE_CUDA OR Kokkos_DEVICES MATCHES "CUDA")
+    set(_fulcrum_cuda ON)
+  endif()
+  # Debian's dnnl-config.cmake requires OpenCL development files (its library
+  # is built with the OpenCL GPU runtime), which the CPU path never uses: find
+  # the header and the library directly instead.
+  find_path(DNNL_INCLUDE_DIR dnnl.hpp PATH_SUFFIXES oneapi/dnnl)
+  find_library(DNNL_LIBRARY dnnl)
+  set(dnnl_FOUND OFF)
+  if(DNNL_INCLUDE_DIR AND DNNL_LIBRARY)
+    set(dnnl_FOUND ON)
+    if(NOT TARGET DNNL::dnnl)
+      add_library(DNNL::dnnl UNKNOWN IMPORTED)
+      set_target_properties(DNNL::dnnl PROPERTIES IMPORTED_LOCATION "${DNNL_LIBRARY}"
+                                                  INTERFACE_INCLUDE_DIRECTORIES "${DNNL_INCLUDE_DIR}")
+    endif()
+  endif()
+  set(_fulcrum_onednn_default OFF)
+  if(dnnl_FOUND AND NOT _fulcrum_cuda)
+    set(_fulcrum_onednn_default ON)
+  endif()
+  option(FULCRUM_ENABLE_ONEDNN "oneDNN gemm backend (host builds, libdnnl-dev)" ${_fulcrum_onednn_default})
+  if(FULCRUM_ENABLE_ONEDNN AND NOT dnnl_FOUND)
+    message(FATAL_ERROR "FULCRUM_ENABLE_ONEDNN: oneDNN not found (Debian: libdnnl-dev; or set dnnl_DIR)")
+  endif()
+  if(FULCRUM_ENABLE_ONEDNN AND _fulcrum_cuda)
+    message(FATAL_ERROR "FULCRUM_ENABLE_ONEDNN contradicts the installed Kokkos: it is built with CUDA, whose "
+                        "buffers live on the GPU; oneDNN computes on the host. Use the cublas backend.")
+  endif()
+  # cuBLAS (bf16 tensor-core products): CUDA Kokkos builds only.
+  option(FULCRUM_ENABLE_CUBLAS "cuBLAS gemm backend (CUDA Kokkos builds)" ${_fulcrum_cuda})
+  if(FULCRUM_ENABLE_CUBLAS)
+    if(NOT _fulcrum_cuda)
+      message(FATAL_ERROR "FULCRUM_ENABLE_CUBLAS needs a Kokkos built with CUDA (-DKokkos_ROOT=...)")
+    endif()
+    find_package(CUDAToolkit REQUIRED)
+  endif()
+  message(STATUS "Fulcrum gemm backends: kokkos; onednn=${FULCRUM_ENABLE_ONEDNN}; cublas=${FULCRUM_ENABLE_CUBLAS}")
 endif()

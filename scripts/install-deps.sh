@@ -11,6 +11,8 @@ packages=(
   libtrilinos-kokkos-dev libtrilinos-kokkos-kernels-dev
   # BLAS behind Kokkos Kernels: the pthread OpenBLAS takes over libblas.so.3
   libopenblas0-pthread libopenblas-dev
+  # oneDNN 2.6 matmul primitives: bf16 on AMX / AVX512-BF16 (gemm backend "onednn")
+  libdnnl-dev
   # MPI and HDF5 (rank 0 alone writes the run file: serial HDF5 suffices)
   libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools
   # deck parsing, command lines, tests

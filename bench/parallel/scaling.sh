@@ -13,7 +13,7 @@ TOKENS="${2:-327680}"
 TRAIN="$BUILD/src/apps/fulcrum-train"
 OUT="$(mktemp -d /tmp/fulcrum-scaling.XXXXXX)"
 trap 'rm -rf "$OUT"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 cd "$ROOT"
 
 run() {  # ranks ep dispatcher

@@ -66,7 +66,12 @@ int run(int argc, char** argv, int world_rank, int world_size) {
     const fulcrum::LoadedDeck deck = load_deck_or_run_file(deck_path, overrides, world_rank);
     const auto& cfg = deck.config;
     if (describe) {
-      const auto plan = fulcrum::make_run_plan(cfg, world_size);
+      fulcrum::RunPlan plan;
+      try {
+        plan = fulcrum::make_run_plan(cfg, world_size);
+      } catch (const fulcrum::GemmConfigError& e) {
+        throw deck.error(e.key, e.what());
+      }
       if (world_rank == 0)
         for (const auto& [key, value] : fulcrum::describe_run(cfg, plan))
           std::printf("%s = %s\n", key.c_str(), fulcrum::format_config_value(value).c_str());

@@ -81,6 +81,8 @@ struct TrainSection {
   std::uint64_t eval_tokens = 65536;   // held-out tokens per evaluation
   double divergence_factor = 3.0; // loss > factor * first loss => diverged
   int checkpoint_interval = 0;    // steps between checkpoints; 0 = only at the end and on SIGTERM/SIGUSR1
+  std::string precision = "auto";     // matrix products: "auto" | "fp32" | "bf16" (src/model/gemm.hpp)
+  std::string gemm_backend = "auto";  // "auto" | "kokkos" | "onednn" | "cublas"
 };
 
 // [parallel]

@@ -391,6 +391,11 @@ const std::vector<KeySpec>& key_table() {
                           &TrainSection::divergence_factor, open_closed(1.0, 1e6)));
     t.push_back(int_key("train", "checkpoint_interval", &R::train,
                         &TrainSection::checkpoint_interval, 0));
+    // resolved against the build and the CPU/GPU by resolve_gemm() (gemm.hpp)
+    t.push_back(string_key("train", "precision", &R::train, &TrainSection::precision,
+                           {"auto", "fp32", "bf16"}));
+    t.push_back(string_key("train", "gemm_backend", &R::train, &TrainSection::gemm_backend,
+                           {"auto", "kokkos", "onednn", "cublas"}));
     // [parallel]
     t.push_back(int_key("parallel", "world_size", &R::parallel, &ParallelSection::world_size, 0,
                         1 << 20));

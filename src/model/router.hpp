@@ -40,7 +40,7 @@ class Router {
     int* topk_idx = topk_idx_.data();
     T* topk_w = topk_weight_.data();
     const bool renorm = renormalize_;
-    matmul<T>('N', 'T', N, E, C_, T(1), h, w_router, T(0), logits);
+    matmul_fp32<T>('N', 'T', N, E, C_, T(1), h, w_router, T(0), logits);
     double entropy_sum = 0, lse_sq_sum = 0;
     Kokkos::parallel_reduce("router::softmax_topk", RangePolicy(0, N),
                             KOKKOS_LAMBDA(const int t, double& ent, double& lsq) {
@@ -139,8 +139,8 @@ class Router {
       for (int e = 0; e < E; ++e) dot += p[e] * dz[e];
       for (int e = 0; e < E; ++e) dz[e] = p[e] * (dz[e] - dot) + z_scale * lse[t] * p[e];
     });
-    matmul<T>('T', 'N', E, C_, N, T(1), dlogits, h, T(1), dw_router);
-    matmul<T>('N', 'N', N, C_, E, T(1), dlogits, w_router, T(1), dh);
+    matmul_fp32<T>('T', 'N', E, C_, N, T(1), dlogits, h, T(1), dw_router);
+    matmul_fp32<T>('N', 'N', N, C_, E, T(1), dlogits, w_router, T(1), dh);
   }
 
   const T* logits() const { return logits_.data(); }          // (N,E)

@@ -25,6 +25,7 @@ RunPlan make_run_plan(const RunConfig& config, int world_size) {
   const int W = world_size > 0 ? world_size : 1;
   const int rows_per_rank = p.rows_per_step / W;
   p.grad_accum_steps = std::max(1, rows_per_rank / config.train.micro_batch_size);
+  p.gemm = resolve_gemm(config.train.gemm_backend, config.train.precision);
   return p;
 }
 
@@ -80,6 +81,9 @@ std::vector<std::pair<std::string, ConfigValue>> describe_run(const RunConfig& c
       {"grad_clip", c.train.grad_clip},
       {"expert_parallel", I(c.parallel.expert_parallel)},
       {"dispatcher", c.parallel.dispatcher},
+      {"precision", std::string(precision_name(p.gemm.precision))},
+      {"gemm_backend", p.gemm.backend},
+      {"cpu_isa", host_cpu_isa()},
   };
   return kv;
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "config/run_config.hpp"
+#include "model/gemm.hpp"
 #include "model/model_shape.hpp"
 
 namespace fulcrum {
@@ -21,8 +22,10 @@ struct RunPlan {
   std::int64_t steps_total = 0;   // ceil(D / batch_tokens)
   int rows_per_step = 0;          // global sequences per step = batch_tokens / seq_len
   int grad_accum_steps = 0;       // micro-batches per rank per step
+  GemmChoice gemm;                // train.gemm_backend / train.precision resolved for this build and machine
 };
 
+// Throws GemmConfigError when the deck's backend or precision cannot run here.
 RunPlan make_run_plan(const RunConfig& config, int world_size);
 
 using ConfigValue = std::variant<std::int64_t, double, std::string>;

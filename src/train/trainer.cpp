@@ -224,6 +224,11 @@ void check_run_inputs(const LoadedDeck& deck, int world_size, bool resuming) {
   }
   if (ep > 1 && c.parallel.dispatcher == "local")
     throw deck.error("parallel.dispatcher", "is 'local', which needs expert_parallel = 1; use mpi_alltoall");
+  try {
+    (void)resolve_gemm(c.train.gemm_backend, c.train.precision);
+  } catch (const GemmConfigError& e) {
+    throw deck.error(e.key, e.what());
+  }
   const long rows = static_cast<long>(c.train.batch_tokens / c.model.seq_len);
   if (rows % (static_cast<long>(world_size) * c.train.micro_batch_size) != 0)
     throw deck.error("train.batch_tokens", "gives " + std::to_string(rows) + " sequences per step, not a " +
@@ -338,6 +343,11 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   double tokens_per_second = 0;
   const double M = plan.accounting.flops_per_token;
   try {
+    ScopedGemm gemm(plan.gemm);  // every float product of this run: backend and precision
+    file.set_root_attr("precision", std::string(precision_name(plan.gemm.precision)));
+    file.set_root_attr("gemm_backend", plan.gemm.backend);
+    file.set_root_attr("gemm_implementation", gemm.backend().implementation());
+    file.set_root_attr("cpu_isa", host_cpu_isa());
     Transformer<Real> model(plan.shape, cfg.train.micro_batch_size, cfg.parallel.dispatcher, groups.ep);
     model.init_parameters(cfg.run.seed, cfg.model.init_std);
     AdamW<Real> optimizer(model.layout(), model.num_parameters(),

@@ -28,7 +28,7 @@ TRAIN = os.environ.get("FULCRUM_TRAIN", "build/src/apps/fulcrum-train")
 ROOT = os.environ.get("FULCRUM_SOURCE_DIR", os.getcwd())
 DECK = os.path.join(ROOT, "tests/checkpoint/tiny.toml")
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OPENBLAS_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE")
+           OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE")
 # columns that must match bit for bit (tokens_per_second is wall-clock)
 TRAIN_COLUMNS = ["step", "tokens", "flops", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm"]
 

@@ -88,7 +88,7 @@ const std::map<std::string, std::set<std::string>>& schema() {
        {"tokens", "compute", "compute_budget", "batch_tokens", "micro_batch_size", "lr", "lr_schedule",
         "warmup_fraction", "decay_fraction", "final_lr_fraction", "weight_decay", "beta1", "beta2",
         "eps", "grad_clip", "log_interval", "eval_interval", "eval_tokens", "divergence_factor",
-        "checkpoint_interval"}},
+        "checkpoint_interval", "precision", "gemm_backend"}},
       {"parallel", {"world_size", "expert_parallel", "dispatcher"}},
       {"output", {"dir", "overwrite"}},
   };

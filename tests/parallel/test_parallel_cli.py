@@ -21,7 +21,7 @@ TRAIN = os.environ.get("FULCRUM_TRAIN", "build/src/apps/fulcrum-train")
 ROOT = os.environ.get("FULCRUM_SOURCE_DIR", os.getcwd())
 DECK = os.path.join(ROOT, "tests/checkpoint/tiny.toml")
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OPENBLAS_NUM_THREADS="1")
+           OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
 
 
 def run(out_dir, ranks, ep, extra=()):

@@ -1,0 +1,110 @@
+// gemm.hpp: the matrix-product layer. Every float product of the model goes
+// through gemm_f32(); which library computes it, and in which precision, is
+// chosen once per run from the deck keys `train.gemm_backend` and
+// `train.precision` (doc/input-decks.md, doc/model.md "Mixed precision").
+//
+// Backends (a registry keyed by the deck string; unknown names list the valid
+// ones, and a backend that is not compiled in says so):
+//   kokkos  KokkosBlas::gemm (OpenBLAS on the host, cuBLAS in CUDA builds), fp32 only
+//   onednn  oneDNN matmul primitives on the host (FULCRUM_ENABLE_ONEDNN): fp32,
+//           or bf16 operands with fp32 accumulation and fp32 output
+//   cublas  cublasGemmEx on the Kokkos CUDA stream (CUDA builds): fp32, or
+//           bf16 operands with fp32 accumulation and fp32 output
+//
+// Precision bf16 means exactly this (the autocast rule of Megatron/torch):
+// both operands of a product are rounded to bf16 (round to nearest even)
+// where they feed the product, products accumulate in fp32 and C stays fp32.
+// Master weights, gradients, optimiser moments, norms, softmax, the router
+// and the losses never leave fp32; the router's products (matmul_fp32) too. Double-precision products (the gradient
+// checks) always use the kokkos path.
+//
+// The active backend is process-wide state, like torch.autocast: a
+// ScopedGemm installs it for the lifetime of a run and restores the previous
+// one after (the default, with no scope, is kokkos in fp32, which is what the
+// unit tests of the layers use).
+#pragma once
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace fulcrum {
+
+enum class Precision { fp32, bf16 };
+const char* precision_name(Precision p);
+
+// Deck errors about backend or precision (unknown, not compiled in, not
+// supported by this CPU/GPU). The trainer turns them into deck errors naming
+// the key (exit code 2).
+struct GemmConfigError : std::runtime_error {
+  std::string key;  // "train.gemm_backend" or "train.precision"
+  GemmConfigError(std::string k, const std::string& what) : std::runtime_error(what), key(std::move(k)) {}
+};
+
+// One backend instance: computes C (M,N) = alpha op(A) op(B) + beta C on
+// row-major contiguous float buffers in its precision. Same argument
+// convention as matmul() in kokkos_types.hpp.
+class GemmBackend {
+ public:
+  virtual ~GemmBackend() = default;
+  // keep_fp32: compute this product in fp32 whatever the precision (the
+  // router's products: routing decisions must not depend on bf16 rounding).
+  virtual void gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const float* A, const float* B,
+                    float beta, float* C, bool keep_fp32) = 0;
+  virtual std::string name() const = 0;
+  virtual Precision precision() const = 0;
+  // What actually runs (e.g. "oneDNN 2.6.3 brg:avx512_core_bf16"), for the run file.
+  virtual std::string implementation() const = 0;
+};
+
+// What a deck asks for, resolved against this build and this machine.
+struct GemmChoice {
+  std::string backend;    // "kokkos" | "onednn" | "cublas"
+  Precision precision = Precision::fp32;
+  std::string requested_backend;    // the deck's string ("auto" allowed)
+  std::string requested_precision;  // the deck's string ("auto" allowed)
+};
+
+// Every backend name the registry knows, compiled in or not (for messages).
+std::vector<std::string> gemm_backend_names();
+// The backends compiled into this build.
+std::vector<std::string> available_gemm_backends();
+// The instruction set the host matrix products can use, e.g.
+// "avx512_core_amx (AMX-BF16)", "avx512_core_bf16", "avx2" (oneDNN's view;
+// respects DNNL_MAX_CPU_ISA), or "unknown (built without oneDNN)".
+std::string host_cpu_isa();
+// Whether `backend` runs bf16 products natively on this machine
+// (host: AVX512-BF16 or AMX-BF16; CUDA: compute capability 8.0+).
+bool native_bf16(const std::string& backend);
+
+// Resolves the deck strings. backend "auto": cublas in CUDA builds, else
+// onednn when compiled in, else kokkos. precision "auto": bf16 where the
+// chosen backend has native bf16, fp32 elsewhere. Throws GemmConfigError.
+GemmChoice resolve_gemm(const std::string& backend, const std::string& precision);
+
+// Creates a backend instance (throws GemmConfigError when unavailable).
+std::unique_ptr<GemmBackend> make_gemm_backend(const GemmChoice& choice);
+
+// Installs a backend for float products for the lifetime of the scope.
+class ScopedGemm {
+ public:
+  explicit ScopedGemm(const GemmChoice& choice);
+  ~ScopedGemm();
+  ScopedGemm(const ScopedGemm&) = delete;
+  ScopedGemm& operator=(const ScopedGemm&) = delete;
+  GemmBackend& backend() { return *backend_; }
+
+ private:
+  std::unique_ptr<GemmBackend> backend_;
+  GemmBackend* previous_;
+};
+
+// The installed backend, or nullptr (then matmul<float> uses KokkosBlas in fp32).
+GemmBackend* active_gemm_backend();
+
+// C (M,N) = alpha op(A) op(B) + beta C through the active backend.
+void gemm_f32(char trans_a, char trans_b, int M, int N, int K, float alpha, const float* A, const float* B,
+              float beta, float* C, bool keep_fp32 = false);
+
+}  // namespace fulcrum
