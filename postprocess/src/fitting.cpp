@@ -1172,14 +1172,16 @@ void diagnose(FitResult& R, const std::vector<Run>& runs, const FitOptions& opt)
                   fmt(L.r2_train) + ", n " + std::to_string(L.n_train);
       if (!(L.r2_train >= opt.min_r2))
         fl.push_back("train R^2 = " + fmt(L.r2_train) + " < " + fmt(opt.min_r2));
-      for (auto& w : R.verdicts)
-        if (w.law == "law3" && w.family == "dense" && w.fitted && !w.trusted)
-          fl.push_back("EL uses the dense family's Law 3, which is not trustworthy");
       check_constants("el", "", "el.joint.",
                       {{"a", &L.el.a}, {"d", &L.el.d}, {"gamma", &L.el.gamma}, {"beta", &L.el.beta},
                        {"A_start", &L.el.A_start}},
                       R, opt, fl);
     }
+    if (!R.el.empty())  // the EL points themselves (joint law fitted or not)
+      for (auto& w : R.verdicts)
+        if (w.law == "law3" && w.family == "dense" && w.fitted && !w.trusted)
+          fl.push_back("the " + std::to_string(R.el.size()) +
+                       " EL point(s) use the dense family's Law 3, which is not trustworthy");
     std::vector<std::string> why;
     for (auto& n : R.notes)
       if (n.rfind("EL", 0) == 0) why.push_back(n);
