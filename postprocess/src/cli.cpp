@@ -72,6 +72,11 @@ int cmd_fit(const std::vector<std::string>& inputs, const std::string& out, cons
   diagnose(R, L.runs, opt);
   std::filesystem::create_directories(out);
   write_laws_toml(out + "/laws.toml", R.laws);
+  {
+    std::ofstream f(out + "/laws.toml", std::ios::app);
+    f << diagnostics_toml(R);
+    if (!f) throw FitError("cannot write " + out + "/laws.toml", 1);
+  }
   write_fit_h5(out + "/fit.h5", R, L);
   {
     std::ofstream f(out + "/report.txt");

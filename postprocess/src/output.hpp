@@ -12,6 +12,9 @@ namespace fulcrum::fit {
 
 // The verdict of every law (fitted or not, trustworthy or not, and why).
 std::string diagnostics_text(const FitResult& R);
+// The same as TOML ([[diagnostics]] law, family, fitted, trusted, reasons),
+// appended to laws.toml so that the next stage can check its inputs.
+std::string diagnostics_toml(const FitResult& R);
 void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, const FitOptions& opt);
 void write_fit_h5(const std::string& path, const FitResult& R, const LoadResult& L);
 // Writes the plots into dir; returns the files written.

@@ -1,6 +1,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <toml.hpp>
 #include <map>
 #include <set>
 
@@ -63,6 +65,22 @@ std::string diagnostics_text(const FitResult& R) {
     }
     o += "]: not fitted\n";
     for (auto& r : v->reasons) o += "    - " + r + "\n";
+  }
+  return o;
+}
+
+std::string diagnostics_toml(const FitResult& R) {
+  auto q = [](const std::string& x) {
+    return toml::visit(toml::serializer<toml::value>((std::numeric_limits<std::size_t>::max)()), toml::value(x));
+  };
+  std::string o = "\n# fulcrum-fit's verdict on every law (doc/fit.md, \"Diagnostics\"); report.txt has the details\n";
+  for (auto& v : R.verdicts) {
+    o += "[[diagnostics]]\nlaw = " + q(v.law) + "\n";
+    if (!v.family.empty()) o += "family = " + q(v.family) + "\n";
+    o += std::string("fitted = ") + (v.fitted ? "true" : "false") + "\ntrusted = " + (v.trusted ? "true" : "false") +
+         "\nreasons = [";
+    for (size_t i = 0; i < v.reasons.size(); ++i) o += (i ? ", " : "") + q(v.reasons[i]);
+    o += "]\n";
   }
   return o;
 }

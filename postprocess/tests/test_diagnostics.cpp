@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "fitting.hpp"
+#include "laws.hpp"
 #include "runs.hpp"
 #include "synth.hpp"
 
@@ -264,6 +265,11 @@ TEST(DiagnosticsCli, StrictExitsFourWithTheReason) {
     EXPECT_NE(lax.text.find("NOT TRUSTWORTHY"), std::string::npos) << lax.text;
     std::string report = read(d + "_out/report.txt");
     EXPECT_NE(report.find(c.message), std::string::npos) << report;
+    // the verdicts travel with the laws file, which still reads back
+    std::string laws = read(d + "_out/laws.toml");
+    EXPECT_NE(laws.find("fitted = true\ntrusted = false\nreasons = ["), std::string::npos) << laws;
+    EXPECT_NE(laws.find(c.message), std::string::npos) << laws;
+    EXPECT_NO_THROW(read_laws_toml(d + "_out/laws.toml"));
     Out strict = fit_cli("fit " + d + " --out " + d + "_strict --bootstrap 20 --no-plots --strict");
     EXPECT_EQ(strict.code, 4) << strict.text;
     EXPECT_NE(strict.text.find("a requested law is not trustworthy"), std::string::npos) << strict.text;
