@@ -1,74 +1,99 @@
 #!/usr/bin/env bash
-# throughput.sh: the quickstart model's training throughput against an sgemm
-# measured in the same run, and against PyTorch on the same machine.
+# throughput.sh: training throughput of two models against the matrix-product
+# peaks and against PyTorch, all measured in the same run with the same threads.
 #
 #   bench/train/throughput.sh [BUILD_DIR]      (default: <repo>/build)
 #
-# Needs BUILD_DIR/src/apps/fulcrum-train, BUILD_DIR/bench/train/bench-sgemm
-# (cmake --build BUILD_DIR --target fulcrum-train bench-sgemm) and
-# data/default (scripts/prepare-default-data.sh). Steps, all with the same
-# OpenBLAS thread count (OPENBLAS_NUM_THREADS, default: all cores, nproc):
-#   (a) bench-sgemm: 1024^3 sgemm through KokkosBlas::gemm, mean GFLOP/s;
-#   (b) fulcrum-train input_decks/quickstart.toml for BENCH_TOKENS (default
-#       163840 = 20 steps of 8192) with evaluation reduced to the minimum;
-#       tokens/s is the summary's (training steps only), model FLOP/s =
-#       tokens/s x flops_per_token (from --describe);
-#   (c) if /usr/bin/python3 has torch: bench/train/torch_throughput.py, the
-#       same model in PyTorch (forward + backward + AdamW), tokens/s.
-# Prints the numbers and the ratios model FLOP/s / sgemm FLOP/s and
-# fulcrum / pytorch tokens/s, ending with one BENCH_TRAIN line.
+# Needs BUILD_DIR/src/apps/fulcrum-train, BUILD_DIR/bench/train/bench-gemm
+# (cmake --build BUILD_DIR --target fulcrum-train bench-gemm) and data/default
+# (scripts/prepare-default-data.sh). Threads: BENCH_THREADS (default: all
+# cores), exported as OPENBLAS_NUM_THREADS and OMP_NUM_THREADS.
+#   (a) bench-gemm: 1024^3 products through every gemm backend and precision
+#       (OpenBLAS sgemm via kokkos, oneDNN fp32, oneDNN bf16 where native):
+#       the bf16 peak is the oneDNN bf16 line's mean GFLOP/s;
+#   (b) per model (input_decks/quickstart.toml, bench/train/study-size.toml):
+#       fulcrum-train in fp32 and in bf16 (bf16 only where native) for
+#       BENCH_STEPS optimizer steps (default 12; evaluation reduced to the
+#       minimum); tokens/s is the summary's (training steps only), model
+#       FLOP/s = tokens/s x flops_per_token (--describe); the fraction of the
+#       step outside matrix products is not measured here (issue: fenced
+#       per-phase timers);
+#   (c) per model, if /usr/bin/python3 has torch: bench/train/torch_throughput.py,
+#       the same model in PyTorch in fp32 and with bf16 autocast.
+# Ends with one line per model:
+#   BENCH_TRAIN model=<name> threads=<n> precision=<p> tokens_per_s=<x> model_gflops=<x>
+#     bf16_peak_gflops=<x> fraction_of_bf16_peak=<x> torch_best_tokens_per_s=<x> over_torch_best=<x> ...
+# where precision is Fulcrum's fastest precision on this machine and
+# torch_best the faster of PyTorch fp32 and bf16 autocast.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD="$(cd "${1:-$ROOT/build}" && pwd)"
 TRAIN="$BUILD/src/apps/fulcrum-train"
-SGEMM="$BUILD/bench/train/bench-sgemm"
-TOKENS="${BENCH_TOKENS:-163840}"
-export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-$(nproc)}"
-export OMP_NUM_THREADS="$OPENBLAS_NUM_THREADS"
+GEMM="$BUILD/bench/train/bench-gemm"
+STEPS="${BENCH_STEPS:-12}"
+THREADS="${BENCH_THREADS:-$(nproc)}"
+export OPENBLAS_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-for f in "$TRAIN" "$SGEMM"; do
-  [ -x "$f" ] || { echo "throughput: missing $f (cmake --build $BUILD --target fulcrum-train bench-sgemm)" >&2; exit 2; }
+for f in "$TRAIN" "$GEMM"; do
+  [ -x "$f" ] || { echo "throughput: missing $f (cmake --build $BUILD --target fulcrum-train bench-gemm)" >&2; exit 2; }
 done
 [ -f "$ROOT/data/default/train.tok" ] || { echo "throughput: no data/default (scripts/prepare-default-data.sh)" >&2; exit 2; }
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$ROOT"
-echo "throughput: $(nproc) cores, OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS, $(uname -m), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "throughput: $(nproc) cores, $THREADS threads, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
-# (a) sgemm
-sg_line="$("$SGEMM" 1024 20 | grep '^BENCH_SGEMM')"
-echo "(a) $sg_line"
-sg_gflops="$(sed -n 's/.*gflops_mean=\([0-9.eE+-]*\).*/\1/p' <<<"$sg_line")"
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
 
-# (b) fulcrum-train
-M="$("$TRAIN" input_decks/quickstart.toml --describe | sed -n 's/^flops_per_token = //p')"
-sum_line="$("$TRAIN" input_decks/quickstart.toml --quiet \
-  --set "train.tokens=$TOKENS" --set train.eval_interval=100000 --set train.eval_tokens=2048 \
-  --set train.log_interval=10 --set "output.dir=\"$work/run\"" | grep '^FULCRUM_SUMMARY')"
-echo "(b) $sum_line"
-tps="$(sed -n 's/.* tokens_per_s=\([0-9.eE+-]*\).*/\1/p' <<<"$sum_line")"
+# (a) matrix-product peaks
+"$GEMM" 1024 20 | tee "$work/gemm.txt" | sed 's/^/(a) /'
+peak="$(grep 'backend=onednn precision=bf16' "$work/gemm.txt" | sed -n 's/.*gflops_mean=\([0-9.]*\).*/\1/p')"
+fp32_peak="$(grep 'precision=fp32' "$work/gemm.txt" | sed -n 's/.*gflops_mean=\([0-9.]*\).*/\1/p' | sort -g | tail -1)"
+precisions="fp32"
+if [ -n "$peak" ]; then precisions="fp32 bf16"; else peak="$fp32_peak"; echo "(a) no native bf16: fractions are of the best fp32 peak"; fi
 
-# (c) PyTorch
-torch_tps=""
-if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
-  t_line="$(/usr/bin/python3 "$ROOT/bench/train/torch_throughput.py" --threads "$OPENBLAS_NUM_THREADS" | grep '^BENCH_TORCH')"
-  echo "(c) $t_line"
-  torch_tps="$(sed -n 's/.*tokens_per_s=\([0-9.eE+-]*\).*/\1/p' <<<"$t_line")"
-else
-  echo "(c) skipped: /usr/bin/python3 has no torch"
-fi
+declare -A result
+for model in quickstart study-size; do
+  deck="input_decks/quickstart.toml"
+  [ "$model" = study-size ] && deck="bench/train/study-size.toml"
+  M="$("$TRAIN" "$deck" --describe | sed -n 's/^flops_per_token = //p')"
+  bt="$(sed -n 's/^batch_tokens *= *\([0-9]*\).*/\1/p' "$deck")"
+  for p in $precisions; do
+    line="$("$TRAIN" "$deck" --quiet --set "train.tokens=$((STEPS * bt))" --set train.eval_interval=1000000 \
+      --set train.eval_tokens=4096 --set train.log_interval=4 --set "train.precision=\"$p\"" \
+      --set "output.dir=\"$work/$model-$p\"" | grep '^FULCRUM_SUMMARY')"
+    echo "(b) $model $p: $line"
+    result[$model.$p]="$(field tokens_per_s "$line")"
+  done
+  result[$model.M]="$M"
+  result[$model.torch_fp32]=""
+  result[$model.torch_bf16]=""
+  if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+    for ac in "" --autocast; do
+      t_line="$(/usr/bin/python3 bench/train/torch_throughput.py "$deck" --threads "$THREADS" --steps 3 $ac | grep '^BENCH_TORCH')"
+      echo "(c) $model: $t_line"
+      if [ -z "$ac" ]; then result[$model.torch_fp32]="$(field tokens_per_s "$t_line")"
+      else result[$model.torch_bf16]="$(field tokens_per_s "$t_line")"; fi
+    done
+  else
+    echo "(c) skipped: /usr/bin/python3 has no torch"
+  fi
+done
 
-awk -v sg="$sg_gflops" -v tps="$tps" -v M="$M" -v tt="$torch_tps" -v th="$OPENBLAS_NUM_THREADS" 'BEGIN {
-  mf = tps * M
-  printf "quickstart: flops_per_token %.6g, tokens/s %.1f, model FLOP/s %.4g (%.2f GFLOP/s)\n", M, tps, mf, mf / 1e9
-  printf "sgemm 1024^3: %.2f GFLOP/s; model FLOP/s / sgemm FLOP/s = %.4f\n", sg, mf / (sg * 1e9)
-  line = sprintf("BENCH_TRAIN threads=%s tokens_per_s=%.1f model_gflops=%.3f sgemm_gflops=%.2f mfu_vs_sgemm=%.4f", th, tps, mf / 1e9, sg, mf / (sg * 1e9))
-  if (tt != "") {
-    printf "pytorch: tokens/s %.1f; fulcrum / pytorch = %.3f\n", tt, tps / tt
-    line = line sprintf(" torch_tokens_per_s=%.1f fulcrum_over_torch=%.3f", tt, tps / tt)
-  }
-  print line
-}'
+best="${precisions##* }"
+for model in quickstart study-size; do
+  awk -v model="$model" -v th="$THREADS" -v p="$best" -v tps="${result[$model.$best]}" -v tf="${result[$model.fp32]}" \
+      -v M="${result[$model.M]}" -v peak="$peak" -v fp="$fp32_peak" -v t32="${result[$model.torch_fp32]}" \
+      -v t16="${result[$model.torch_bf16]}" 'BEGIN {
+    mf = tps * M / 1e9
+    tb = (t32 + 0 > t16 + 0) ? t32 : t16
+    line = sprintf("BENCH_TRAIN model=%s threads=%s precision=%s tokens_per_s=%.1f model_gflops=%.2f bf16_peak_gflops=%.1f fraction_of_bf16_peak=%.4f", model, th, p, tps, mf, peak, mf / peak)
+    if (tb != "") line = line sprintf(" torch_best_tokens_per_s=%.1f over_torch_best=%.3f", tb, tps / tb)
+    line = line sprintf(" fp32_tokens_per_s=%.1f fp32_peak_gflops=%.1f", tf, fp)
+    if (t32 != "") line = line sprintf(" torch_fp32_tokens_per_s=%.1f torch_bf16_tokens_per_s=%.1f", t32, t16)
+    print line
+  }'
+done

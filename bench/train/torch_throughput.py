@@ -1,22 +1,25 @@
 #!/usr/bin/python3
-"""PyTorch training throughput of the quickstart model (bench/train/throughput.sh).
+"""PyTorch training throughput of a Fulcrum deck's model (bench/train/throughput.sh).
 
-    /usr/bin/python3 torch_throughput.py [--steps 6] [--warmup 1] [--threads N]
+    /usr/bin/python3 torch_throughput.py DECK [--steps 4] [--warmup 1] [--threads N] [--autocast]
 
-Builds the model of tests/reference/torch_reference.py (the same model as
-fulcrum-train, doc/model.md) at input_decks/quickstart.toml's shapes (d_model
-128, 4 layers, 4 heads / 2 KV heads, seq 128, MoE E=8 k=2, 1 shared expert,
-d_expert 128, first layer dense with d_ffn 512, vocab 257), float32, and times
-full optimizer steps of the quickstart's batch (8192 tokens = 4 micro-batches
-of 16 x 128): forward + backward per micro-batch, global-norm clipping at 1.0,
-torch.optim.AdamW. Tokens are uniform random bytes (throughput only).
+Reads the model and batch keys of DECK (a fulcrum-train input deck, TOML;
+defaults as doc/input-decks.md), builds the model of
+tests/reference/torch_reference.py (the same model as fulcrum-train,
+doc/model.md) in float32, and times full optimizer steps of the deck's global
+batch (batch_tokens = accumulation x micro_batch_size x seq_len): forward +
+backward per micro-batch, global-norm clipping at 1.0, torch.optim.AdamW.
+With --autocast, forward and backward run under
+torch.autocast("cpu", dtype=torch.bfloat16) (fp32 master weights, as
+Fulcrum's precision = "bf16"). Tokens are uniform random ids (throughput only).
 Prints one line:
-  BENCH_TORCH tokens_per_s=... steps=... threads=... torch=...
+  BENCH_TORCH tokens_per_s=... steps=... threads=... precision=fp32|bf16_autocast torch=...
 """
 import argparse
 import os
 import sys
 import time
+import tomllib
 
 import torch
 
@@ -24,23 +27,43 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "reference"))
 import torch_reference as ref  # noqa: E402
 
-CFG = dict(vocab_size=257, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ffn=512,
-           seq_len=128, rope_theta=10000.0, norm_eps=1e-5, is_moe=1, num_experts=8,
-           num_active_experts=2, num_shared_experts=1, d_expert=128, first_k_dense=1,
-           renormalize_topk=0, capacity_factor=0.0, aux_loss_coef=0.01, z_loss_coef=0.001)
-MICRO, ACCUM = 16, 4            # 4 x 16 x 128 = 8192 tokens per optimizer step
+
+def config_from_deck(path):
+    with open(path, "rb") as f:
+        deck = tomllib.load(f)
+    m, e, t = deck.get("model", {}), deck.get("moe", None), deck.get("train", {})
+    cfg = dict(vocab_size=m.get("vocab_size", 257), d_model=m.get("d_model", 256),
+               n_layers=m.get("n_layers", 4), n_heads=m.get("n_heads", 4),
+               n_kv_heads=m.get("n_kv_heads", 4), d_ffn=m.get("d_ffn", 1024),
+               seq_len=m.get("seq_len", 256), rope_theta=m.get("rope_theta", 10000.0),
+               norm_eps=m.get("norm_eps", 1e-5), is_moe=0, num_experts=0, num_active_experts=0,
+               num_shared_experts=0, d_expert=0, first_k_dense=0, renormalize_topk=0,
+               capacity_factor=0.0, aux_loss_coef=0.01, z_loss_coef=0.001)
+    if e is not None:
+        cfg.update(is_moe=1, num_experts=e["num_experts"], num_active_experts=e["num_active_experts"],
+                   num_shared_experts=e.get("num_shared_experts", 0), d_expert=e["d_expert"],
+                   first_k_dense=e.get("first_k_dense", 0),
+                   renormalize_topk=int(e.get("renormalize_topk", False)),
+                   capacity_factor=e.get("capacity_factor", 0.0),
+                   aux_loss_coef=e.get("aux_loss_coef", 0.01), z_loss_coef=e.get("z_loss_coef", 0.001))
+    micro = t.get("micro_batch_size", 4)
+    accum = t.get("batch_tokens", 8192) // (micro * cfg["seq_len"])
+    return cfg, micro, max(1, accum), t.get("lr", 1e-3)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("deck")
+    ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OPENBLAS_NUM_THREADS", "0") or 0))
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast (CPU)")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    cfg, micro, accum, lr = config_from_deck(a.deck)
     torch.manual_seed(1234)
-    model = ref.Model(CFG).float()
+    model = ref.Model(cfg).float()
     with torch.no_grad():
         for name, p in ref.named_doc_parameters(model).items():
             if ref.is_norm_weight(name):
@@ -48,15 +71,16 @@ def main():
             else:
                 p.normal_(0.0, 0.02)
     params = list(ref.named_doc_parameters(model).values())
-    opt = ref.make_adamw(model, 3e-3, 0.9, 0.95, 1e-8, 0.1)
-    T = CFG["seq_len"]
+    opt = ref.make_adamw(model, lr, 0.9, 0.95, 1e-8, 0.1)
+    T = cfg["seq_len"]
     g = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, 256, (MICRO, T + 1), generator=g) for _ in range(ACCUM)]
+    batches = [torch.randint(0, cfg["vocab_size"] - 1, (micro, T + 1), generator=g) for _ in range(accum)]
 
     def step():
         opt.zero_grad(set_to_none=False)
         for b in batches:
-            loss = model(b[:, :-1], b[:, 1:])["loss"] / ACCUM
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast):
+                loss = model(b[:, :-1], b[:, 1:])["loss"] / accum
             loss.backward()
         for p in params:
             if p.grad is None:
@@ -71,9 +95,10 @@ def main():
     for _ in range(a.steps):
         step()
     dt = time.perf_counter() - t0
-    tps = a.steps * ACCUM * MICRO * T / dt
-    print("BENCH_TORCH tokens_per_s=%.1f steps=%d threads=%d torch=%s"
-          % (tps, a.steps, torch.get_num_threads(), torch.__version__))
+    tps = a.steps * accum * micro * T / dt
+    print("BENCH_TORCH tokens_per_s=%.1f steps=%d threads=%d precision=%s torch=%s"
+          % (tps, a.steps, torch.get_num_threads(), "bf16_autocast" if a.autocast else "fp32",
+             torch.__version__))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ CASE is one of
               with nothing written; forced divergence -> 3, status "diverged"
   describe    --describe on the paper decks: parameter counts and A
   killed      kill -9 after the first flushes: the file reads, status "running"
+  replay      a run repeated from its run file is bit-identical
+  precision   train.precision: bf16 and fp32 runs of the quickstart end within 1%
+              of each other, bf16 runs are bit-identical, the run file records
+              what was used; with DNNL_MAX_CPU_ISA=AVX512_CORE (no native bf16)
+              precision = "bf16" is refused (exit 2) and "auto" resolves to fp32
 
 Needs /usr/bin/python3 with h5py (python3-h5py, scripts/install-deps.sh) and
 the default data in <source>/data/default (scripts/prepare-default-data.sh).
@@ -324,10 +329,51 @@ def case_replay():
     check(not os.path.exists(os.path.join(d, "third")), "replay: nothing written for bad input")
 
 
+def case_precision():
+    d = fresh_dir("precision")
+    no_bf16 = {"DNNL_MAX_CPU_ISA": "AVX512_CORE"}  # oneDNN then sees AVX-512 without BF16
+    p = run([ARGS.train, QUICK, "--describe", "--set", "train.precision=" + s("bf16"),
+             "--set", "train.gemm_backend=" + s("onednn")], cwd=d, env_extra=no_bf16)
+    check(p.returncode == 2, "precision: bf16 without native bf16 -> exit 2", "got %d" % p.returncode)
+    check("train.precision" in p.stderr.replace("[train] precision", "train.precision")
+          and "no native bf16" in p.stderr and "AVX512-BF16" in p.stderr,
+          "precision: the message names the key and what is missing", p.stderr.strip())
+    kv = describe(QUICK, d)
+    native = kv.get("precision") == "bf16"
+    p = run([ARGS.train, QUICK, "--describe"], cwd=d, env_extra=no_bf16)
+    check(p.returncode == 0 and "precision = fp32" in p.stdout,
+          "precision: auto resolves to fp32 without native bf16", p.stdout[-300:] + p.stderr[-300:])
+    if not native:
+        print("note: this machine has no native bf16 (cpu_isa %s); bf16 training checks skipped"
+              % kv.get("cpu_isa"))
+        return
+    common = [ARGS.train, QUICK, "--quiet"] + data_sets() + [
+        "--set", "train.tokens=163840", "--set", "train.log_interval=5", "--set", "train.eval_interval=10",
+        "--set", "train.eval_tokens=16384"]
+    final = {}
+    for name, prec in (("bf16", "bf16"), ("bf16-again", "bf16"), ("fp32", "fp32")):
+        out = os.path.join(d, name)
+        p = run(common + ["--set", "train.precision=" + s(prec), "--set", "output.dir=" + s(out)], cwd=d)
+        check(p.returncode == 0, "precision: %s run exit 0" % name, p.stderr[-500:])
+        with h5py.File(os.path.join(out, "run.h5"), "r") as f:
+            check(attr_str(f.attrs["precision"]) == prec, "precision: run file records precision " + prec)
+            check(attr_str(f.attrs["gemm_backend"]) == "onednn", "precision: run file records backend onednn")
+            impl = attr_str(f.attrs["gemm_implementation"])
+            check(("bf16" in impl) == (prec == "bf16"), "precision: implementation matches", impl)
+            final[name] = (f["train/loss"][...], f["eval/val_loss"][...])
+    a, b = final["bf16"], final["bf16-again"]
+    check((a[0] == b[0]).all() and (a[1] == b[1]).all(), "precision: two bf16 runs bit-identical",
+          "%d loss rows" % a[0].shape[0])
+    vb, vf = float(final["bf16"][1][-1]), float(final["fp32"][1][-1])
+    check(abs(vb - vf) < 0.01 * vf, "precision: bf16 final val_loss within 1% of fp32",
+          "bf16 %.5f fp32 %.5f (%.3f%%)" % (vb, vf, 100 * (vb - vf) / vf))
+    check(final["bf16"][1][-1] < final["bf16"][1][0] - 0.5, "precision: the bf16 run learns")
+
+
 def main():
     global ARGS, QUICK
     ap = argparse.ArgumentParser()
-    ap.add_argument("case", choices=["e2e", "exit_codes", "describe", "killed", "replay"])
+    ap.add_argument("case", choices=["e2e", "exit_codes", "describe", "killed", "replay", "precision"])
     ap.add_argument("--train", required=True)
     ap.add_argument("--source-dir", required=True)
     ap.add_argument("--work", required=True)
@@ -340,7 +386,7 @@ def main():
     os.makedirs(ARGS.work, exist_ok=True)
     try:
         {"e2e": case_e2e, "exit_codes": case_exit_codes, "describe": case_describe,
-         "killed": case_killed, "replay": case_replay}[ARGS.case]()
+         "killed": case_killed, "replay": case_replay, "precision": case_precision}[ARGS.case]()
     except Failure as e:
         print("FAIL " + str(e))
         return 1

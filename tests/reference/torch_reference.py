@@ -251,7 +251,8 @@ class MoE(nn.Module):
             if tok.numel() == 0:
                 continue
             out = self.expert(e, x[tok]) * w[tok, slot].unsqueeze(-1)
-            y = y.index_add(0, tok, out)
+            # under torch.autocast(bfloat16) expert outputs are bf16: combine in y's dtype
+            y = y.index_add(0, tok, out.to(y.dtype))
         if self.shared is not None:
             y = y + self.shared(x)
         aux, z = self.aux_losses(logits_r, p, topk_idx)
