@@ -4,6 +4,7 @@
 #include "model/gemm.hpp"
 
 #include <algorithm>
+#include <chrono>
 
 #include "model/gemm_backends.hpp"
 #include "model/kokkos_types.hpp"
@@ -15,6 +16,7 @@ const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" :
 namespace {
 
 GemmBackend* g_active = nullptr;
+double g_seconds = 0;  // time inside gemm_f32 (host builds)
 
 constexpr bool kCudaBuild =
 #ifdef KOKKOS_ENABLE_CUDA
@@ -146,8 +148,12 @@ GemmBackend* active_gemm_backend() { return g_active; }
 
 void gemm_f32(char ta, char tb, int M, int N, int K, float alpha, const float* A, const float* B, float beta,
               float* C, bool keep_fp32) {
+  const auto t0 = std::chrono::steady_clock::now();
   if (g_active) g_active->gemm(ta, tb, M, N, K, alpha, A, B, beta, C, keep_fp32);
   else kokkos_matmul<float>(ta, tb, M, N, K, alpha, A, B, beta, C);
+  g_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+double gemm_seconds() { return kCudaBuild ? -1.0 : g_seconds; }
 
 }  // namespace fulcrum

@@ -103,6 +103,12 @@ class ScopedGemm {
 // The installed backend, or nullptr (then matmul<float> uses KokkosBlas in fp32).
 GemmBackend* active_gemm_backend();
 
+// Wall seconds spent in float products since the process started (host
+// backends, whose calls return when the product is done; CUDA builds return
+// a negative value: their products are asynchronous and not timed here).
+// The trainer reports the share of step time spent outside products.
+double gemm_seconds();
+
 // C (M,N) = alpha op(A) op(B) + beta C through the active backend.
 void gemm_f32(char trans_a, char trans_b, int M, int N, int K, float alpha, const float* A, const float* B,
               float beta, float* C, bool keep_fp32 = false);

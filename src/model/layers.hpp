@@ -47,9 +47,18 @@ void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int 
     for (int c = 0; c < C; ++c) o[c] = x[c] * r * weight[c];
   });
 }
-// dinp is (N,C) (+=), dweight is (C) (+=), dout is (N,C), inp is (N,C), rstd is (N)
+// The weight gradient is a sum over the N rows: a deterministic two-pass
+// reduction over blocks of kNormRowBlock rows (pass 1: one partial row of C
+// sums per block, rows in order and contiguous in c; pass 2: the partials
+// summed in block order per column). Same result for any thread count.
+constexpr int kNormRowBlock = 64;
+// elements of the dweight_partial scratch rmsnorm_backward needs for N rows
+inline long rmsnorm_backward_scratch(int N, int C) { return (long)((N + kNormRowBlock - 1) / kNormRowBlock) * C; }
+
+// dinp is (N,C) (+=), dweight is (C) (+=), dout is (N,C), inp is (N,C), rstd is (N),
+// dweight_partial is (ceil(N/kNormRowBlock), C) scratch
 template <class T>
-void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
+void rmsnorm_backward(T* dinp, T* dweight, T* dweight_partial, const T* dout, const T* inp, const T* weight,
                       const T* rstd, int N, int C) {
   Kokkos::parallel_for("rmsnorm::backward_input", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
     const T* x = inp + (long)n * C;
@@ -62,9 +71,21 @@ void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T*
     T* dx = dinp + (long)n * C;
     for (int c = 0; c < C; ++c) dx[c] += r * (weight[c] * dy[c] - x[c] * r * dot);
   });
-  Kokkos::parallel_for("rmsnorm::backward_weight", RangePolicy(0, C), KOKKOS_LAMBDA(const int c) {
+  const int blocks = (N + kNormRowBlock - 1) / kNormRowBlock;
+  Kokkos::parallel_for("rmsnorm::backward_weight_blocks", RangePolicy(0, blocks), KOKKOS_LAMBDA(const int blk) {
+    T* part = dweight_partial + (long)blk * C;
+    for (int c = 0; c < C; ++c) part[c] = 0;
+    const int n_end = (blk + 1) * kNormRowBlock < N ? (blk + 1) * kNormRowBlock : N;
+    for (int n = blk * kNormRowBlock; n < n_end; ++n) {
+      const T* dy = dout + (long)n * C;
+      const T* x = inp + (long)n * C;
+      const T r = rstd[n];
+      for (int c = 0; c < C; ++c) part[c] += dy[c] * x[c] * r;
+    }
+  });
+  Kokkos::parallel_for("rmsnorm::backward_weight_sum", RangePolicy(0, C), KOKKOS_LAMBDA(const int c) {
     T s = 0;
-    for (int n = 0; n < N; ++n) s += dout[(long)n * C + c] * inp[(long)n * C + c] * rstd[n];
+    for (int blk = 0; blk < blocks; ++blk) s += dweight_partial[(long)blk * C + c];
     dweight[c] += s;
   });
 }
@@ -90,27 +111,30 @@ void rope_tables(DeviceBuffer<T>& cos_table, DeviceBuffer<T>& sin_table, int seq
 }
 
 // Head-major permute with optional rotation (rotate-half convention):
-// out is (B,H,T,hd), inp is (B,T,H*hd)
+// out is (B,H,T,hd), inp is (B,T,H*hd). One work item per (b,t,h) row: the
+// index arithmetic is per row, the inner loop over the hd/2 rotation pairs is
+// contiguous in both layouts (vectorises on CPUs; coalesced per row on GPUs).
 template <class T>
 void rope_permute_forward(T* out, const T* inp, const T* cos_t, const T* sin_t, int B, int Tn,
                           int H, int hd, bool rotate) {
   const int half = hd / 2;
-  Kokkos::parallel_for("rope::permute_forward", RangePolicy(0, (long)B * Tn * H * half),
-                       KOKKOS_LAMBDA(const long idx) {
-    const int i = idx % half;
-    const int h = (idx / half) % H;
-    const int t = (idx / ((long)half * H)) % Tn;
-    const int b = idx / ((long)half * H * Tn);
-    const T* x = inp + (((long)b * Tn + t) * H + h) * hd;
-    T* o = out + (((long)b * H + h) * Tn + t) * hd;
-    const T x1 = x[i], x2 = x[i + half];
+  Kokkos::parallel_for("rope::permute_forward", RangePolicy(0, (long)B * Tn * H), KOKKOS_LAMBDA(const long row) {
+    const int h = static_cast<int>(row % H);
+    const long bt = row / H;  // b * Tn + t
+    const int t = static_cast<int>(bt % Tn);
+    const long b = bt / Tn;
+    const T* x = inp + row * hd;
+    T* o = out + ((b * H + h) * Tn + t) * hd;
     if (rotate) {
-      const T c = cos_t[t * half + i], s = sin_t[t * half + i];
-      o[i] = x1 * c - x2 * s;
-      o[i + half] = x2 * c + x1 * s;
+      const T* c = cos_t + (long)t * half;
+      const T* s = sin_t + (long)t * half;
+      for (int i = 0; i < half; ++i) {
+        const T x1 = x[i], x2 = x[i + half];
+        o[i] = x1 * c[i] - x2 * s[i];
+        o[i + half] = x2 * c[i] + x1 * s[i];
+      }
     } else {
-      o[i] = x1;
-      o[i + half] = x2;
+      for (int i = 0; i < hd; ++i) o[i] = x[i];
     }
   });
 }
@@ -119,22 +143,23 @@ template <class T>
 void rope_permute_backward(T* dinp, const T* dout, const T* cos_t, const T* sin_t, int B, int Tn,
                            int H, int hd, bool rotate) {
   const int half = hd / 2;
-  Kokkos::parallel_for("rope::permute_backward", RangePolicy(0, (long)B * Tn * H * half),
-                       KOKKOS_LAMBDA(const long idx) {
-    const int i = idx % half;
-    const int h = (idx / half) % H;
-    const int t = (idx / ((long)half * H)) % Tn;
-    const int b = idx / ((long)half * H * Tn);
-    T* dx = dinp + (((long)b * Tn + t) * H + h) * hd;
-    const T* d = dout + (((long)b * H + h) * Tn + t) * hd;
-    const T d1 = d[i], d2 = d[i + half];
+  Kokkos::parallel_for("rope::permute_backward", RangePolicy(0, (long)B * Tn * H), KOKKOS_LAMBDA(const long row) {
+    const int h = static_cast<int>(row % H);
+    const long bt = row / H;
+    const int t = static_cast<int>(bt % Tn);
+    const long b = bt / Tn;
+    T* dx = dinp + row * hd;
+    const T* d = dout + ((b * H + h) * Tn + t) * hd;
     if (rotate) {
-      const T c = cos_t[t * half + i], s = sin_t[t * half + i];
-      dx[i] = d1 * c + d2 * s;
-      dx[i + half] = -d1 * s + d2 * c;
+      const T* c = cos_t + (long)t * half;
+      const T* s = sin_t + (long)t * half;
+      for (int i = 0; i < half; ++i) {
+        const T d1 = d[i], d2 = d[i + half];
+        dx[i] = d1 * c[i] + d2 * s[i];
+        dx[i + half] = -d1 * s[i] + d2 * c[i];
+      }
     } else {
-      dx[i] = d1;
-      dx[i + half] = d2;
+      for (int i = 0; i < hd; ++i) dx[i] = d[i];
     }
   });
 }

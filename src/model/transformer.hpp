@@ -198,6 +198,7 @@ class Transformer {
   DeviceBuffer<T> dresid_, dln_, ffn_out_;     // (N,C)
   DeviceBuffer<T> dffn_act_, dffn_h1_, dffn_h3_;  // (N,F)
   DeviceBuffer<T> dlogits_;                    // (N,V)
+  DeviceBuffer<T> norm_partial_;               // (ceil(N/kNormRowBlock),C) RMSNorm weight-gradient partials
   ModelLosses last_losses_;
 };
 

@@ -40,6 +40,7 @@ void Transformer<T>::allocate_activations(const std::string& dispatcher) {
   dk_ = DeviceBuffer<T>("grad::dk", N * nkv * hd);
   dv_ = DeviceBuffer<T>("grad::dv", N * nkv * hd);
   datt_ = DeviceBuffer<T>("grad::datt", (long)B_ * nh * Tn * Tn);
+  norm_partial_ = DeviceBuffer<T>("grad::norm_partial", rmsnorm_backward_scratch((int)N, (int)C));
   dresid_ = DeviceBuffer<T>("grad::dresid", N * C);
   dln_ = DeviceBuffer<T>("grad::dln", N * C);
   ffn_out_ = DeviceBuffer<T>("act::ffn_out", N * C);
@@ -124,7 +125,7 @@ void Transformer<T>::backward(T dloss) {
   matmul<T>('T', 'N', V, C, N, T(1), dlogits_.data(), lnf_.data(), T(1), g.lm_head);
   matmul<T>('N', 'N', N, C, V, T(1), dlogits_.data(), weights_.lm_head, T(0), dln);
   zero(dresid, (std::size_t)N * C);
-  rmsnorm_backward<T>(dresid, g.lnf_w, dln, resid + s_.n_layers * big_NC, weights_.lnf_w, rstdf_.data(), N, C);
+  rmsnorm_backward<T>(dresid, g.lnf_w, norm_partial_.data(), dln, resid + s_.n_layers * big_NC, weights_.lnf_w, rstdf_.data(), N, C);
   for (int l = s_.n_layers - 1; l >= 0; --l) {
     const LayerWeights<T>& w = weights_.layers[l];
     const LayerWeights<T>& gl = g.layers[l];
@@ -146,7 +147,7 @@ void Transformer<T>::backward(T dloss) {
     } else {
       moe_[l]->backward(dln, gl.moe, dresid, ln2, w.moe, N, dloss);
     }
-    rmsnorm_backward<T>(dresid, gl.ln2_w, dln, mid, w.ln2_w, rstd2_.data() + (long)l * B_ * Tn, N, C);
+    rmsnorm_backward<T>(dresid, gl.ln2_w, norm_partial_.data(), dln, mid, w.ln2_w, rstd2_.data() + (long)l * B_ * Tn, N, C);
     // attention block: mid = x + attn_out wo^T; dresid now holds d mid.
     matmul<T>('T', 'N', C, nh * hd, N, T(1), dresid, attn_out, T(1), gl.wo);
     matmul<T>('N', 'N', N, nh * hd, C, T(1), dresid, w.wo, T(0), proj_q_.data());  // d attn_out
@@ -162,7 +163,7 @@ void Transformer<T>::backward(T dloss) {
     matmul<T>('N', 'N', N, C, nh * hd, T(1), proj_q_.data(), w.wq, T(0), dln);
     matmul<T>('N', 'N', N, C, nkv * hd, T(1), proj_k_.data(), w.wk, T(1), dln);
     matmul<T>('N', 'N', N, C, nkv * hd, T(1), proj_v_.data(), w.wv, T(1), dln);
-    rmsnorm_backward<T>(dresid, gl.ln1_w, dln, x, w.ln1_w, rstd1_.data() + (long)l * B_ * Tn, N, C);
+    rmsnorm_backward<T>(dresid, gl.ln1_w, norm_partial_.data(), dln, x, w.ln1_w, rstd1_.data() + (long)l * B_ * Tn, N, C);
   }
   embedding_backward<T>(g.wte, dresid, tokens_.data(), N, C);
 }

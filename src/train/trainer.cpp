@@ -417,6 +417,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     while (step < plan.steps_total) {
       const auto t_step = Clock::now();
       const double lr = schedule.at(step);
+      const double gemm_s0 = gemm_seconds();  // < 0: products not timed (CUDA)
       model.zero_grads();
       ModelLosses mean;
       double t_data = 0, t_fwd = 0, t_bwd = 0;
@@ -452,6 +453,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
       timers.add("forward", t_fwd);
       timers.add("backward", t_bwd);
       timers.add("step", seconds_since(t_step));
+      if (gemm_s0 >= 0) timers.add("matmul", gemm_seconds() - gemm_s0);  // inside forward/backward
       ++step;
       tokens_seen += static_cast<double>(cfg.train.batch_tokens);
       window_tokens += static_cast<double>(cfg.train.batch_tokens);
@@ -551,6 +553,10 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   }
   const double step_time = timers.totals.count("step") ? timers.totals["step"].first : 0;
   const double mean_tps = step_time > 0 ? tokens_seen / step_time : 0;
+  // share of the training steps' time spent outside matrix products (host builds)
+  const double nonmatrix_share = step_time > 0 && timers.totals.count("matmul")
+                                     ? 1.0 - timers.totals["matmul"].first / step_time
+                                     : std::nan("");
   if (root) try {
     for (const auto& [name, v] : timers.totals) file.set_timer(name, v.first, v.second);
     file.set_summary("final_train_loss", final_train);
@@ -561,6 +567,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     file.set_summary("steps_completed", static_cast<std::int64_t>(step));
     file.set_summary("tokens_per_second", mean_tps);
     file.set_summary("model_flops_per_second", mean_tps * M);
+    file.set_summary("nonmatrix_share", nonmatrix_share);
     if (exit_code != kExitPreempted) file.set_root_attr("end_time", iso8601_utc_now());
     file.set_status(status);  // "running" after a pre-emption: the run is not over
     file.flush();
@@ -571,9 +578,10 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   char summary[1024];
   std::snprintf(summary, sizeof summary,
                 "FULCRUM_SUMMARY run=%s status=%s steps=%lld tokens=%.0f final_train_loss=%.5f "
-                "final_val_loss=%.5f tokens_per_s=%.1f model_flops_per_s=%.4e wall_s=%.1f file=%s",
+                "final_val_loss=%.5f tokens_per_s=%.1f model_flops_per_s=%.4e nonmatrix_share=%.3f wall_s=%.1f "
+                "file=%s",
                 cfg.run.name.c_str(), status.c_str(), (long long)step, tokens_seen, final_train, last_val,
-                mean_tps, mean_tps * M, wall, file.path().c_str());
+                mean_tps, mean_tps * M, nonmatrix_share, wall, file.path().c_str());
   progress.line("");
   if (root) {
     std::printf("%s\n", summary);
