@@ -14,10 +14,11 @@
 #   (b) per model (input_decks/quickstart.toml, bench/train/study-size.toml):
 #       fulcrum-train in fp32 and in bf16 (bf16 only where native) for
 #       BENCH_STEPS optimizer steps (default 12; evaluation reduced to the
-#       minimum); tokens/s is the summary's (training steps only), model
-#       FLOP/s = tokens/s x flops_per_token (--describe); the fraction of the
-#       step outside matrix products is not measured here (issue: fenced
-#       per-phase timers);
+#       minimum), each at two layouts of the same THREADS cores (1 rank x
+#       THREADS threads, THREADS data-parallel ranks x 1 thread; the faster
+#       counts); tokens/s is the summary's (training steps only), model
+#       FLOP/s = tokens/s x flops_per_token (--describe); nonmatrix_share is
+#       the summary's share of step time outside matrix products (rank 0);
 #   (c) per model, if /usr/bin/python3 has torch: bench/train/torch_throughput.py,
 #       the same model in PyTorch in fp32 and with bf16 autocast.
 # Ends with one line per model:
@@ -62,11 +63,24 @@ for model in quickstart study-size; do
   M="$("$TRAIN" "$deck" --describe | sed -n 's/^flops_per_token = //p')"
   bt="$(sed -n 's/^batch_tokens *= *\([0-9]*\).*/\1/p' "$deck")"
   for p in $precisions; do
-    line="$("$TRAIN" "$deck" --quiet --set "train.tokens=$((STEPS * bt))" --set train.eval_interval=1000000 \
-      --set train.eval_tokens=4096 --set train.log_interval=4 --set "train.precision=\"$p\"" \
-      --set "output.dir=\"$work/$model-$p\"" | grep '^FULCRUM_SUMMARY')"
-    echo "(b) $model $p: $line"
-    result[$model.$p]="$(field tokens_per_s "$line")"
+    # two layouts of the same threads: 1 rank x THREADS threads (threads in the
+    # products only: Debian's Kokkos is Serial), THREADS data-parallel ranks x 1 thread
+    best_tps=0; best_layout=""; best_nm=""
+    for layout in "1 $THREADS" "$THREADS 1"; do
+      set -- $layout
+      line="$(OPENBLAS_NUM_THREADS=$2 OMP_NUM_THREADS=$2 mpiexec -n "$1" --oversubscribe --bind-to none "$TRAIN" "$deck" --quiet \
+        --set "train.tokens=$((STEPS * bt))" --set train.eval_interval=1000000 \
+        --set train.eval_tokens=4096 --set train.log_interval=4 --set "train.precision=\"$p\"" \
+        --set "output.dir=\"$work/$model-$p-$1\"" | grep '^FULCRUM_SUMMARY')"
+      echo "(b) $model $p ranks=$1 threads_per_rank=$2: $line"
+      tps="$(field tokens_per_s "$line")"
+      if awk -v a="$tps" -v b="$best_tps" 'BEGIN { exit !(a > b) }'; then
+        best_tps="$tps"; best_layout="ranks=$1 threads_per_rank=$2"; best_nm="$(field nonmatrix_share "$line")"
+      fi
+    done
+    result[$model.$p]="$best_tps"
+    result[$model.$p.layout]="$best_layout"
+    result[$model.$p.nonmatrix]="$best_nm"
   done
   result[$model.M]="$M"
   result[$model.torch_fp32]=""
@@ -86,13 +100,14 @@ done
 best="${precisions##* }"
 for model in quickstart study-size; do
   awk -v model="$model" -v th="$THREADS" -v p="$best" -v tps="${result[$model.$best]}" -v tf="${result[$model.fp32]}" \
+      -v layout="${result[$model.$best.layout]}" -v nm="${result[$model.$best.nonmatrix]}" \
       -v M="${result[$model.M]}" -v peak="$peak" -v fp="$fp32_peak" -v t32="${result[$model.torch_fp32]}" \
       -v t16="${result[$model.torch_bf16]}" 'BEGIN {
     mf = tps * M / 1e9
     tb = (t32 + 0 > t16 + 0) ? t32 : t16
     line = sprintf("BENCH_TRAIN model=%s threads=%s precision=%s tokens_per_s=%.1f model_gflops=%.2f bf16_peak_gflops=%.1f fraction_of_bf16_peak=%.4f", model, th, p, tps, mf, peak, mf / peak)
     if (tb != "") line = line sprintf(" torch_best_tokens_per_s=%.1f over_torch_best=%.3f", tb, tps / tb)
-    line = line sprintf(" fp32_tokens_per_s=%.1f fp32_peak_gflops=%.1f", tf, fp)
+    line = line sprintf(" nonmatrix_share=%s %s fp32_tokens_per_s=%.1f fp32_peak_gflops=%.1f", nm, layout, tf, fp)
     if (t32 != "") line = line sprintf(" torch_fp32_tokens_per_s=%.1f torch_bf16_tokens_per_s=%.1f", t32, t16)
     print line
   }'
