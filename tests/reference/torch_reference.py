@@ -14,7 +14,10 @@ IN.h5
   /config   attributes: vocab_size d_model n_layers n_heads n_kv_heads d_ffn
             seq_len rope_theta norm_eps is_moe num_experts num_active_experts
             num_shared_experts d_expert first_k_dense renormalize_topk
-            capacity_factor aux_loss_coef z_loss_coef dtype ("float32"|"float64")
+            capacity_factor aux_loss_coef z_loss_coef dtype ("float32"|"float64"|
+            "bfloat16_autocast": float32 weights, forward under
+            torch.autocast("cpu", bfloat16) except the router, whose products
+            stay float32 as in Fulcrum's precision = "bf16", doc/model.md)
             steps lr beta1 beta2 eps weight_decay grad_clip
   /params/<name>   float64, one dataset per parameter, names as in doc/model.md
   /batch/inputs, /batch/targets   (B,T) int32
@@ -59,7 +62,12 @@ CONFIG_FLOAT_KEYS = [
 TRAIN_INT_KEYS = ["steps"]
 TRAIN_FLOAT_KEYS = ["lr", "beta1", "beta2", "eps", "weight_decay", "grad_clip"]
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16_autocast": torch.float32}
+
+
+def precision_context(cfg):
+    """torch.autocast to bfloat16 for dtype "bfloat16_autocast", else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.get("dtype") == "bfloat16_autocast")
 
 
 # --------------------------------------------------------------------------
@@ -221,7 +229,10 @@ class MoE(nn.Module):
     def route(self, x):
         """Router for x (N,C): returns logits_r, p, topk_idx, topk weights w, keep."""
         N = x.shape[0]
-        logits_r = self.router(x)                                 # (N,E)
+        # the router stays in the weights' precision under autocast (Fulcrum
+        # keeps its products fp32 in bf16 runs: top-k must not flip on rounding)
+        with torch.autocast("cpu", enabled=False):
+            logits_r = self.router(x.to(self.router.weight.dtype))  # (N,E)
         p = torch.softmax(logits_r, dim=-1)                       # in the model dtype
         topk_p, topk_idx = topk_lower_index_ties(p, self.k)       # (N,k)
         w = topk_p / topk_p.sum(dim=-1, keepdim=True) if self.renormalize_topk else topk_p
@@ -382,7 +393,7 @@ def make_adamw(model, lr, beta1, beta2, eps, weight_decay):
 
 
 def train_trajectory(model, inputs, targets, steps, lr, beta1, beta2, eps,
-                     weight_decay, grad_clip):
+                     weight_decay, grad_clip, autocast=False):
     """`steps` AdamW steps on the same batch; returns (losses, grad_norms).
 
     losses[i] is the loss computed before the i-th update; grad_norms[i] is the
@@ -393,7 +404,8 @@ def train_trajectory(model, inputs, targets, steps, lr, beta1, beta2, eps,
     losses, norms = [], []
     for _ in range(steps):
         opt.zero_grad(set_to_none=False)
-        loss = model(inputs, targets)["loss"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(inputs, targets)["loss"]
         loss.backward()
         for p in params:   # a parameter that got no gradient gets a zero one
             if p.grad is None:
@@ -433,7 +445,7 @@ def read_input(path):
             dt = dt.decode()
         cfg["dtype"] = str(dt)
         if cfg["dtype"] not in DTYPES:
-            raise ValueError("dtype must be float32 or float64, got %r" % cfg["dtype"])
+            raise ValueError("dtype must be float32, float64 or bfloat16_autocast, got %r" % cfg["dtype"])
         params = {name: f["params"][name][()] for name in f["params"].keys()}
         inputs = torch.as_tensor(f["batch/inputs"][()].astype("int64"))
         targets = torch.as_tensor(f["batch/targets"][()].astype("int64"))
@@ -453,7 +465,8 @@ def run(cfg, params, inputs, targets):
     dtype = DTYPES[cfg["dtype"]]
     model = build_model(cfg, params, dtype)
     named = named_doc_parameters(model)
-    out = model(inputs, targets)
+    with precision_context(cfg):
+        out = model(inputs, targets)
     out["loss"].backward()
     res = {
         "logits": out["logits"].detach().double().numpy(),
@@ -466,7 +479,8 @@ def run(cfg, params, inputs, targets):
         model = build_model(cfg, params, dtype)   # fresh copy of the initial weights
         losses, norms = train_trajectory(
             model, inputs, targets, cfg["steps"], cfg["lr"], cfg["beta1"], cfg["beta2"],
-            cfg["eps"], cfg["weight_decay"], cfg["grad_clip"])
+            cfg["eps"], cfg["weight_decay"], cfg["grad_clip"],
+            autocast=cfg["dtype"] == "bfloat16_autocast")
         res["trajectory"] = {"loss": losses, "grad_norm": norms}
     return res
 
