@@ -15,6 +15,7 @@
 #include "output.hpp"
 #include "runs.hpp"
 #include "synth.hpp"
+#include "windtunnel.hpp"
 
 namespace fulcrum::fit {
 
@@ -147,7 +148,8 @@ int run_cli(int argc, char** argv) {
   app.footer(
       "Exit status: 0 success; 1 usage or I/O error; 2 no usable runs (or an unreadable input under "
       "--strict); 3 nothing could be fitted; 4 a law requested by --strict or --require is missing or "
-      "not trustworthy (outputs are written first; report.txt says why).");
+      "not trustworthy (outputs are written first; report.txt says why). windtunnel: 3 when nothing can be "
+      "predicted (fewer than 3 budgets, or no law refits without the largest).");
   app.require_subcommand(1);
 
   // fit
@@ -219,6 +221,16 @@ int run_cli(int argc, char** argv) {
   adv->add_option("--A-range", Ar, "lo,hi")->delimiter(',')->required();
   adv->add_option("--G-range", Gr, "lo,hi")->delimiter(',')->required();
 
+  auto* wt = app.add_subcommand("windtunnel",
+                                "leave-largest-budget-out: refit without the largest budget, predict its runs");
+  std::vector<std::string> wt_inputs;
+  std::string wt_out;
+  wt->add_option("inputs", wt_inputs, "run files, directories or sweep manifests");
+  wt->add_option("--out", wt_out, "output directory (windtunnel.txt, windtunnel.csv)")->required();
+  wt->add_option("--budget-tolerance", opt.budget_tolerance, "relative tolerance of the budget clustering")
+      ->capture_default_str();
+  wt->add_flag("--train-loss", lopt.use_train_loss, "use final_train_loss instead of final_val_loss");
+
   auto* syn = app.add_subcommand("synth", "write a synthetic campaign of run files (tests, demos)");
   std::string sdir;
   SynthSpec spec;
@@ -237,6 +249,17 @@ int run_cli(int argc, char** argv) {
       opt.law1_method = law1_method == "near-optimal" ? Law1Method::near_optimal : Law1Method::vertex;
       lopt.strict = strict;
       return cmd_fit(inputs, out, opt, lopt, !no_plots, strict, require);
+    }
+    if (*wt) {
+      LoadResult L = load_runs(wt_inputs, lopt);
+      opt.bootstrap = 0;
+      WindTunnel w = wind_tunnel(L.runs, opt);
+      std::filesystem::create_directories(wt_out);
+      const std::string rep = wind_tunnel_report(w);
+      std::ofstream(wt_out + "/windtunnel.txt") << rep;
+      std::ofstream(wt_out + "/windtunnel.csv") << wind_tunnel_csv(w);
+      std::cout << rep;
+      return 0;
     }
     if (*pred) {
       if (!(A > 0 && A <= 1) || !(G > 0) || !(C > 0))

@@ -1,0 +1,136 @@
+// windtunnel.cpp: leave-largest-budget-out predictions (doc/fit.md).
+#include "windtunnel.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace fulcrum::fit {
+
+namespace {
+std::string g4(double v) {
+  if (!std::isfinite(v)) return "n/a";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.4g", v);
+  return b;
+}
+template <class T>
+const T* by_family(const std::vector<T>& v, const std::string& fam) {
+  for (auto& x : v)
+    if (x.family == fam) return &x;
+  return nullptr;
+}
+}  // namespace
+
+WindTunnel wind_tunnel(std::vector<Run> runs, const FitOptions& opt) {
+  WindTunnel w;
+  ensure_grouped(runs, opt.budget_tolerance);
+  std::set<long long> budgets;
+  for (auto& r : runs) budgets.insert(budget_key(r.C));
+  if (budgets.size() < 3)
+    throw FitError("wind tunnel: " + std::to_string(budgets.size()) +
+                       " budget(s); holding out the largest needs 3 or more (2+ left to fit)",
+                   3);
+  const long long kmax = *budgets.rbegin();
+  std::vector<Run> train, held;
+  for (auto& r : runs) (budget_key(r.C) == kmax ? held : train).push_back(r);
+  w.C_held = held.front().C;
+  w.n_held = static_cast<int>(held.size());
+  w.n_train = static_cast<int>(train.size());
+  FitResult R = fit_all(train, opt);
+
+  // observed frontier of each family at the held-out budget: its best run
+  std::map<std::string, const Run*> best;
+  for (auto& r : held)
+    if (!best.count(r.family) || r.loss < best[r.family]->loss) best[r.family] = &r;
+  const Law3* dense = by_family(R.laws.law3, "dense");
+  for (auto& [fam, r] : best) {
+    if (const Law3* l = by_family(R.laws.law3, fam)) {
+      WindRow row{"law3", fam, "", w.C_held, r->M, r->D, (*l)(w.C_held), r->loss};
+      w.rows.push_back(row);
+    } else {
+      w.notes.push_back("Law 3 [" + fam + "]: not fitted without the held-out budget");
+    }
+    if (r->is_moe) {
+      if (!dense) {
+        w.notes.push_back("EL [" + fam + "]: no dense Law 3 without the held-out budget");
+      } else if (!R.laws.el.ok()) {
+        w.notes.push_back("EL [" + fam + "]: the joint EL law is not fitted without the held-out budget");
+      } else {
+        const double Cd = dense->inverse(r->loss);
+        if (!std::isfinite(Cd)) {
+          w.notes.push_back("EL [" + fam + "]: observed loss " + g4(r->loss) +
+                            " is below the refitted dense asymptote; no observed EL");
+        } else {
+          WindRow row{"el", fam, "", w.C_held, r->M, r->D, el_joint(R.laws.el, r->A, r->G, w.C_held),
+                      Cd / w.C_held};
+          w.rows.push_back(row);
+        }
+      }
+    }
+  }
+  // every held-out run through its family's parametric L(M, D)
+  std::set<std::string> no_param;
+  for (auto& r : held) {
+    const Parametric* p = by_family(R.laws.parametric, r.family);
+    if (!p || !p->ok()) {
+      no_param.insert(r.family);
+      continue;
+    }
+    const double pred = p->E.v + p->A.v / std::pow(r.M, p->alpha.v) + p->B.v / std::pow(r.D, p->beta.v);
+    w.rows.push_back({"parametric", r.family, r.path, r.C, r.M, r.D, pred, r.loss});
+  }
+  for (auto& f : no_param)
+    w.notes.push_back("parametric L(M, D) [" + f + "]: not fitted without the held-out budget (needs IsoFLOP ladders)");
+  if (w.rows.empty()) {
+    std::string m = "wind tunnel: nothing could be predicted for the held-out budget C=" + g4(w.C_held) + ":";
+    for (auto& n : w.notes) m += "\n  - " + n;
+    throw FitError(m, 3);
+  }
+  return w;
+}
+
+std::string wind_tunnel_report(const WindTunnel& w) {
+  std::ostringstream o;
+  o << "Wind tunnel: laws refitted without the largest budget C=" << g4(w.C_held) << " (" << w.n_train
+    << " run(s) fitted, " << w.n_held << " held out), predicted vs observed there\n";
+  char b[512];
+  std::snprintf(b, sizeof b, "  %-10s %-28s %10s %10s %10s %10s  %s\n", "law", "family", "M", "D", "predicted",
+                "observed", "error");
+  o << b;
+  std::map<std::string, std::pair<int, double>> sum;  // kind -> n, sum |err|
+  std::map<std::string, double> worst;
+  for (auto& r : w.rows) {
+    std::string what = r.kind == "el" ? "EL" : r.kind == "law3" ? "Law 3 loss" : "L(M,D)";
+    std::snprintf(b, sizeof b, "  %-10s %-28s %10s %10s %10s %10s  %+.2f%%%s\n", what.c_str(), r.family.c_str(),
+                  g4(r.M).c_str(), g4(r.D).c_str(), g4(r.predicted).c_str(), g4(r.observed).c_str(),
+                  100 * r.rel_error(), r.run.empty() ? "" : ("  " + r.run).c_str());
+    o << b;
+    auto& s = sum[r.kind];
+    s.first++, s.second += std::fabs(r.rel_error());
+    worst[r.kind] = std::max(worst[r.kind], std::fabs(r.rel_error()));
+  }
+  for (auto& [k, s] : sum) {
+    std::snprintf(b, sizeof b, "  summary %-10s %d point(s): mean |error| %.2f%%, worst %.2f%%\n",
+                  k == "el" ? "EL" : k == "law3" ? "Law 3" : "L(M,D)", s.first, 100 * s.second / s.first,
+                  100 * worst[k]);
+    o << b;
+  }
+  for (auto& n : w.notes) o << "  note: " << n << "\n";
+  return o.str();
+}
+
+std::string wind_tunnel_csv(const WindTunnel& w) {
+  std::ostringstream o;
+  o.precision(10);
+  o << "kind,family,run,C,M,D,predicted,observed,rel_error\n";
+  for (auto& r : w.rows)
+    o << r.kind << ",\"" << r.family << "\"," << r.run << "," << r.C << "," << r.M << "," << r.D << ","
+      << r.predicted << "," << r.observed << "," << r.rel_error() << "\n";
+  return o.str();
+}
+
+}  // namespace fulcrum::fit

@@ -1,0 +1,40 @@
+// windtunnel.hpp: leave-largest-budget-out check of the laws (doc/fit.md,
+// "Wind tunnel"): refit every law without the runs of the largest budget and
+// compare what the refitted laws predict for that budget with what was
+// observed there.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "fitting.hpp"
+#include "runs.hpp"
+
+namespace fulcrum::fit {
+
+struct WindRow {
+  std::string kind;     // "law3" (frontier loss of a family), "parametric" (one run's loss), "el"
+  std::string family;
+  std::string run;      // run path ("" for per-family rows)
+  double C = 0, M = 0, D = 0;
+  double predicted = 0, observed = 0;
+  double rel_error() const { return (predicted - observed) / observed; }
+};
+
+struct WindTunnel {
+  double C_held = 0;              // the held-out budget
+  int n_held = 0, n_train = 0;    // runs held out / used for the refit
+  std::vector<WindRow> rows;
+  std::vector<std::string> notes; // what could not be predicted, and why
+};
+
+// Groups `runs` into budgets, holds out the largest, refits (no bootstrap)
+// and predicts. Throws FitError(3) when fewer than two budgets remain or
+// nothing can be predicted.
+WindTunnel wind_tunnel(std::vector<Run> runs, const FitOptions& opt);
+
+// The report (also written to DIR/windtunnel.txt by `fulcrum-fit windtunnel`).
+std::string wind_tunnel_report(const WindTunnel& w);
+std::string wind_tunnel_csv(const WindTunnel& w);
+
+}  // namespace fulcrum::fit
