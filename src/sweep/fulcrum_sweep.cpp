@@ -5,9 +5,12 @@
 //   fulcrum-sweep run-one DIR --index I          (one manifest entry; Slurm array tasks)
 //   fulcrum-sweep status DIR [--brief]
 //   fulcrum-sweep submit DIR [--throttle N] [--sbatch ARG]... [--fit PATH] [--dry-run]
+//   fulcrum-sweep study run|status|submit STUDY.toml   (doc/studies.md)
 //
 // Exit codes: 0 success; 1 some run failed or diverged (run), an error;
 // 2 bad input (sweep deck, manifest, command line); 130 interrupted.
+// study: 0 completed (or submitted), 1 error, 2 bad study deck, 4 stopped at a
+// gate (a required law missing or not trustworthy), 130 interrupted.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +19,7 @@
 #include "sweep/sweep_manifest.hpp"
 #include "sweep/sweep_plan.hpp"
 #include "sweep/sweep_runner.hpp"
+#include "sweep/study.hpp"
 
 using namespace fulcrum::sweep;
 
@@ -70,6 +74,31 @@ int main(int argc, char** argv) {
   submit->add_flag("--retry-failed", retry_failed, "also resubmit failed runs");
   submit->add_flag("--dry-run", dry, "write the filled job scripts, do not call sbatch");
 
+  auto* study = app.add_subcommand("study", "run a study deck: stages of sweeps, each planned from the previous stage's laws (doc/studies.md)");
+  study->require_subcommand(1);
+  std::string study_deck;
+  auto* srun = study->add_subcommand("run", "plan, run, fit and gate every stage in order, here; resumes where it stopped");
+  srun->add_option("study", study_deck, "study deck (TOML)")->required();
+  srun->add_option("-j,--jobs", jobs, "concurrent runs (default: [study] jobs)");
+  srun->add_option("--train", train, "fulcrum-train executable");
+  srun->add_option("--fit", fit, "fulcrum-fit executable (default: next to fulcrum-sweep, $FULCRUM_FIT, PATH)");
+  srun->add_option("--launcher", launcher, "launch command, {ranks} replaced");
+  srun->add_flag("--retry-failed", retry_failed, "also rerun failed runs");
+  srun->add_flag("-q,--quiet", quiet, "no per-run progress lines");
+  auto* sstat = study->add_subcommand("status", "every stage (runs, fit, gate) and every run, the final laws, the wind tunnel");
+  sstat->add_option("study", study_deck, "study deck (TOML)")->required();
+  sstat->add_flag("--brief", brief, "counts only, no run tables");
+  auto* ssub = study->add_subcommand("submit", "Slurm: the next stage as job arrays plus a dependent job that fits, gates and submits the stage after");
+  ssub->add_option("study", study_deck, "study deck (TOML)")->required();
+  ssub->add_option("--throttle", throttle, "array tasks running at once (%N)")->capture_default_str();
+  ssub->add_option("--sbatch", sbatch_args, "extra sbatch argument for every job (repeatable)");
+  ssub->add_option("--train", train, "fulcrum-train executable the jobs use");
+  ssub->add_option("--fit", fit, "fulcrum-fit executable");
+  ssub->add_option("--launcher", launcher, "how array tasks start the trainer (default: srun)");
+  ssub->add_option("--templates", templates, "job script templates directory (default: jobscripts/)");
+  ssub->add_flag("--retry-failed", retry_failed, "also resubmit failed runs");
+  ssub->add_flag("--dry-run", dry, "write the filled job scripts, do not call sbatch");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -77,6 +106,39 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   try {
+    if (*study) {
+      try {
+        const Study st = read_study(study_deck);
+        if (*sstat) {
+          std::fputs(study_status(st, !brief).c_str(), stdout);
+          return 0;
+        }
+        StudyOptions so;
+        so.jobs = jobs > 1 ? jobs : 0;
+        so.train = train;
+        so.fit = fit;
+        so.retry_failed = retry_failed;
+        so.quiet = quiet;
+        if (*ssub) {
+          so.slurm = true;
+          so.submit.templates = templates;
+          so.submit.train = train;
+          so.submit.throttle = throttle;
+          if (!launcher.empty()) so.submit.launcher = launcher;
+          so.submit.sbatch_args = sbatch_args;
+          so.submit.dry_run = dry;
+        } else {
+          so.launcher = launcher;
+        }
+        return run_study(st, so);
+      } catch (const StudyError& e) {
+        std::fprintf(stderr, "fulcrum-sweep: error: %s\n", e.what());
+        return kStudyBadInput;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "fulcrum-sweep: error: %s\n", e.what());
+        return kStudyError;
+      }
+    }
     if (*plan) {
       PlanOptions po;
       po.dir = out;

@@ -406,6 +406,12 @@ std::string sbatch(const std::vector<std::string>& args, const std::string& scri
 
 }  // namespace
 
+std::string submit_job(const std::vector<std::string>& sbatch_args, const std::string& script, bool dry_run) {
+  return sbatch(sbatch_args, script, dry_run);
+}
+
+std::string shell_word(const std::string& s) { return shell_quote(s); }
+
 SubmitResult submit_sweep(const Manifest& m, const SubmitOptions& o) {
   SubmitResult res;
   const std::string sdir = m.dir + "/slurm";

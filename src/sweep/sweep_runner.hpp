@@ -61,6 +61,12 @@ struct SubmitResult {
 };
 SubmitResult submit_sweep(const Manifest& m, const SubmitOptions& options);
 
+// `sbatch --parsable [args] script`: the job id ("DRYRUN" and nothing
+// submitted when dry_run). Throws SweepError when sbatch fails.
+std::string submit_job(const std::vector<std::string>& sbatch_args, const std::string& script, bool dry_run);
+// The word quoted for a POSIX shell.
+std::string shell_word(const std::string& s);
+
 // Fills @NAME@ placeholders; throws SweepError on an unknown placeholder.
 std::string fill_template(const std::string& text, const std::vector<std::pair<std::string, std::string>>& vars,
                           const std::string& what);
