@@ -133,11 +133,11 @@ StudySweep read_sweep(const Reader& R, const toml::value& sw, const toml::value&
                       const std::string& stage) {
   StudySweep out;
   out.line = Reader::line(sw);
-  R.keys(sw, kSweepKeys, key + ".");
   for (const char* k : {"dir", "laws"})
     if (sw.contains(k))
       R.bad(Reader::line(sw.at(k)), key + "." + k, "set by the study (each sweep lives in the stage's directory; "
                                                       "its laws are the stage's laws)");
+  R.keys(sw, kSweepKeys, key + ".");
   toml::value sweep = toml::table{};
   toml::value sections = toml::table{};
   merge_sections(sections, study_deck);
@@ -403,17 +403,27 @@ std::vector<std::string> check_gate(const std::string& laws_file, const std::str
                                     const std::set<std::string>& kinds, std::vector<std::string>* ok) {
   std::vector<std::string> bad;
   if (!fs::exists(laws_file)) {
-    std::string why;
+    // fulcrum-fit exited 3 (nothing could be fitted): its message lists
+    // "  - Law 1 [dense]: why" for every law
+    std::vector<std::string> all, mine;
     std::istringstream is(read_file(fit_log));
     std::string l;
-    bool in = false;
     while (std::getline(is, l)) {
-      if (l.find("nothing could be fitted") != std::string::npos || l.find("error:") != std::string::npos) in = true;
-      else if (in && l.rfind("  - ", 0) == 0) why += "\n    " + l.substr(4);
-      if (in && why.empty() && l.find("error:") != std::string::npos) why = "\n    " + l.substr(l.find("error:") + 7);
+      if (l.rfind("  - ", 0) != 0) continue;
+      l = l.substr(4);
+      all.push_back(l);
+      for (const auto& law : require)
+        if (l.rfind(law_title(law) + " ", 0) == 0 || l.rfind(law_title(law) + ":", 0) == 0) {
+          const size_t c = l.find(": ");
+          mine.push_back(c == std::string::npos ? l : l.substr(0, c) + ": not fitted\n      " + l.substr(c + 2));
+        }
     }
-    bad.push_back("nothing could be fitted (fulcrum-fit wrote no laws):" + why);
-    return bad;
+    if (mine.empty()) {
+      std::string why;
+      for (const auto& a : all) why += "\n      " + a;
+      mine.push_back("nothing could be fitted (see " + fit_log + ")" + why);
+    }
+    return mine;
   }
   const auto vs = read_verdicts(laws_file);
   std::vector<std::pair<std::string, std::string>> checks;  // law, kind ("" any)
@@ -707,9 +717,10 @@ int run_study(const Study& s, const StudyOptions& o) {
                   tag.c_str(), st.require.size() == 1 ? "the law" : "the laws", s.gate.c_str());
       for (const auto& b : bad) std::printf("  - %s\n", b.c_str());
       std::printf("next: change stage %zu \"%s\" of %s as the reasons say (e.g. extend its ladder or grid, add "
-                  "budgets), then run `fulcrum-sweep study run %s` again: completed runs are kept and only new runs "
-                  "train. Fit report: %s/report.txt%s\n",
-                  k + 1, st.name.c_str(), s.path.c_str(), s.path.c_str(), fdir.c_str(),
+                  "budgets), then run `fulcrum-sweep study %s %s` again: completed runs are kept and only new runs "
+                  "train. Fit report: %s%s\n",
+                  k + 1, st.name.c_str(), s.path.c_str(), o.slurm ? "submit" : "run", s.path.c_str(),
+                  fs::exists(fdir + "/report.txt") ? (fdir + "/report.txt").c_str() : (sdir + "/fit.log").c_str(),
                   s.gate == "trusted" ? "; or set [study] gate = \"fitted\" to go on with laws that are fitted but flagged" : "");
       std::printf("FULCRUM_STUDY study=%s status=stopped stage=%s\n", s.name.c_str(), st.name.c_str());
       return kStudyStopped;
@@ -732,8 +743,8 @@ int run_study(const Study& s, const StudyOptions& o) {
   if (!bad.empty()) {
     std::printf("study %s: STOPPED: the final laws (%s) do not give what [study] require asks:\n", s.name.c_str(), final_laws.c_str());
     for (const auto& b : bad) std::printf("  - %s\n", b.c_str());
-    std::printf("next: extend the last stage (more ablation points or budgets), then run `fulcrum-sweep study run %s` again\n",
-                s.path.c_str());
+    std::printf("next: extend the last stage (more ablation points or budgets), then run `fulcrum-sweep study %s %s` again\n",
+                o.slurm ? "submit" : "run", s.path.c_str());
     std::printf("FULCRUM_STUDY study=%s status=stopped stage=final\n", s.name.c_str());
     return kStudyStopped;
   }
