@@ -8,6 +8,7 @@
 // cuBLAS in CUDA builds) on unmanaged row-major views of those buffers.
 #pragma once
 
+#include <cstring>
 #include <type_traits>
 
 #include <Kokkos_Core.hpp>
@@ -32,6 +33,49 @@ using Kokkos::Experimental::exp;
 using Kokkos::Experimental::log;
 using Kokkos::Experimental::sqrt;
 #endif
+
+KOKKOS_INLINE_FUNCTION float float_from_bits(int bits) {
+#ifdef __CUDA_ARCH__
+  return __int_as_float(bits);
+#else
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+#endif
+}
+
+// exp for the elementwise kernels (SiLU, attention softmax, cross-entropy).
+// double: the library exp (gradient checks). float: Cephes' expf polynomial
+// (relative error <= 2 ulp where expf is normal), free of calls and branches
+// so the loops that use it vectorise (with -fno-trapping-math, set for the
+// model in host builds), where a call to libm's expf keeps them scalar.
+// NaN in, NaN out (divergence detection relies on it); 0 below -87.34 and
+// +inf above 88.72, as expf.
+template <class T>
+KOKKOS_INLINE_FUNCTION T fast_exp(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    const float xc = x < -87.33654f ? -87.33654f : (x > 88.72283f ? 88.72283f : x);
+    // n = round(x / ln 2) by the 1.5 * 2^23 trick (no call to floorf)
+    const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln 2, ln 2 in two parts
+    float p = 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    const float y = p * r * r + r + 1.0f;
+    // y * 2^n with n in [-126, 128]: two factors, so 2^128 needs no exponent 255
+    const int ni = static_cast<int>(n);
+    const int n1 = ni / 2, n2 = ni - n1;
+    const float out = x < -87.33654f ? 0.0f
+                      : x > 88.72283f ? __builtin_huge_valf()
+                                      : y * float_from_bits((n1 + 127) << 23) * float_from_bits((n2 + 127) << 23);
+    return x != x ? x : out;
+  } else {
+    return exp(x);
+  }
+}
 }  // namespace math
 
 template <class T>

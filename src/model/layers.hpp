@@ -187,7 +187,7 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B
     for (int j = 1; j <= t; ++j) mx = p[j] > mx ? p[j] : mx;
     T sum = 0;
     for (int j = 0; j <= t; ++j) {
-      p[j] = math::exp(p[j] - mx);
+      p[j] = math::fast_exp(p[j] - mx);
       sum += p[j];
     }
     const T inv = T(1) / sum;
@@ -247,7 +247,7 @@ void swiglu_forward(T* out, T* h1, T* h3, T* act, const T* inp, const T* w1, con
   matmul<T>('N', 'T', N, W, C, T(1), inp, w3, T(0), h3);
   Kokkos::parallel_for("swiglu::activation", RangePolicy(0, (long)N * W), KOKKOS_LAMBDA(const long i) {
     const T z = h1[i];
-    const T sig = T(1) / (T(1) + math::exp(-z));
+    const T sig = T(1) / (T(1) + math::fast_exp(-z));
     act[i] = z * sig * h3[i];
   });
   matmul<T>('N', 'T', N, C, W, T(1), act, w2, beta, out);
@@ -264,7 +264,7 @@ void swiglu_backward(T* dinp, T* dw1, T* dw3, T* dw2, T* dact, T* dh1, T* dh3, c
   Kokkos::parallel_for("swiglu::activation_backward", RangePolicy(0, (long)N * W),
                        KOKKOS_LAMBDA(const long i) {
     const T z = h1[i];
-    const T sig = T(1) / (T(1) + math::exp(-z));
+    const T sig = T(1) / (T(1) + math::fast_exp(-z));
     const T silu = z * sig;
     dh3[i] = dact[i] * silu;
     dh1[i] = dact[i] * h3[i] * sig * (T(1) + z * (T(1) - sig));
@@ -286,7 +286,7 @@ double crossentropy_forward(const T* logits, const int* targets, int N, int V) {
     T mx = z[0];
     for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
     T sum = 0;
-    for (int v = 0; v < V; ++v) sum += math::exp(z[v] - mx);
+    for (int v = 0; v < V; ++v) sum += math::fast_exp(z[v] - mx);
     acc += static_cast<double>(mx + math::log(sum) - z[targets[n]]);
   }, total);
   return total / N;
@@ -301,9 +301,9 @@ void crossentropy_backward(T* dlogits, const T* logits, const int* targets, int 
     T mx = z[0];
     for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
     T sum = 0;
-    for (int v = 0; v < V; ++v) sum += math::exp(z[v] - mx);
+    for (int v = 0; v < V; ++v) sum += math::fast_exp(z[v] - mx);
     const T lse = mx + math::log(sum);
-    for (int v = 0; v < V; ++v) dz[v] = math::exp(z[v] - lse) * scale;
+    for (int v = 0; v < V; ++v) dz[v] = math::fast_exp(z[v] - lse) * scale;
     dz[targets[n]] -= scale;
   });
 }

@@ -2,6 +2,9 @@
 // implementations (reference_kernels.hpp) in double precision on odd shapes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "model/layers.hpp"
 #include "reference_kernels.hpp"
 #include "test_helpers.hpp"
@@ -55,4 +58,20 @@ TEST(KernelReference, RmsnormBackward) {
       expect_close(to_host(dx_a.data(), (long)N * C), to_host(dx_b.data(), (long)N * C), "rmsnorm dx");
       expect_close(to_host(dw_a.data(), C), to_host(dw_b.data(), C), "rmsnorm dw");
     }
+}
+
+TEST(KernelReference, FastExpMatchesLibm) {
+  // float: within 2 ulp of expf wherever expf is a normal number; limits as expf
+  double worst = 0;
+  for (float x = -87.0f; x < 88.5f; x += 0.000917f) {
+    const float want = std::exp(x);
+    worst = std::max(worst, std::abs((double)math::fast_exp(x) - want) / want);
+  }
+  EXPECT_LT(worst, 2.5 * 5.97e-8);
+  EXPECT_EQ(math::fast_exp(0.0f), 1.0f);
+  EXPECT_EQ(math::fast_exp(-200.0f), 0.0f);
+  EXPECT_TRUE(std::isinf(math::fast_exp(200.0f)));
+  EXPECT_TRUE(std::isnan(math::fast_exp(std::nanf(""))));
+  // double: the library exp, bit for bit
+  EXPECT_EQ(math::fast_exp(0.3), std::exp(0.3));
 }
