@@ -52,13 +52,13 @@ print("final laws: M_opt(dense) = %.4g C^%.4f; EL joint a = %.4g on %d points" %
 PY
 wt=ref/windtunnel/windtunnel.txt
 [ -f $wt ] || fail "no wind-tunnel report"
-grep -q '^Wind tunnel: laws refitted without the largest budget C=3e+09' $wt || fail "wind tunnel did not hold out C=3e9"
+grep -q '^Wind tunnel: laws refitted without the largest budget C=2.5e+09' $wt || fail "wind tunnel did not hold out C=3e9"
 grep -q '^  Law 3 loss dense ' $wt || fail "wind tunnel has no dense Law 3 prediction"
 # every stage and every run in the status
 "$sweep" study status ref.toml > status.txt || fail "study status"
 cat status.txt
 [ "$(grep -c 'fitted, gate passed' status.txt)" = 3 ] || fail "status: not every stage passed"
-[ "$(grep -c ' completed ' status.txt)" = 34 ] || fail "status: expected 34 completed runs in the tables"
+[ "$(grep -cE '^    [^ ]+ +completed ' status.txt)" = 34 ] || fail "status: expected 34 completed runs in the tables"
 grep -q '^final laws .*: complete' status.txt || fail "status: final laws"
 # a second run does nothing
 "$sweep" study run ref.toml > again.log 2>&1 || { cat again.log; fail "second study run"; }
@@ -90,8 +90,8 @@ cat int2.log
 [ $rc = 0 ] || fail "resumed study exited $rc"
 grep -q '^skip .*(completed)' int2.log || fail "resume: completed runs not skipped"
 cmp ref/laws.toml int/laws.toml || { diff ref/laws.toml int/laws.toml | head; fail "resumed study: laws differ"; }
-"$sweep" study status int.toml | sed "s#$work/int/#DIR/#g" > s-int.txt
-sed "s#$work/ref/#DIR/#g" status.txt > s-ref.txt
+"$sweep" study status int.toml | sed "s#$work/int#DIR#g" > s-int.txt
+sed "s#$work/ref#DIR#g" status.txt > s-ref.txt
 diff s-ref.txt s-int.txt || fail "resumed study: status (run results) differs"
 diff <(sed 's#/ref/#/X/#g' ref/windtunnel/windtunnel.txt) <(sed 's#/int/#/X/#g' int/windtunnel/windtunnel.txt) ||
   fail "resumed study: wind tunnel differs"
