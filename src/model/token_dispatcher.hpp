@@ -97,10 +97,13 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
       position[a] = rank[a] < 0 ? -1 : offset[topk_idx[a]] + rank[a];
     });
     T* in = input_.data();
-    Kokkos::parallel_for("moe::permute", RangePolicy(0, NK * C), KOKKOS_LAMBDA(const long i) {
-      const long a = i / C, c = i % C;
+    // one assignment (row of C) per work item: contiguous, vectorisable copies
+    Kokkos::parallel_for("moe::permute", RangePolicy(0, NK), KOKKOS_LAMBDA(const long a) {
       const int p = position[a];
-      if (p >= 0) in[(long)p * C + c] = h[(a / k) * C + c];
+      if (p < 0) return;
+      const T* src = h + (a / k) * C;
+      T* dst = in + (long)p * C;
+      for (int c = 0; c < C; ++c) dst[c] = src[c];
     });
     // The grouped GEMM needs the split sizes on the host (as Megatron's
     // tokens_per_expert.cpu()): 2E integers per MoE layer per micro-batch,
@@ -126,14 +129,19 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
     const int k = k_, C = C_;
     const int* position = position_.data();
     const T* out = output_.data();
-    Kokkos::parallel_for("moe::unpermute", RangePolicy(0, (long)N * C), KOKKOS_LAMBDA(const long i) {
-      const long t = i / C, c = i % C;
-      T acc = 0;
-      for (int j = 0; j < k; ++j) {
-        const int p = position[t * k + j];
-        if (p >= 0) acc += topk_weight[t * k + j] * out[(long)p * C + c];
+    // one token (row of C) per work item, no index division; per element the
+    // k weighted expert outputs are summed in slot order, then added to y
+    // (the same arithmetic as the expert-parallel dispatcher's combine)
+    Kokkos::parallel_for("moe::unpermute", RangePolicy(0, N), KOKKOS_LAMBDA(const long t) {
+      T* yt = y + t * C;
+      for (int c = 0; c < C; ++c) {
+        T acc = 0;
+        for (int j = 0; j < k; ++j) {
+          const int p = position[t * k + j];
+          if (p >= 0) acc += topk_weight[t * k + j] * out[(long)p * C + c];
+        }
+        yt[c] += acc;
       }
-      y[i] += acc;
     });
   }
 
@@ -162,14 +170,16 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
     const int k = k_, C = C_;
     const int* position = position_.data();
     const T* din = input_grad_.data();
-    Kokkos::parallel_for("moe::permute_backward", RangePolicy(0, (long)N * C), KOKKOS_LAMBDA(const long i) {
-      const long t = i / C, c = i % C;
-      T acc = 0;
-      for (int j = 0; j < k; ++j) {
-        const int p = position[t * k + j];
-        if (p >= 0) acc += din[(long)p * C + c];
+    Kokkos::parallel_for("moe::permute_backward", RangePolicy(0, N), KOKKOS_LAMBDA(const long t) {
+      T* d = dh + t * C;
+      for (int c = 0; c < C; ++c) {
+        T acc = 0;
+        for (int j = 0; j < k; ++j) {
+          const int p = position[t * k + j];
+          if (p >= 0) acc += din[(long)p * C + c];
+        }
+        d[c] += acc;
       }
-      dh[i] += acc;
     });
   }
 
