@@ -450,6 +450,15 @@ std::vector<std::string> check_gate(const std::string& laws_file, const std::str
         lines.push_back(line);
       }
     }
+    if (pass && ok) {  // the families without the law, in one line (report.txt says why)
+      int n = 0;
+      for (const auto& l : lines) n += l.find(": not fitted") != std::string::npos;
+      std::vector<std::string> kept;
+      for (const auto& l : lines)
+        if (l.find(": not fitted") == std::string::npos) kept.push_back(l);
+      if (n) kept.push_back(law_title(law) + ": not fitted for " + std::to_string(n) + " other famil" + (n == 1 ? "y" : "ies") + " (report.txt says why)");
+      lines = kept;
+    }
     if (!pass) {
       if (lines.empty())
         lines.push_back(law_title(law) + (kind.empty() ? "" : " [" + kind + "]") + ": no verdict in " + laws_file +
@@ -650,7 +659,11 @@ int run_study(const Study& s, const StudyOptions& o) {
       Manifest all;
       all.name = s.name + "." + st.name;
       all.dir = sdir;
-      for (const auto& m : ms) all.runs.insert(all.runs.end(), m.runs.begin(), m.runs.end());
+      for (size_t i = 0; i < ms.size(); ++i)  // ids as <sweep>/<id>: sweeps of a stage share ids
+        for (ManifestRun r : ms[i].runs) {
+          r.id = st.sweeps[i].name + "/" + r.id;
+          all.runs.push_back(r);
+        }
       const RunSummary r = run_sweep(all, ro);
       if (r.interrupted) {
         std::printf("study %s: interrupted in %s; run the same command again to resume\n", s.name.c_str(), tag.c_str());
