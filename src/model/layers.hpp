@@ -168,16 +168,21 @@ void rope_permute_backward(T* dinp, const T* dout, const T* cos_t, const T* sin_
 // Causal GQA attention on head-major, already rotated q/k.
 // out is (B,nh,T,hd), att is (B,nh,T,T) (softmax probabilities, kept for
 // backward), q is (B,nh,T,hd), k and v are (B,nkv,T,hd).
+// The `group` = nh/nkv query heads sharing one KV head are contiguous in the
+// head-major layout, so each product runs once per (batch, KV group) on the
+// stacked (group*T, .) rows: fewer, larger products, and the backward's sums
+// over the heads of a group (dk, dv) happen inside one product.
 template <class T>
 void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B, int Tn, int nh,
                        int nkv, int hd) {
   const int group = nh / nkv;
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
   const long qs = (long)Tn * hd, as = (long)Tn * Tn;
+  const int GT = group * Tn;  // stacked query rows of one KV group
   for (int b = 0; b < B; ++b)
-    for (int h = 0; h < nh; ++h) {
-      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
-      matmul<T>('N', 'T', Tn, Tn, hd, scale, q + bh * qs, k + bg * qs, T(0), att + bh * as);
+    for (int g = 0; g < nkv; ++g) {
+      const long bh = (long)b * nh + (long)g * group, bg = (long)b * nkv + g;
+      matmul<T>('N', 'T', GT, Tn, hd, scale, q + bh * qs, k + bg * qs, T(0), att + bh * as);
     }
   Kokkos::parallel_for("attention::causal_softmax", RangePolicy(0, (long)B * nh * Tn),
                        KOKKOS_LAMBDA(const long row) {
@@ -195,9 +200,9 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B
     for (int j = t + 1; j < Tn; ++j) p[j] = 0;
   });
   for (int b = 0; b < B; ++b)
-    for (int h = 0; h < nh; ++h) {
-      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
-      matmul<T>('N', 'N', Tn, hd, Tn, T(1), att + bh * as, v + bg * qs, T(0), out + bh * qs);
+    for (int g = 0; g < nkv; ++g) {
+      const long bh = (long)b * nh + (long)g * group, bg = (long)b * nkv + g;
+      matmul<T>('N', 'N', GT, hd, Tn, T(1), att + bh * as, v + bg * qs, T(0), out + bh * qs);
     }
 }
 // dq is (B,nh,T,hd) (overwritten); dk, dv are (B,nkv,T,hd) (overwritten);
@@ -208,12 +213,13 @@ void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* at
   const int group = nh / nkv;
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
   const long qs = (long)Tn * hd, as = (long)Tn * Tn;
+  const int GT = group * Tn;  // stacked query rows of one KV group
   for (int b = 0; b < B; ++b)
-    for (int h = 0; h < nh; ++h) {
-      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
-      const T beta = (h % group == 0) ? T(0) : T(1);  // heads of a group sum into dv
-      matmul<T>('N', 'T', Tn, Tn, hd, T(1), dout + bh * qs, v + bg * qs, T(0), datt + bh * as);
-      matmul<T>('T', 'N', Tn, hd, Tn, T(1), att + bh * as, dout + bh * qs, beta, dv + bg * qs);
+    for (int g = 0; g < nkv; ++g) {
+      const long bh = (long)b * nh + (long)g * group, bg = (long)b * nkv + g;
+      matmul<T>('N', 'T', GT, Tn, hd, T(1), dout + bh * qs, v + bg * qs, T(0), datt + bh * as);
+      // dv = sum over the group's heads of P_h^T dout_h: one product over the stacked rows
+      matmul<T>('T', 'N', Tn, hd, GT, T(1), att + bh * as, dout + bh * qs, T(0), dv + bg * qs);
     }
   // dS = P * (dP - sum_j P_j dP_j) * scale
   Kokkos::parallel_for("attention::softmax_backward", RangePolicy(0, (long)B * nh * Tn),
@@ -227,11 +233,10 @@ void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* at
     for (int j = t + 1; j < Tn; ++j) d[j] = 0;
   });
   for (int b = 0; b < B; ++b)
-    for (int h = 0; h < nh; ++h) {
-      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
-      const T beta = (h % group == 0) ? T(0) : T(1);
-      matmul<T>('N', 'N', Tn, hd, Tn, T(1), datt + bh * as, k + bg * qs, T(0), dq + bh * qs);
-      matmul<T>('T', 'N', Tn, hd, Tn, T(1), datt + bh * as, q + bh * qs, beta, dk + bg * qs);
+    for (int g = 0; g < nkv; ++g) {
+      const long bh = (long)b * nh + (long)g * group, bg = (long)b * nkv + g;
+      matmul<T>('N', 'N', GT, hd, Tn, T(1), datt + bh * as, k + bg * qs, T(0), dq + bh * qs);
+      matmul<T>('T', 'N', Tn, hd, GT, T(1), datt + bh * as, q + bh * qs, T(0), dk + bg * qs);
     }
 }
 

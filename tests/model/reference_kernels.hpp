@@ -5,6 +5,8 @@
 // per-element index arithmetic; simple and obviously right.
 #pragma once
 
+#include <cmath>
+
 #include "model/kokkos_types.hpp"
 
 namespace fulcrum::reference {
@@ -79,6 +81,78 @@ void rope_permute_backward_reference(T* dinp, const T* dout, const T* cos_t, con
       dx[i + half] = d2;
     }
   });
+}
+
+// ---------------------------------------------------------------- attention
+// one product per (batch, head), heads of a group accumulated with beta = 1
+// Causal GQA attention on head-major, already rotated q/k.
+// out is (B,nh,T,hd), att is (B,nh,T,T) (softmax probabilities, kept for
+// backward), q is (B,nh,T,hd), k and v are (B,nkv,T,hd).
+template <class T>
+void attention_forward_reference(T* out, T* att, const T* q, const T* k, const T* v, int B, int Tn, int nh,
+                       int nkv, int hd) {
+  const int group = nh / nkv;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  const long qs = (long)Tn * hd, as = (long)Tn * Tn;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < nh; ++h) {
+      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
+      matmul<T>('N', 'T', Tn, Tn, hd, scale, q + bh * qs, k + bg * qs, T(0), att + bh * as);
+    }
+  Kokkos::parallel_for("reference::attention_softmax", RangePolicy(0, (long)B * nh * Tn),
+                       KOKKOS_LAMBDA(const long row) {
+    const int t = row % Tn;
+    T* p = att + row * Tn;
+    T mx = p[0];
+    for (int j = 1; j <= t; ++j) mx = p[j] > mx ? p[j] : mx;
+    T sum = 0;
+    for (int j = 0; j <= t; ++j) {
+      p[j] = math::exp(p[j] - mx);
+      sum += p[j];
+    }
+    const T inv = T(1) / sum;
+    for (int j = 0; j <= t; ++j) p[j] *= inv;
+    for (int j = t + 1; j < Tn; ++j) p[j] = 0;
+  });
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < nh; ++h) {
+      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
+      matmul<T>('N', 'N', Tn, hd, Tn, T(1), att + bh * as, v + bg * qs, T(0), out + bh * qs);
+    }
+}
+// dq is (B,nh,T,hd) (overwritten); dk, dv are (B,nkv,T,hd) (overwritten);
+// datt is (B,nh,T,T) scratch; dout is (B,nh,T,hd)
+template <class T>
+void attention_backward_reference(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* att, const T* q,
+                        const T* k, const T* v, int B, int Tn, int nh, int nkv, int hd) {
+  const int group = nh / nkv;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  const long qs = (long)Tn * hd, as = (long)Tn * Tn;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < nh; ++h) {
+      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
+      const T beta = (h % group == 0) ? T(0) : T(1);  // heads of a group sum into dv
+      matmul<T>('N', 'T', Tn, Tn, hd, T(1), dout + bh * qs, v + bg * qs, T(0), datt + bh * as);
+      matmul<T>('T', 'N', Tn, hd, Tn, T(1), att + bh * as, dout + bh * qs, beta, dv + bg * qs);
+    }
+  // dS = P * (dP - sum_j P_j dP_j) * scale
+  Kokkos::parallel_for("reference::attention_softmax_backward", RangePolicy(0, (long)B * nh * Tn),
+                       KOKKOS_LAMBDA(const long row) {
+    const int t = row % Tn;
+    const T* p = att + row * Tn;
+    T* d = datt + row * Tn;
+    T dot = 0;
+    for (int j = 0; j <= t; ++j) dot += p[j] * d[j];
+    for (int j = 0; j <= t; ++j) d[j] = p[j] * (d[j] - dot) * scale;
+    for (int j = t + 1; j < Tn; ++j) d[j] = 0;
+  });
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < nh; ++h) {
+      const long bh = (long)b * nh + h, bg = (long)b * nkv + h / group;
+      const T beta = (h % group == 0) ? T(0) : T(1);
+      matmul<T>('N', 'N', Tn, hd, Tn, T(1), datt + bh * as, k + bg * qs, T(0), dq + bh * qs);
+      matmul<T>('T', 'N', Tn, hd, Tn, T(1), datt + bh * as, q + bh * qs, beta, dk + bg * qs);
+    }
 }
 
 }  // namespace fulcrum::reference

@@ -75,3 +75,29 @@ TEST(KernelReference, FastExpMatchesLibm) {
   // double: the library exp, bit for bit
   EXPECT_EQ(math::fast_exp(0.3), std::exp(0.3));
 }
+
+TEST(KernelReference, AttentionStackedGroups) {
+  // GQA groups of 1, 2 and 4, odd T and T = 1, forward and backward
+  const int shapes[][5] = {{2, 7, 4, 4, 6}, {1, 9, 4, 2, 4}, {2, 5, 8, 2, 8}, {3, 1, 4, 1, 2}};  // B,T,nh,nkv,hd
+  for (const auto& sh : shapes) {
+    const int B = sh[0], T = sh[1], nh = sh[2], nkv = sh[3], hd = sh[4];
+    const long nq = (long)B * nh * T * hd, nkvn = (long)B * nkv * T * hd, na = (long)B * nh * T * T;
+    auto q = to_device(random_vector(nq, 21)), k = to_device(random_vector(nkvn, 22));
+    auto v = to_device(random_vector(nkvn, 23)), dout = to_device(random_vector(nq, 24));
+    DeviceBuffer<double> out_a("oa", nq), out_b("ob", nq), att_a("aa", na), att_b("ab", na);
+    attention_forward<double>(out_a.data(), att_a.data(), q.data(), k.data(), v.data(), B, T, nh, nkv, hd);
+    reference::attention_forward_reference<double>(out_b.data(), att_b.data(), q.data(), k.data(), v.data(), B, T, nh,
+                                                   nkv, hd);
+    expect_close(to_host(out_a.data(), nq), to_host(out_b.data(), nq), "attention out");
+    expect_close(to_host(att_a.data(), na), to_host(att_b.data(), na), "attention probabilities");
+    DeviceBuffer<double> dq_a("dqa", nq), dq_b("dqb", nq), dk_a("dka", nkvn), dk_b("dkb", nkvn);
+    DeviceBuffer<double> dv_a("dva", nkvn), dv_b("dvb", nkvn), datt_a("da", na), datt_b("db", na);
+    attention_backward<double>(dq_a.data(), dk_a.data(), dv_a.data(), datt_a.data(), dout.data(), att_a.data(),
+                               q.data(), k.data(), v.data(), B, T, nh, nkv, hd);
+    reference::attention_backward_reference<double>(dq_b.data(), dk_b.data(), dv_b.data(), datt_b.data(), dout.data(),
+                                                    att_b.data(), q.data(), k.data(), v.data(), B, T, nh, nkv, hd);
+    expect_close(to_host(dq_a.data(), nq), to_host(dq_b.data(), nq), "attention dq");
+    expect_close(to_host(dk_a.data(), nkvn), to_host(dk_b.data(), nkvn), "attention dk");
+    expect_close(to_host(dv_a.data(), nkvn), to_host(dv_b.data(), nkvn), "attention dv");
+  }
+}
