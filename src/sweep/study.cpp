@@ -541,14 +541,23 @@ std::string counts_text(Counts c) {
 std::string fit_status_line(const std::string& laws_file) {
   // one line per law: verdicts of every family
   std::map<std::string, std::string> per;
+  std::map<std::string, int> unfitted;
   for (const auto& v : read_verdicts(laws_file)) {
+    if (!v.fitted && !v.family.empty()) {
+      unfitted[v.law]++;
+      continue;
+    }
     auto& t = per[v.law];
     t += (t.empty() ? "" : ", ") + (v.family.empty() ? std::string() : v.family + ": ") +
          (!v.fitted ? "not fitted" : v.trusted ? "trusted" : "NOT TRUSTWORTHY");
   }
   std::string o;
-  for (const auto& l : kLaws)
-    if (per.count(l)) o += "      " + law_title(l) + ": " + per[l] + "\n";
+  for (const auto& l : kLaws) {
+    if (!per.count(l) && !unfitted.count(l)) continue;
+    std::string t = per[l];
+    if (unfitted[l]) t += (t.empty() ? "" : "; ") + std::string("not fitted for ") + std::to_string(unfitted[l]) + " famil" + (unfitted[l] == 1 ? "y" : "ies");
+    o += "      " + law_title(l) + ": " + t + "\n";
+  }
   return o;
 }
 
