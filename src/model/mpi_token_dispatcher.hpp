@@ -4,13 +4,17 @@
 // expert-major order is destination-major order), exchange per-expert counts
 // with MPI_Alltoall, rows with MPI_Alltoallv, then regroup the received rows
 // (source-major) by local expert for the grouped GEMM. combine is the mirror
-// exchange; backward exchanges gradients the same two ways. Buffers are
+// exchange; backward exchanges gradients the same two ways. The receive-side
+// buffers are sized from the exchanged counts (grown, with headroom, when a
+// micro-batch needs more rows; never the worst case of every peer sending
+// every token, P x N x k rows, which at production sizes does not fit). Buffers are
 // passed to MPI directly (device memory needs a CUDA-aware MPI; the nccl
 // dispatcher is the CUDA path: the same class with an NCCL RowExchange).
 #pragma once
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <vector>
 
@@ -34,16 +38,13 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
     MPI_Comm_size(comm_, &P_);
     MPI_Comm_rank(comm_, &rank_);
     El_ = E_ / P_;
-    const long max_rows = (long)P_ * max_tokens * top_k;
-    input_ = DeviceBuffer<T>("a2a::input", max_rows * C_);
-    output_ = DeviceBuffer<T>("a2a::output", max_rows * C_);
-    input_grad_ = DeviceBuffer<T>("a2a::input_grad", max_rows * C_);
-    output_grad_ = DeviceBuffer<T>("a2a::output_grad", max_rows * C_);
-    staging_ = DeviceBuffer<T>("a2a::staging", max_rows * C_);
-    expert_to_source_ = DeviceBuffer<int>("a2a::expert_to_source", max_rows);
-    map_host_ = Kokkos::create_mirror_view(expert_to_source_);
+    // start at the balanced load (each rank receives its own N k rows) and grow
+    reserve_rows((long)max_tokens * top_k);
     tokens_per_expert_.assign(El_, 0);
   }
+
+  // Rows the receive-side buffers hold now (tests: memory that scales).
+  long capacity_rows() const { return capacity_rows_; }
 
   void dispatch(const T* h, const int* topk_idx, int N) override {
     local_.dispatch(h, topk_idx, N);
@@ -62,6 +63,9 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
         recv_rows_[p] += recv_expert_counts_[(std::size_t)p * El_ + e];
       }
     counts_and_displacements();
+    long incoming = 0;
+    for (int p = 0; p < P_; ++p) incoming += recv_rows_[p];
+    reserve_rows(incoming);
     // rows (source-major) into staging, then regroup by local expert
     exchange(local_.permuted_input(), send_counts_, send_displs_, staging_.data(), recv_counts_, recv_displs_);
     build_regroup_map();
@@ -119,6 +123,23 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
     seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
+  // Grows the five receive-side row buffers to hold `rows` rows (25% headroom
+  // so a fluctuating load does not reallocate every micro-batch). Contents
+  // are not kept: called only in dispatch, before anything is received.
+  void reserve_rows(long rows) {
+    if (rows <= capacity_rows_ && capacity_rows_ > 0) return;
+    const long cap = std::max<long>(1, std::max(rows, capacity_rows_ + capacity_rows_ / 4));
+    Kokkos::fence();
+    input_ = DeviceBuffer<T>("a2a::input", cap * C_);
+    output_ = DeviceBuffer<T>("a2a::output", cap * C_);
+    input_grad_ = DeviceBuffer<T>("a2a::input_grad", cap * C_);
+    output_grad_ = DeviceBuffer<T>("a2a::output_grad", cap * C_);
+    staging_ = DeviceBuffer<T>("a2a::staging", cap * C_);
+    expert_to_source_ = DeviceBuffer<int>("a2a::expert_to_source", cap);
+    map_host_ = Kokkos::create_mirror_view(expert_to_source_);
+    capacity_rows_ = cap;
+  }
+
   void counts_and_displacements() {
     send_counts_.assign(P_, 0);
     recv_counts_.assign(P_, 0);
@@ -171,7 +192,7 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
   MPI_Comm comm_;
   std::unique_ptr<RowExchange<T>> rows_exchange_;
   int P_ = 1, rank_ = 0, C_, E_, El_ = 0;
-  long rows_ = 0;
+  long rows_ = 0, capacity_rows_ = 0;
   DeviceBuffer<T> input_, output_, input_grad_, output_grad_, staging_;
   DeviceBuffer<int> expert_to_source_;
   typename DeviceBuffer<int>::host_mirror_type map_host_;

@@ -8,6 +8,7 @@
 
 #include "../model/test_helpers.hpp"
 #include "model/moe_layer.hpp"
+#include "model/mpi_token_dispatcher.hpp"
 #include "model/transformer.hpp"
 #include "train/distributed.hpp"
 
@@ -220,4 +221,45 @@ TEST(ExpertParallel, FullModelDouble) {
 }
 TEST(ExpertParallel, FullModelFloat) {
   for (int ep : ep_sizes()) check_full_model<float>(ep, 1e-4);
+}
+
+// Memory that scales: the receive buffers hold what the exchanged counts
+// require (balanced routing: each rank's own N k rows), not the worst case of
+// every peer sending every token (P N k rows); they grow when routing is
+// skewed, and the rows that arrive are the rows that were sent.
+TEST(ExpertParallel, ReceiveBuffersSizedFromCounts) {
+  const int P = world_size(), rank = world_rank();
+  const int N = 64, C = 5, k = 2, E = 4 * P;
+  ParallelGroups g = ParallelGroups::create(MPI_COMM_WORLD, P);
+  MpiAlltoallTokenDispatcher<double> d(N, C, E, k, 0.0, g.ep);
+  std::vector<double> h((long)N * C);
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) h[(long)n * C + c] = rank * 1000 + n + 0.01 * c;
+  auto d_h = to_device(h);
+  // balanced: token n's two experts lie on ranks n % P and (n + 1) % P
+  std::vector<int> idx((long)N * k);
+  for (int n = 0; n < N; ++n) {
+    idx[2 * n] = (n % P) * 4;
+    idx[2 * n + 1] = ((n + 1) % P) * 4 + 1;
+  }
+  auto d_idx = to_device(idx);
+  d.dispatch(d_h.data(), d_idx.data(), N);
+  EXPECT_EQ(d.capacity_rows(), (long)N * k) << "balanced routing needs N k rows per rank";
+  if (P > 1) EXPECT_LT(d.capacity_rows(), (long)P * N * k);
+  // skewed: everything to rank 0's first expert; rank 0 grows to P N k rows
+  std::vector<int> skew((long)N * k);
+  for (int a = 0; a < N * k; ++a) skew[a] = a % 2;  // experts 0 and 1, both on rank 0
+  auto d_skew = to_device(skew);
+  d.dispatch(d_h.data(), d_skew.data(), N);
+  if (rank == 0) {
+    EXPECT_GE(d.capacity_rows(), (long)P * N * k);
+    // expert 0 received, source rank by source rank, every token in order
+    auto in = to_host(d.permuted_input(), (long)P * N * C);
+    for (int src = 0; src < P; ++src)
+      for (int n = 0; n < N; ++n)
+        ASSERT_EQ(in[((long)src * N + n) * C], src * 1000 + n) << "row from rank " << src << " token " << n;
+  } else {
+    EXPECT_EQ(d.capacity_rows(), (long)N * k) << "a rank that receives nothing does not grow";
+  }
+  g.free();
 }
