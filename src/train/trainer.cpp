@@ -1,5 +1,6 @@
 #include "train/trainer.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -541,6 +542,15 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     }
   }
   groups.free();
+  // Peak resident memory of the largest rank (host memory; in CUDA builds
+  // device memory is not included).
+  double peak_rss = 0;
+  {
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    peak_rss = static_cast<double>(ru.ru_maxrss) * 1024.0;  // Linux: KiB
+    if (world_size > 1) MPI_Allreduce(MPI_IN_PLACE, &peak_rss, 1, MPI_DOUBLE, MPI_MAX, world);
+  }
 
   // Summary (also for diverged/failed runs: what was reached).
   const double wall = seconds_since(t_start);
@@ -568,6 +578,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     file.set_summary("tokens_per_second", mean_tps);
     file.set_summary("model_flops_per_second", mean_tps * M);
     file.set_summary("nonmatrix_share", nonmatrix_share);
+    file.set_summary("peak_rss_bytes", peak_rss);
     if (exit_code != kExitPreempted) file.set_root_attr("end_time", iso8601_utc_now());
     file.set_status(status);  // "running" after a pre-emption: the run is not over
     file.flush();
@@ -578,10 +589,10 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   char summary[1024];
   std::snprintf(summary, sizeof summary,
                 "FULCRUM_SUMMARY run=%s status=%s steps=%lld tokens=%.0f final_train_loss=%.5f "
-                "final_val_loss=%.5f tokens_per_s=%.1f model_flops_per_s=%.4e nonmatrix_share=%.3f wall_s=%.1f "
-                "file=%s",
+                "final_val_loss=%.5f tokens_per_s=%.1f model_flops_per_s=%.4e nonmatrix_share=%.3f peak_rss_mib=%.0f "
+                "wall_s=%.1f file=%s",
                 cfg.run.name.c_str(), status.c_str(), (long long)step, tokens_seen, final_train, last_val,
-                mean_tps, mean_tps * M, nonmatrix_share, wall, file.path().c_str());
+                mean_tps, mean_tps * M, nonmatrix_share, peak_rss / 1048576.0, wall, file.path().c_str());
   progress.line("");
   if (root) {
     std::printf("%s\n", summary);
