@@ -77,9 +77,10 @@ int main(int argc, char** argv) {
   auto* study = app.add_subcommand("study", "run a study deck: stages of sweeps, each planned from the previous stage's laws (doc/studies.md)");
   study->require_subcommand(1);
   std::string study_deck;
+  int study_jobs = 0;
   auto* srun = study->add_subcommand("run", "plan, run, fit and gate every stage in order, here; resumes where it stopped");
   srun->add_option("study", study_deck, "study deck (TOML)")->required();
-  srun->add_option("-j,--jobs", jobs, "concurrent runs (default: [study] jobs)");
+  srun->add_option("-j,--jobs", study_jobs, "concurrent runs (default: [study] jobs)")->check(CLI::PositiveNumber);
   srun->add_option("--train", train, "fulcrum-train executable");
   srun->add_option("--fit", fit, "fulcrum-fit executable (default: next to fulcrum-sweep, $FULCRUM_FIT, PATH)");
   srun->add_option("--launcher", launcher, "launch command, {ranks} replaced");
@@ -114,7 +115,7 @@ int main(int argc, char** argv) {
           return 0;
         }
         StudyOptions so;
-        so.jobs = jobs > 1 ? jobs : 0;
+        so.jobs = study_jobs;
         so.train = train;
         so.fit = fit;
         so.retry_failed = retry_failed;
