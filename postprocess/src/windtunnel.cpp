@@ -72,9 +72,17 @@ WindTunnel wind_tunnel(std::vector<Run> runs, const FitOptions& opt) {
       }
     }
   }
-  // every held-out run through its family's parametric L(M, D)
-  std::set<std::string> no_param;
+  // the held-out IsoFLOP frontier (the best run of each model size of each
+  // family, as the parametric fit uses) through its family's L(M, D); runs of
+  // a hyper-parameter sweep at other lr and batch are not what L(M, D) models
+  std::map<std::pair<std::string, long long>, const Run*> frontier;
   for (auto& r : held) {
+    auto& f = frontier[{r.family, std::llround(std::log(r.M) * 1000)}];
+    if (!f || r.loss < f->loss) f = &r;
+  }
+  std::set<std::string> no_param;
+  for (auto& [key, rp] : frontier) {
+    const Run& r = *rp;
     const Parametric* p = by_family(R.laws.parametric, r.family);
     if (!p || !p->ok()) {
       no_param.insert(r.family);

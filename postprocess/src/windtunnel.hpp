@@ -13,7 +13,8 @@
 namespace fulcrum::fit {
 
 struct WindRow {
-  std::string kind;     // "law3" (frontier loss of a family), "parametric" (one run's loss), "el"
+  std::string kind;     // "law3" (frontier loss of a family), "parametric" (the best run of
+                        // one size of a family), "el"
   std::string family;
   std::string run;      // run path ("" for per-family rows)
   double C = 0, M = 0, D = 0;

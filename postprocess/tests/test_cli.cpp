@@ -179,3 +179,48 @@ TEST(Cli, TruncatedFile) {
   EXPECT_NE(o.code, 0);
   EXPECT_NE(o.text.find("run0.h5"), std::string::npos) << o.text;
 }
+
+// Leave-largest-budget-out on a synthetic campaign without noise: the laws
+// refitted on 1e18..1e20 predict the planted losses and EL at 1e21.
+TEST(Cli, WindTunnelPredictsTheHeldOutBudget) {
+  SynthSpec s = small();
+  s.noise = 0;
+  const std::string d = campaign("windtunnel", s);
+  const std::string out = testing::TempDir() + "/fulcrum_fit_cli_windtunnel_out";
+  fs::remove_all(out);
+  Out o = run("windtunnel " + d + " --out " + out);
+  ASSERT_EQ(o.code, 0) << o.text;
+  EXPECT_NE(o.text.find("without the largest budget C=1e+21"), std::string::npos) << o.text;
+  std::ifstream f(out + "/windtunnel.csv");
+  ASSERT_TRUE(f) << "no windtunnel.csv";
+  std::string line;
+  std::getline(f, line);
+  EXPECT_EQ(line, "kind,family,run,C,M,D,predicted,observed,rel_error");
+  int law3 = 0, el = 0, param = 0;
+  while (std::getline(f, line)) {
+    const std::string kind = line.substr(0, line.find(','));
+    const double err = std::stod(line.substr(line.rfind(',') + 1));
+    if (kind == "law3") {
+      ++law3;
+      EXPECT_LT(std::fabs(err), 0.01) << line;
+    } else if (kind == "parametric") {
+      ++param;
+      EXPECT_LT(std::fabs(err), 0.015) << line;
+    } else if (kind == "el") {
+      ++el;
+      EXPECT_LT(std::fabs(err), 0.1) << line;
+    }
+  }
+  EXPECT_GE(law3, 2);
+  EXPECT_GE(param, 1);
+  EXPECT_GE(el, 3);
+}
+
+TEST(Cli, WindTunnelNeedsThreeBudgets) {
+  SynthSpec s = small();
+  s.budgets = {1e18, 1e19};
+  const std::string d = campaign("windtunnel2", s);
+  Out o = run("windtunnel " + d + " --out " + testing::TempDir() + "/fulcrum_fit_cli_wt2");
+  EXPECT_EQ(o.code, 3) << o.text;
+  EXPECT_NE(o.text.find("holding out the largest needs 3 or more"), std::string::npos) << o.text;
+}
