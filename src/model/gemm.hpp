@@ -56,6 +56,15 @@ class GemmBackend {
   virtual Precision precision() const = 0;
   // What actually runs (e.g. "oneDNN 2.6.3 brg:avx512_core_bf16"), for the run file.
   virtual std::string implementation() const = 0;
+
+  // The model's parameters: n floats at `params`. Backends that round
+  // operands to bf16 keep one bf16 copy of this buffer and use it for every
+  // operand that lies inside it, instead of converting the weights in every
+  // product. The copy is made on first use after weights_changed(), which
+  // the owner calls whenever the parameters change (optimizer step, load,
+  // init): once per optimizer step. Default: no copy (fp32 backends).
+  virtual void set_weights(const float* params, long n) { (void)params, (void)n; }
+  virtual void weights_changed() {}
 };
 
 // What a deck asks for, resolved against this build and this machine.

@@ -10,7 +10,9 @@
 //   cached: creating one costs far more than a small product.
 // - bf16: each operand is rounded to bf16 (round to nearest even) by a cached
 //   oneDNN reorder into a scratch buffer of the same layout, then multiplied
-//   by the bf16 primitive, which accumulates in fp32.
+//   by the bf16 primitive, which accumulates in fp32. Operands inside the
+//   registered parameter buffer (set_weights) use its bf16 copy, converted
+//   once per optimizer step.
 #include <dnnl.hpp>
 
 #include <cstdint>
@@ -69,10 +71,8 @@ class OnednnGemm final : public GemmBackend {
     Product& p = product(ta, tb, M, N, K, alpha, beta, type);
     memory a_mem, b_mem;
     if (type == dt::bf16) {
-      a_mem = to_bf16(A, static_cast<memory::dim>(M) * K, scratch_a_);
-      b_mem = to_bf16(B, static_cast<memory::dim>(K) * N, scratch_b_);
-      a_mem = memory(p.a, engine_, a_mem.get_data_handle());
-      b_mem = memory(p.b, engine_, b_mem.get_data_handle());
+      a_mem = memory(p.a, engine_, bf16_operand(A, static_cast<long>(M) * K, scratch_a_));
+      b_mem = memory(p.b, engine_, bf16_operand(B, static_cast<long>(K) * N, scratch_b_));
     } else {
       a_mem = memory(p.a, engine_, const_cast<float*>(A));
       b_mem = memory(p.b, engine_, const_cast<float*>(B));
@@ -81,6 +81,13 @@ class OnednnGemm final : public GemmBackend {
     p.prim.execute(stream_, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
     stream_.wait();
   }
+
+  void set_weights(const float* params, long n) override {
+    weights_ = params;
+    weights_n_ = n;
+    weights_valid_ = false;
+  }
+  void weights_changed() override { weights_valid_ = false; }
 
   std::string name() const override { return "onednn"; }
   Precision precision() const override { return precision_; }
@@ -120,6 +127,20 @@ class OnednnGemm final : public GemmBackend {
     return cache_.emplace(key, std::move(p)).first->second;
   }
 
+  // The bf16 operand for n floats at src: inside the registered weights, a
+  // view into their bf16 copy (converted once per weights_changed()); else
+  // converted into `scratch`.
+  void* bf16_operand(const float* src, long n, std::vector<std::uint16_t>& scratch) {
+    if (weights_ && src >= weights_ && src + n <= weights_ + weights_n_) {
+      if (!weights_valid_) {
+        to_bf16(weights_, weights_n_, weights_bf16_);
+        weights_valid_ = true;
+      }
+      return weights_bf16_.data() + (src - weights_);
+    }
+    return to_bf16(src, n, scratch).get_data_handle();
+  }
+
   // n contiguous floats -> bf16 in `scratch` (grown as needed), via a cached
   // 1-D reorder (oneDNN converts with round to nearest even).
   memory to_bf16(const float* src, memory::dim n, std::vector<std::uint16_t>& scratch) {
@@ -142,6 +163,10 @@ class OnednnGemm final : public GemmBackend {
   std::map<Key, Product> cache_;
   std::map<memory::dim, dnnl::reorder> reorders_;
   std::vector<std::uint16_t> scratch_a_, scratch_b_;
+  const float* weights_ = nullptr;  // the model's parameters (set_weights)
+  long weights_n_ = 0;
+  bool weights_valid_ = false;
+  std::vector<std::uint16_t> weights_bf16_;  // their bf16 copy
   std::set<std::string> kernels_;
 };
 

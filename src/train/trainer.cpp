@@ -351,6 +351,9 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     file.set_root_attr("cpu_isa", host_cpu_isa());
     Transformer<Real> model(plan.shape, cfg.train.micro_batch_size, cfg.parallel.dispatcher, groups.ep);
     model.init_parameters(cfg.run.seed, cfg.model.init_std);
+    // bf16 backends keep one bf16 copy of the parameters, refreshed after
+    // every change below (resume, optimizer step)
+    gemm.backend().set_weights(model.params().data(), model.num_parameters());
     AdamW<Real> optimizer(model.layout(), model.num_parameters(),
                           {cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
     LrSchedule schedule{cfg.train.lr_schedule, cfg.train.lr, plan.steps_total, cfg.train.warmup_fraction,
@@ -389,6 +392,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     };
     if (resuming) {
       const TrainerState st = load_checkpoint(checkpoint_path(cfg.output.dir), model, optimizer, groups);
+      gemm.backend().weights_changed();
       if (st.fingerprint != fingerprint)
         throw CheckpointError("checkpoint '" + checkpoint_path(cfg.output.dir) +
                               "' was written by a different deck (model or training keys differ); "
@@ -448,6 +452,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
       }
       const double grad_norm = reduce_gradients(model, groups);
       optimizer.step(model.params(), model.grads(), lr, AdamW<Real>::clip_scale(grad_norm, cfg.train.grad_clip));
+      gemm.backend().weights_changed();
       Kokkos::fence();
       timers.add("optimizer", seconds_since(t0));
       timers.add("data", t_data);

@@ -200,3 +200,37 @@ TEST(Gemm, ScopeInstallsAndRestores) {
   }
   EXPECT_EQ(active_gemm_backend(), nullptr);
 }
+
+TEST(Gemm, Bf16WeightCopy) {
+  // Operands inside the registered weights come from their bf16 copy, made
+  // once per weights_changed(): a change not announced is not seen (proof
+  // that the copy is used), an announced one is; operands outside are
+  // converted per product.
+  for (const auto& b : available_gemm_backends()) {
+    if (b == "kokkos" || !native_bf16(b)) continue;
+    const int M = 5, N = 3, K = 4;
+    std::vector<float> A = random_floats(M * K, 1), W = random_floats(N * K + 2, 2);
+    DeviceBuffer<float> dA("A", M * K), dW("W", N * K + 2), dC("C", M * N);
+    copy_to_device(dA.data(), A);
+    copy_to_device(dW.data(), W);
+    ScopedGemm scope(resolve_gemm(b, "bf16"));
+    scope.backend().set_weights(dW.data(), N * K + 2);
+    auto product = [&]() {  // C = A W^T with W the (N,K) block at offset 2
+      matmul<float>('N', 'T', M, N, K, 1.0f, dA.data(), dW.data() + 2, 0.0f, dC.data());
+      return to_host(dC.data(), M * N);
+    };
+    const auto first = product();
+    std::vector<float> W2 = W;
+    for (auto& x : W2) x *= 2.0f;
+    copy_to_device(dW.data(), W2);
+    EXPECT_EQ(product(), first) << b << ": the products must use the bf16 copy until weights_changed()";
+    scope.backend().weights_changed();
+    const auto second = product();
+    for (int i = 0; i < M * N; ++i) EXPECT_FLOAT_EQ(second[i], 2.0f * first[i]) << b << " at " << i;
+    // A is not inside the weights: converted per product, changes are seen at once
+    for (auto& x : A) x *= 2.0f;
+    copy_to_device(dA.data(), A);
+    const auto third = product();
+    for (int i = 0; i < M * N; ++i) EXPECT_FLOAT_EQ(third[i], 4.0f * first[i]) << b << " at " << i;
+  }
+}

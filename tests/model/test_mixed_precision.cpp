@@ -116,3 +116,34 @@ TEST(MixedPrecision, OnednnFp32MatchesKokkos) {
   }
   EXPECT_GT(dot / std::sqrt(na * nb), 1 - 1e-8);
 }
+
+TEST(MixedPrecision, Bf16WeightCopyOncePerChange) {
+  // A backend with the parameters registered (set_weights) uses one bf16 copy
+  // of them: bit-identical to converting in every product; refreshed by
+  // weights_changed() after the parameters change.
+  if (!have_bf16()) GTEST_SKIP() << "no native bf16 on this machine";
+  const ModelShape s = small_shape(true);
+  const int B = 2;
+  std::vector<int> tokens(B * s.seq_len), targets(B * s.seq_len);
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = (int)((i * 31 + 7) % s.vocab_size);
+    targets[i] = (int)((i * 17 + 3) % s.vocab_size);
+  }
+  ScopedGemm scope(resolve_gemm("auto", "bf16"));
+  Transformer<float> model(s, B);
+  model.init_parameters(5, 0.02);
+  model.set_batch(tokens, targets, B);
+  const double plain = model.forward().total();
+  scope.backend().set_weights(model.params().data(), model.num_parameters());
+  EXPECT_EQ(model.forward().total(), plain) << "the bf16 weight copy must equal per-product conversion";
+  // change the parameters: scale every weight by 1.5
+  auto p = to_host(model.params().data(), model.num_parameters());
+  for (auto& x : p) x *= 1.5f;
+  copy_to_device(model.params().data(), p);
+  scope.backend().weights_changed();
+  const double cached = model.forward().total();
+  scope.backend().set_weights(nullptr, 0);
+  const double fresh = model.forward().total();
+  EXPECT_EQ(cached, fresh) << "after weights_changed() the copy follows the parameters";
+  EXPECT_NE(fresh, plain);
+}
