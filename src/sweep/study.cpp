@@ -185,7 +185,7 @@ StudySweep read_sweep(const Reader& R, const toml::value& sw, const toml::value&
       }
     for (const char* g : {"grid", "log2_grid"})
       if (sw.contains(g)) R.table(sw, g, key + "." + g);
-    if (sw.contains("base")) sweep["base"] = absolute(R.str(sw, "base", key + ".base", ""));
+    if (sw.contains("base")) R.str(sw, "base", key + ".base", "");
     if (sw.contains("deck")) {
       const auto& d = R.table(sw, "deck", key + ".deck");
       for (const auto& [sec, t] : d.as_table())
@@ -194,6 +194,10 @@ StudySweep read_sweep(const Reader& R, const toml::value& sw, const toml::value&
     }
   }
   R.name(out.name, out.line, key + ".name");
+  if (sweep.contains("base")) {
+    if (!sweep.at("base").is_string()) R.bad(out.line, key + ".base", "expected a string");
+    sweep["base"] = absolute(sweep.at("base").as_string());
+  }
   // the deck the sweep expands (its base file under the study's and the
   // sweep's own sections) must read; a bad key is reported where it was written
   toml::value deck = toml::table{};
@@ -687,6 +691,7 @@ int run_study(const Study& s, const StudyOptions& o) {
       return o.slurm ? kStudyDone : kStudyError;
     }
     if (c.n[RunStatus::completed] == 0) {
+      std::fflush(stdout);
       std::fprintf(stderr, "study %s: %s: no run completed (%d failed, %d diverged); see `fulcrum-sweep study status %s`\n",
                    s.name.c_str(), tag.c_str(), c.n[RunStatus::failed], c.n[RunStatus::diverged], s.path.c_str());
       return kStudyError;
@@ -720,6 +725,7 @@ int run_study(const Study& s, const StudyOptions& o) {
       fs::remove(sdir + "/fit.key", ec);
       rc = run_logged(cmd, sdir + "/fit.log");
       if (rc != 0 && rc != 3 && rc != 4) {
+        std::fflush(stdout);
         std::fprintf(stderr, "study %s: %s: fulcrum-fit exited %d; see %s/fit.log:\n%s", s.name.c_str(), tag.c_str(), rc,
                      sdir.c_str(), read_file(sdir + "/fit.log").c_str());
         return kStudyError;
