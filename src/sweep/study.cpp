@@ -607,8 +607,13 @@ int run_study(const Study& s, const StudyOptions& o) {
         ms.push_back(read_manifest(p.dir));
       } catch (const SweepError& e) {
         std::fflush(stdout);
+        const bool changed = std::string(e.what()).find("from a different deck") != std::string::npos;
         throw StudyError(s.path + ":" + std::to_string(sw.line) + ": " + tag + ", sweep \"" + sw.name +
-                         "\": cannot be planned" + (laws.empty() ? "" : " (laws " + laws + ")") + ": " + e.what());
+                         "\": cannot be planned" + (laws.empty() ? "" : " (laws " + laws + ")") + ": " + e.what() +
+                         (changed ? " (in a study: the deck or the laws it is planned from changed since the run was "
+                                    "made; give [study] dir a new directory, or delete " + sdir + " to redo this stage "
+                                    "and the ones after it)"
+                                  : ""));
       }
       lists.push_back(ms.back().dir + "/runs.list");
     }
