@@ -611,8 +611,8 @@ int run_study(const Study& s, const StudyOptions& o) {
         throw StudyError(s.path + ":" + std::to_string(sw.line) + ": " + tag + ", sweep \"" + sw.name +
                          "\": cannot be planned" + (laws.empty() ? "" : " (laws " + laws + ")") + ": " + e.what() +
                          (changed ? " (in a study: the deck or the laws it is planned from changed since the run was "
-                                    "made; give [study] dir a new directory, or delete " + sdir + " to redo this stage "
-                                    "and the ones after it)"
+                                    "made; give [study] dir a new directory, or delete " + sdir + " and the directories of "
+                                    "the stages after it to redo them)"
                                   : ""));
       }
       lists.push_back(ms.back().dir + "/runs.list");
