@@ -114,9 +114,17 @@ Child launch(const ManifestRun& r, const RunOptions& o, bool overwrite) {
     for (const auto& a : argv) log << " " << a;
     log << "\n";
   }
+  // Threads per rank: the machine's cores shared by the K concurrent runs of
+  // r.ranks ranks each, unless the user set them. OpenMP (oneDNN) and OpenBLAS
+  // threads of processes that share cores slow each other down several-fold.
+  const long cores = std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN));
+  const std::string threads =
+      std::to_string(std::max(1L, cores / (static_cast<long>(std::max(1, o.jobs)) * std::max(1, r.ranks))));
   const pid_t pid = ::fork();
   if (pid < 0) throw SweepError(std::string("fork failed: ") + std::strerror(errno));
   if (pid == 0) {
+    ::setenv("OMP_NUM_THREADS", threads.c_str(), /*overwrite=*/0);
+    ::setenv("OPENBLAS_NUM_THREADS", threads.c_str(), /*overwrite=*/0);
     ::setpgid(0, 0);  // own process group: a signal to it reaches mpiexec and the ranks
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);

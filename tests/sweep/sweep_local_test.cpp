@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -212,4 +214,23 @@ TEST_F(SweepLocal, InterruptAndResume) {
   EXPECT_NE(r.out.find("overwriting"), std::string::npos) << r.out;
   EXPECT_EQ(fulcrum::read_string_attr(rf, "/", "status"), "completed");
   (void)id;
+}
+
+// K local runs share the machine's cores: each trainer gets OMP_NUM_THREADS
+// and OPENBLAS_NUM_THREADS = cores / (K x ranks), unless the user set them.
+TEST_F(SweepLocal, ThreadsPerRunFromJobs) {
+  write_sweep("[sweep.grid]\nrun.seed = [1]\n");
+  ASSERT_EQ(sh(cmd + " plan " + dir + "/tiny.toml --out " + sweep_dir).rc, 0);
+  // a stand-in trainer that records its thread settings and fails
+  const std::string fake = dir + "/fake-train.sh", seen = dir + "/threads.txt";
+  write_text(fake, "#!/bin/sh\necho \"$OMP_NUM_THREADS $OPENBLAS_NUM_THREADS\" > " + seen + "\nexit 1\n");
+  fs::permissions(fake, fs::perms::owner_all);
+  const long cores = std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN));
+  const std::string per = std::to_string(std::max(1L, cores / 2));
+  sh("env -u OMP_NUM_THREADS -u OPENBLAS_NUM_THREADS " + cmd + " run " + sweep_dir + " -j 2 --launcher env --train " +
+     fake);
+  EXPECT_EQ(read_text(seen), per + " " + per + "\n") << "cores " << cores << ", 2 jobs";
+  sh("OMP_NUM_THREADS=3 env -u OPENBLAS_NUM_THREADS " + cmd + " run " + sweep_dir +
+     " -j 2 --retry-failed --launcher env --train " + fake);
+  EXPECT_EQ(read_text(seen), "3 " + per + "\n") << "a thread count set by the user is kept";
 }
