@@ -10,6 +10,7 @@
 #include <iostream>
 #include <map>
 
+#include "format.hpp"
 #include "fitting.hpp"
 #include "laws.hpp"
 #include "output.hpp"
@@ -21,12 +22,6 @@ namespace fulcrum::fit {
 
 namespace {
 
-std::string g(double v) {
-  if (!std::isfinite(v)) return "n/a";
-  char b[32];
-  std::snprintf(b, sizeof b, "%.4g", v);
-  return b;
-}
 
 LawSet load_laws(const std::string& file, const std::string& preset) {
   if (!file.empty() && !preset.empty()) throw FitError("give either --laws or --preset, not both", 1);
@@ -87,7 +82,7 @@ int cmd_fit(const std::vector<std::string>& inputs, const std::string& out, cons
   if (plots) pngs = write_plots(out, R);
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::cout << "wrote " << out << "/laws.toml, fit.h5, report.txt and " << pngs.size()
-            << " plot(s) in " << g(s) << " s\n";
+            << " plot(s) in " << format_number(s) << " s\n";
   for (auto& n : R.notes) std::cout << "  note: " << n << "\n";
   // verdicts: one line per fitted law; the laws not fitted counted (report.txt says why)
   std::vector<std::string> bad;
@@ -129,15 +124,15 @@ int cmd_fit(const std::vector<std::string>& inputs, const std::string& out, cons
 void print_prediction(const LawSet& L, double A, double G, double C) {
   if (!L.el.ok()) throw FitError("the laws have no joint EL law (el.joint)", 3);
   double el = el_joint(L.el, A, G, C);
-  std::printf("A = %s  G = %s  C = %s  EL = %.4f  (dense-equivalent compute %s FLOPs)\n", g(A).c_str(),
-              g(G).c_str(), g(C).c_str(), el, g(el * C).c_str());
+  std::printf("A = %s  G = %s  C = %s  EL = %.4f  (dense-equivalent compute %s FLOPs)\n", format_number(A).c_str(),
+              format_number(G).c_str(), format_number(C).c_str(), el, format_number(el * C).c_str());
   const Law2& l2 = L.law2_moe.ok() ? L.law2_moe : L.law2_dense;
   if (l2.ok())
-    std::printf("  compute-optimal M = %s FLOPs/token, D = %s tokens  (law2 %s)\n", g(l2.M_opt(C)).c_str(),
-                g(C / l2.M_opt(C)).c_str(), l2.family.c_str());
+    std::printf("  compute-optimal M = %s FLOPs/token, D = %s tokens  (law2 %s)\n", format_number(l2.M_opt(C)).c_str(),
+                format_number(C / l2.M_opt(C)).c_str(), l2.family.c_str());
   const Law1& l1 = L.law1_moe.ok() ? L.law1_moe : L.law1_dense;
   if (l1.ok())
-    std::printf("  eta_opt = %s, B_opt = %s tokens  (law1 %s)\n", g(l1.eta(C)).c_str(), g(l1.batch(C)).c_str(),
+    std::printf("  eta_opt = %s, B_opt = %s tokens  (law1 %s)\n", format_number(l1.eta(C)).c_str(), format_number(l1.batch(C)).c_str(),
                 l1.family.c_str());
 }
 
@@ -284,12 +279,12 @@ int run_cli(int argc, char** argv) {
       };
       for (double c : Cs) {
         if (!(c > 0)) throw FitError("--C values must be positive", 1);
-        std::printf("C = %s FLOPs: EL (rows A, columns G)\n%10s", g(c).c_str(), "A \\ G");
-        for (int j = 0; j < nG; ++j) std::printf("%9s", g(at(Gr, j, nG)).c_str());
+        std::printf("C = %s FLOPs: EL (rows A, columns G)\n%10s", format_number(c).c_str(), "A \\ G");
+        for (int j = 0; j < nG; ++j) std::printf("%9s", format_number(at(Gr, j, nG)).c_str());
         std::printf("\n");
         for (int i = 0; i < nA; ++i) {
           double a = at(Ar, i, nA);
-          std::printf("%10s", g(a).c_str());
+          std::printf("%10s", format_number(a).c_str());
           for (int j = 0; j < nG; ++j) {
             double e = el_joint(L.el, a, at(Gr, j, nG), c);
             std::printf("%9.3f", e);
@@ -306,10 +301,10 @@ int run_cli(int argc, char** argv) {
       check_range(Gr, "--G-range");
       LawSet L = load_laws(laws_file, preset);
       Advice a = advise(L, C, Ar[0], Ar[1], Gr[0], Gr[1]);
-      std::printf("best configuration at C = %s FLOPs (laws: %s)\n", g(C).c_str(), L.source.c_str());
-      std::printf("  A = %s  G = %s  EL = %.4f\n", g(a.A).c_str(), g(a.G).c_str(), a.EL);
-      std::printf("  M_opt = %s FLOPs/token  D_opt = %s tokens\n", g(a.M_opt).c_str(), g(a.D_opt).c_str());
-      std::printf("  eta_opt = %s  B_opt = %s tokens\n", g(a.eta).c_str(), g(a.batch).c_str());
+      std::printf("best configuration at C = %s FLOPs (laws: %s)\n", format_number(C).c_str(), L.source.c_str());
+      std::printf("  A = %s  G = %s  EL = %.4f\n", format_number(a.A).c_str(), format_number(a.G).c_str(), a.EL);
+      std::printf("  M_opt = %s FLOPs/token  D_opt = %s tokens\n", format_number(a.M_opt).c_str(), format_number(a.D_opt).c_str());
+      std::printf("  eta_opt = %s  B_opt = %s tokens\n", format_number(a.eta).c_str(), format_number(a.batch).c_str());
       if (a.A <= Ar[0] * (1 + 1e-9)) std::printf("  note: A is at the lower bound of --A-range (EL grows as A falls)\n");
       return 0;
     }

@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "format.hpp"
 #include "h5io.hpp"
 #include "output.hpp"
 
@@ -13,16 +14,10 @@ namespace fulcrum::fit {
 
 namespace {
 
-std::string g(double v, const char* f = "%.4g") {
-  if (!std::isfinite(v)) return "n/a";
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
 
 std::string vci(const Value& v) {
-  std::string s = g(v.v);
-  if (std::isfinite(v.lo)) s += "  [" + g(v.lo) + ", " + g(v.hi) + "]";
+  std::string s = format_number(v.v);
+  if (std::isfinite(v.lo)) s += "  [" + format_number(v.lo) + ", " + format_number(v.hi) + "]";
   return s;
 }
 
@@ -103,7 +98,7 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   }
   if (!R.budget_notes.empty()) {
     o << "\nBudgets (runs grouped by the recorded compute_budget, else clustered within "
-      << g(100 * opt.budget_tolerance) << "% of their compute; every law uses the best run or the IsoFLOP "
+      << format_number(100 * opt.budget_tolerance) << "% of their compute; every law uses the best run or the IsoFLOP "
       << "minimum per family and budget):\n";
     for (auto& n : R.budget_notes) o << "  " << n << "\n";
   }
@@ -121,7 +116,7 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   o << "\nLaw 1: optimal hyper-parameters vs compute (method: " << law1_method_name(opt.law1_method)
     << (vtx ? ", per-budget vertex of a quadratic surface of ln(loss) in (log lr, log B)"
             : ", the paper's power law through the near-optimal runs")
-    << "; near-optimal: within " << g(100 * opt.near_optimal) << "% of the best loss per budget)\n";
+    << "; near-optimal: within " << format_number(100 * opt.near_optimal) << "% of the best loss per budget)\n";
   if (R.law1_all.empty()) o << "  not fitted\n";
   auto nearopt_counts = [&](const std::string& fam, int& n, int& olr, int& ob, size_t& nb) {
     std::set<double> b;
@@ -182,7 +177,7 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     row(o, "D_opt a", l.D_opt.a);
     for (auto& f : R.isofits)
       if (f.family == l.family)
-        o << "    C=" << g(f.C) << "  M_opt=" << g(f.M_opt) << "  L_min=" << g(f.L_min, "%.5f") << "\n";
+        o << "    C=" << format_number(f.C) << "  M_opt=" << format_number(f.M_opt) << "  L_min=" << format_number(f.L_min, "%.5f") << "\n";
   }
   for (auto& p : R.laws.parametric) {
     o << " parametric cross-check [" << p.family << "]  L = E + A/M^alpha + B/D^beta (Huber on ln L)\n";
@@ -191,7 +186,7 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     row(o, "B", p.B);
     row(o, "alpha", p.alpha);
     row(o, "beta", p.beta);
-    o << "  implied M_opt exponent beta/(alpha+beta) = " << g(p.beta.v / (p.alpha.v + p.beta.v)) << "\n";
+    o << "  implied M_opt exponent beta/(alpha+beta) = " << format_number(p.beta.v / (p.alpha.v + p.beta.v)) << "\n";
   }
 
   o << "\nLaw 3: loss vs compute per family, L(C) = alpha C^beta + b\n";
@@ -202,7 +197,7 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   o << b;
   for (auto& l : R.laws.law3) {
     std::snprintf(b, sizeof b, "  %-32s %-30s %-30s %-30s %6s %3d\n", l.family.c_str(),
-                  vci(l.alpha).c_str(), vci(l.beta).c_str(), vci(l.b).c_str(), g(l.r2, "%.4f").c_str(), l.n);
+                  vci(l.alpha).c_str(), vci(l.beta).c_str(), vci(l.b).c_str(), format_number(l.r2, "%.4f").c_str(), l.n);
     o << b;
   }
 
@@ -210,35 +205,35 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   o << "\nEfficiency leverage: " << R.el.size() << " EL point(s) (EL = C_dense(L_moe) / C_moe)\n";
   if (S.el.ok()) {
     o << " joint law EL = A_hat^(a + d log10 C + gamma log2(G)^2 + beta log2 G), A_max fixed at "
-      << g(S.el.A_max.v) << "\n";
+      << format_number(S.el.A_max.v) << "\n";
     row(o, "a", S.el.a);
     row(o, "d", S.el.d);
     row(o, "gamma", S.el.gamma);
     row(o, "beta", S.el.beta);
     row(o, "A_start", S.el.A_start);
-    o << "  train (EL < " << g(S.el_threshold) << "): n=" << S.n_train << "  R^2=" << g(S.r2_train, "%.4f")
-      << "  MAPE=" << g(S.mape_train, "%.2f") << "%\n";
-    o << "  validation (EL >= " << g(S.el_threshold) << "): n=" << S.n_val << "  R^2=" << g(S.r2_val, "%.4f")
-      << "  MAPE=" << g(S.mape_val, "%.2f") << "%\n";
+    o << "  train (EL < " << format_number(S.el_threshold) << "): n=" << S.n_train << "  R^2=" << format_number(S.r2_train, "%.4f")
+      << "  MAPE=" << format_number(S.mape_train, "%.2f") << "%\n";
+    o << "  validation (EL >= " << format_number(S.el_threshold) << "): n=" << S.n_val << "  R^2=" << format_number(S.r2_val, "%.4f")
+      << "  MAPE=" << format_number(S.mape_val, "%.2f") << "%\n";
     double Go = el_optimal_G(S.el);
-    o << "  optimal granularity (unconstrained) G* = " << g(Go) << "\n";
+    o << "  optimal granularity (unconstrained) G* = " << format_number(Go) << "\n";
   } else {
     o << " joint law: not fitted\n";
   }
   if (S.el_A.ok()) {
-    o << " activation law ln EL = a_A ln A_hat  (slice G=" << g(S.el_A.G) << ", C=" << g(S.el_A.C) << ")\n";
+    o << " activation law ln EL = a_A ln A_hat  (slice G=" << format_number(S.el_A.G) << ", C=" << format_number(S.el_A.C) << ")\n";
     row(o, "a_A", S.el_A.a_A);
     row(o, "A_start", S.el_A.A_start);
   }
   if (S.el_G.ok()) {
-    o << " granularity law ln EL = a_G + b_G log2 G (log2 G + c_G)  (slice A=" << g(S.el_G.A)
-      << ", C=" << g(S.el_G.C) << ")\n";
+    o << " granularity law ln EL = a_G + b_G log2 G (log2 G + c_G)  (slice A=" << format_number(S.el_G.A)
+      << ", C=" << format_number(S.el_G.C) << ")\n";
     row(o, "a_G", S.el_G.a_G);
     row(o, "b_G", S.el_G.b_G);
     row(o, "c_G", S.el_G.c_G);
   }
   if (S.el_C.ok()) {
-    o << " compute law ln EL = a_C log10 C + c_C  (slice A=" << g(S.el_C.A) << ", G=" << g(S.el_C.G) << ")\n";
+    o << " compute law ln EL = a_C log10 C + c_C  (slice A=" << format_number(S.el_C.A) << ", G=" << format_number(S.el_C.G) << ")\n";
     row(o, "a_C", S.el_C.a_C);
     row(o, "c_C", S.el_C.c_C);
   }
@@ -248,8 +243,8 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
                   "EL_pred", "set");
     o << b;
     for (auto& e : R.el) {
-      std::snprintf(b, sizeof b, "  %-10s %-6s %-10s %-10s %-10s %-10s %s\n", g(e.A).c_str(), g(e.G).c_str(),
-                    g(e.C).c_str(), g(e.loss, "%.5f").c_str(), g(e.EL).c_str(), g(e.EL_pred).c_str(),
+      std::snprintf(b, sizeof b, "  %-10s %-6s %-10s %-10s %-10s %-10s %s\n", format_number(e.A).c_str(), format_number(e.G).c_str(),
+                    format_number(e.C).c_str(), format_number(e.loss, "%.5f").c_str(), format_number(e.EL).c_str(), format_number(e.EL_pred).c_str(),
                     e.train ? "train" : "validation");
       o << b;
     }

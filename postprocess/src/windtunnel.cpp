@@ -8,15 +8,11 @@
 #include <set>
 #include <sstream>
 
+#include "format.hpp"
+
 namespace fulcrum::fit {
 
 namespace {
-std::string g4(double v) {
-  if (!std::isfinite(v)) return "n/a";
-  char b[32];
-  std::snprintf(b, sizeof b, "%.4g", v);
-  return b;
-}
 template <class T>
 const T* by_family(const std::vector<T>& v, const std::string& fam) {
   for (auto& x : v)
@@ -62,7 +58,7 @@ WindTunnel wind_tunnel(std::vector<Run> runs, const FitOptions& opt) {
       } else {
         const double Cd = dense->inverse(r->loss);
         if (!std::isfinite(Cd)) {
-          w.notes.push_back("EL [" + fam + "]: observed loss " + g4(r->loss) +
+          w.notes.push_back("EL [" + fam + "]: observed loss " + format_number(r->loss) +
                             " is below the refitted dense asymptote; no observed EL");
         } else {
           WindRow row{"el", fam, "", w.C_held, r->M, r->D, el_joint(R.laws.el, r->A, r->G, w.C_held),
@@ -94,7 +90,7 @@ WindTunnel wind_tunnel(std::vector<Run> runs, const FitOptions& opt) {
   for (auto& f : no_param)
     w.notes.push_back("parametric L(M, D) [" + f + "]: not fitted without the held-out budget (needs IsoFLOP ladders)");
   if (w.rows.empty()) {
-    std::string m = "wind tunnel: nothing could be predicted for the held-out budget C=" + g4(w.C_held) + ":";
+    std::string m = "wind tunnel: nothing could be predicted for the held-out budget C=" + format_number(w.C_held) + ":";
     for (auto& n : w.notes) m += "\n  - " + n;
     throw FitError(m, 3);
   }
@@ -103,7 +99,7 @@ WindTunnel wind_tunnel(std::vector<Run> runs, const FitOptions& opt) {
 
 std::string wind_tunnel_report(const WindTunnel& w) {
   std::ostringstream o;
-  o << "Wind tunnel: laws refitted without the largest budget C=" << g4(w.C_held) << " (" << w.n_train
+  o << "Wind tunnel: laws refitted without the largest budget C=" << format_number(w.C_held) << " (" << w.n_train
     << " run(s) fitted, " << w.n_held << " held out), predicted vs observed there\n";
   char b[512];
   std::snprintf(b, sizeof b, "  %-10s %-28s %10s %10s %10s %10s  %s\n", "law", "family", "M", "D", "predicted",
@@ -114,7 +110,7 @@ std::string wind_tunnel_report(const WindTunnel& w) {
   for (auto& r : w.rows) {
     std::string what = r.kind == "el" ? "EL" : r.kind == "law3" ? "Law 3 loss" : "L(M,D)";
     std::snprintf(b, sizeof b, "  %-10s %-28s %10s %10s %10s %10s  %+.2f%%%s\n", what.c_str(), r.family.c_str(),
-                  g4(r.M).c_str(), g4(r.D).c_str(), g4(r.predicted).c_str(), g4(r.observed).c_str(),
+                  format_number(r.M).c_str(), format_number(r.D).c_str(), format_number(r.predicted).c_str(), format_number(r.observed).c_str(),
                   100 * r.rel_error(), r.run.empty() ? "" : ("  " + r.run).c_str());
     o << b;
     auto& s = sum[r.kind];
