@@ -362,7 +362,9 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
                   std::to_string(plan.steps_total) + " steps x " + std::to_string(cfg.train.batch_tokens) +
                   " tokens, params_total " + std::to_string((long long)plan.accounting.params_total) +
                   ", params_active " + std::to_string((long long)plan.accounting.params_active) +
-                  ", M " + format_config_value(M) + " FLOPs/token -> " + file.path());
+                  ", M " + format_config_value(M) + " FLOPs/token, products in " +
+                  precision_name(plan.gemm.precision) + " (" + gemm.backend().implementation() + ") -> " +
+                  file.path());
 
     auto do_eval = [&]() {
       const auto t0 = Clock::now();
