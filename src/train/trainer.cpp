@@ -517,6 +517,8 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
       status = "completed";
       write_checkpoint();  // lets a finished run be continued or inspected
     }
+    // every kernel the run used (at the start only the trial product's was known)
+    file.set_root_attr("gemm_implementation", gemm.backend().implementation());
     // per-rank token-exchange time and volume (all MoE layers)
     double a2a[2] = {0, 0};
     for (int l = 0; l < plan.shape.n_layers; ++l)
