@@ -76,6 +76,65 @@ KOKKOS_INLINE_FUNCTION T fast_exp(T x) {
     return exp(x);
   }
 }
+
+// Row reductions for the softmax-like kernels (cross-entropy over V,
+// attention over T). A single running max or sum is a serial dependency that
+// the compiler may not reorder without -ffast-math, so the loops would stay
+// scalar; kLanes independent partial results (folded at the end) let them
+// vectorise. The summation order is fixed, so results are deterministic.
+constexpr int kRowLanes = 16;
+
+template <class T>
+KOKKOS_INLINE_FUNCTION T row_max(const T* z, int n) {
+  T m[kRowLanes];
+  for (int l = 0; l < kRowLanes; ++l) m[l] = z[0];
+  int v = 0;
+  for (; v + kRowLanes <= n; v += kRowLanes)
+    for (int l = 0; l < kRowLanes; ++l) m[l] = z[v + l] > m[l] ? z[v + l] : m[l];
+  for (; v < n; ++v) m[0] = z[v] > m[0] ? z[v] : m[0];
+  T mx = m[0];
+  for (int l = 1; l < kRowLanes; ++l) mx = m[l] > mx ? m[l] : mx;
+  return mx;
+}
+
+// sum_v exp(z[v] - shift)
+template <class T>
+KOKKOS_INLINE_FUNCTION T row_sum_exp(const T* z, int n, T shift) {
+  T s[kRowLanes] = {};
+  int v = 0;
+  for (; v + kRowLanes <= n; v += kRowLanes)
+    for (int l = 0; l < kRowLanes; ++l) s[l] += fast_exp(z[v + l] - shift);
+  for (; v < n; ++v) s[0] += fast_exp(z[v] - shift);
+  T sum = 0;
+  for (int l = 0; l < kRowLanes; ++l) sum += s[l];
+  return sum;
+}
+
+// sum_v z[v]
+template <class T>
+KOKKOS_INLINE_FUNCTION T row_sum(const T* z, int n) {
+  T s[kRowLanes] = {};
+  int v = 0;
+  for (; v + kRowLanes <= n; v += kRowLanes)
+    for (int l = 0; l < kRowLanes; ++l) s[l] += z[v + l];
+  for (; v < n; ++v) s[0] += z[v];
+  T sum = 0;
+  for (int l = 0; l < kRowLanes; ++l) sum += s[l];
+  return sum;
+}
+
+// sum_v a[v] b[v]
+template <class T>
+KOKKOS_INLINE_FUNCTION T row_dot(const T* a, const T* b, int n) {
+  T s[kRowLanes] = {};
+  int v = 0;
+  for (; v + kRowLanes <= n; v += kRowLanes)
+    for (int l = 0; l < kRowLanes; ++l) s[l] += a[v + l] * b[v + l];
+  for (; v < n; ++v) s[0] += a[v] * b[v];
+  T sum = 0;
+  for (int l = 0; l < kRowLanes; ++l) sum += s[l];
+  return sum;
+}
 }  // namespace math
 
 template <class T>

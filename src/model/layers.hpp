@@ -188,14 +188,9 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B
                        KOKKOS_LAMBDA(const long row) {
     const int t = row % Tn;
     T* p = att + row * Tn;
-    T mx = p[0];
-    for (int j = 1; j <= t; ++j) mx = p[j] > mx ? p[j] : mx;
-    T sum = 0;
-    for (int j = 0; j <= t; ++j) {
-      p[j] = math::fast_exp(p[j] - mx);
-      sum += p[j];
-    }
-    const T inv = T(1) / sum;
+    const T mx = math::row_max(p, t + 1);
+    for (int j = 0; j <= t; ++j) p[j] = math::fast_exp(p[j] - mx);
+    const T inv = T(1) / math::row_sum(p, t + 1);
     for (int j = 0; j <= t; ++j) p[j] *= inv;
     for (int j = t + 1; j < Tn; ++j) p[j] = 0;
   });
@@ -227,8 +222,7 @@ void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* at
     const int t = row % Tn;
     const T* p = att + row * Tn;
     T* d = datt + row * Tn;
-    T dot = 0;
-    for (int j = 0; j <= t; ++j) dot += p[j] * d[j];
+    const T dot = math::row_dot(p, d, t + 1);
     for (int j = 0; j <= t; ++j) d[j] = p[j] * (d[j] - dot) * scale;
     for (int j = t + 1; j < Tn; ++j) d[j] = 0;
   });
@@ -281,34 +275,32 @@ void swiglu_backward(T* dinp, T* dw1, T* dw3, T* dw2, T* dact, T* dh1, T* dh3, c
 }
 
 // ---------------------------------------------------------------- cross-entropy
-// Returns the mean loss over the N positions. logits is (N,V), targets is (N).
+// Returns the mean loss over the N positions. logits is (N,V), targets is (N);
+// lse is (N) (written): each row's log-sum-exp, which the backward reuses.
 template <class T>
-double crossentropy_forward(const T* logits, const int* targets, int N, int V) {
+double crossentropy_forward(T* lse, const T* logits, const int* targets, int N, int V) {
   double total = 0;
   Kokkos::parallel_reduce("crossentropy::forward", RangePolicy(0, N),
                           KOKKOS_LAMBDA(const int n, double& acc) {
     const T* z = logits + (long)n * V;
-    T mx = z[0];
-    for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
-    T sum = 0;
-    for (int v = 0; v < V; ++v) sum += math::fast_exp(z[v] - mx);
-    acc += static_cast<double>(mx + math::log(sum) - z[targets[n]]);
+    const T mx = math::row_max(z, V);
+    const T l = mx + math::log(math::row_sum_exp(z, V, mx));
+    lse[n] = l;
+    acc += static_cast<double>(l - z[targets[n]]);
   }, total);
   return total / N;
 }
-// dlogits is (N,V) (overwritten) = d(dloss * mean loss)/dlogits = dloss (softmax - onehot) / N
+// dlogits is (N,V) (overwritten) = d(dloss * mean loss)/dlogits = dloss (softmax - onehot) / N;
+// lse is (N), from crossentropy_forward on the same logits
 template <class T>
-void crossentropy_backward(T* dlogits, const T* logits, const int* targets, int N, int V, T dloss) {
+void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int* targets, int N, int V,
+                           T dloss) {
   const T scale = dloss / static_cast<T>(N);
   Kokkos::parallel_for("crossentropy::backward", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
     const T* z = logits + (long)n * V;
     T* dz = dlogits + (long)n * V;
-    T mx = z[0];
-    for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
-    T sum = 0;
-    for (int v = 0; v < V; ++v) sum += math::fast_exp(z[v] - mx);
-    const T lse = mx + math::log(sum);
-    for (int v = 0; v < V; ++v) dz[v] = math::fast_exp(z[v] - lse) * scale;
+    const T l = lse[n];
+    for (int v = 0; v < V; ++v) dz[v] = math::fast_exp(z[v] - l) * scale;
     dz[targets[n]] -= scale;
   });
 }

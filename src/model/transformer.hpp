@@ -190,6 +190,7 @@ class Transformer {
   DeviceBuffer<T> attn_out_;  // (L,N,nh*hd) attention output before wo
   DeviceBuffer<T> ffn_h1_, ffn_h3_, ffn_act_;  // (L,N,F) dense layers
   DeviceBuffer<T> lnf_, rstdf_, logits_;       // (N,C), (N), (N,V)
+  DeviceBuffer<T> lse_;                        // (N): log-sum-exp of each logits row
   std::vector<std::unique_ptr<MoeLayer<T>>> moe_;
   // gradient scratch, shared across layers:
   DeviceBuffer<T> proj_q_, proj_k_, proj_v_;   // (N,nh*hd), (N,nkv*hd) x2

@@ -29,6 +29,7 @@ void Transformer<T>::allocate_activations(const std::string& dispatcher) {
   lnf_ = DeviceBuffer<T>("act::lnf", N * C);
   rstdf_ = DeviceBuffer<T>("act::rstdf", N);
   logits_ = DeviceBuffer<T>("act::logits", N * V);
+  lse_ = DeviceBuffer<T>("act::logsumexp", N);
   moe_.resize(L);
   for (int l = 0; l < s_.n_layers; ++l)
     if (s_.is_moe_layer(l)) moe_[l] = std::make_unique<MoeLayer<T>>(s_, (int)N, dispatcher, ep_comm_);
@@ -104,7 +105,7 @@ ModelLosses Transformer<T>::forward() {
   }
   rmsnorm_forward<T>(lnf_.data(), rstdf_.data(), resid + s_.n_layers * big_NC, weights_.lnf_w, N, C, s_.norm_eps);
   matmul<T>('N', 'T', N, V, C, T(1), lnf_.data(), weights_.lm_head, T(0), logits_.data());
-  losses.lm = crossentropy_forward<T>(logits_.data(), targets_.data(), N, V);
+  losses.lm = crossentropy_forward<T>(lse_.data(), logits_.data(), targets_.data(), N, V);
   last_losses_ = losses;
   return losses;
 }
@@ -121,7 +122,7 @@ void Transformer<T>::backward(T dloss) {
   T* dln = dln_.data();
   const ModelWeights<T>& g = grad_weights_;
   // LM head and final norm
-  crossentropy_backward<T>(dlogits_.data(), logits_.data(), targets_.data(), N, V, dloss);
+  crossentropy_backward<T>(dlogits_.data(), logits_.data(), lse_.data(), targets_.data(), N, V, dloss);
   matmul<T>('T', 'N', V, C, N, T(1), dlogits_.data(), lnf_.data(), T(1), g.lm_head);
   matmul<T>('N', 'N', N, C, V, T(1), dlogits_.data(), weights_.lm_head, T(0), dln);
   zero(dresid, (std::size_t)N * C);
