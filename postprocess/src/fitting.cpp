@@ -679,6 +679,7 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
         continue;
       }
       ELPoint e{fam, r0->A, r0->G, cl.first, cl.second, Cd, Cd / cl.first};
+      e.S = r0->S;
       e.train = e.EL < opt.el_threshold;
       R.el.push_back(e);
     }
@@ -686,6 +687,31 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
   if (unreachable)
     R.notes.push_back("EL: " + std::to_string(unreachable) +
                       " MoE point(s) have a loss below the dense family's asymptote b; left out");
+  // The EL laws (Eq. 13 and the separable laws) have no shared-ratio term, so
+  // they are fitted at one S: the one with the most EL points (ties: the
+  // smaller S). Points at other S (a shared-expert ablation) are reported
+  // beside them, as the paper reports its S sweep, and would otherwise read
+  // as scatter in A or G.
+  {
+    auto S_key = [](double S) { return std::llround(S * 1e4); };  // S may be 0: no log key
+    std::map<long long, int> per_S;
+    for (auto& e : R.el) ++per_S[S_key(e.S)];
+    long long S_ref = 0;
+    int most = -1;
+    for (auto& [k, n] : per_S)
+      if (n > most) most = n, S_ref = k;
+    int other = 0;
+    std::set<std::string> other_S;
+    for (auto& e : R.el)
+      if (S_key(e.S) != S_ref) e.other_S = true, e.train = false, ++other, other_S.insert(fmt(e.S));
+    if (other) {
+      std::string list;
+      for (auto& v : other_S) list += (list.empty() ? "" : ", ") + v;
+      R.notes.push_back("EL laws: fitted at the shared ratio S = " + fmt(S_ref * 1e-4) + " (most EL points); " +
+                        std::to_string(other) + " point(s) at S = " + list +
+                        " are listed with set \"other S\" and not fitted (the laws have no S term)");
+    }
+  }
   LawSet& L = R.laws;
   L.el_threshold = opt.el_threshold;
   std::vector<const ELPoint*> tr;
@@ -734,6 +760,7 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
       std::vector<double> ot, pt, ov, pv;
       for (auto& e : R.el) {
         e.EL_pred = el_joint(L.el, e.A, e.G, e.C);
+        if (e.other_S) continue;
         (e.train ? ot : ov).push_back(e.EL);
         (e.train ? pt : pv).push_back(e.EL_pred);
       }

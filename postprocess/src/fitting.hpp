@@ -82,7 +82,9 @@ struct CurvePoint {              // Law 3 data: per family and budget
 struct ELPoint {
   std::string family;
   double A, G, C, loss, C_dense, EL, EL_pred = 0;
-  bool train = true;
+  double S = 0;         // shared-expert ratio of the family
+  bool train = true;    // EL below the threshold: fitted (else held out for validation)
+  bool other_S = false; // S differs from the reference S of the EL laws: shown, neither fitted nor validated
 };
 
 struct FitResult {

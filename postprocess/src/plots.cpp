@@ -276,7 +276,7 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
           bool in = var == 0 ? (e.G == groups[i] && e.C == Cmax)
                   : var == 1 ? (e.A == groups[i] && e.C == Cmax)
                              : (e.A == groups[i] && e.G == Gfix);
-          if (!in) continue;
+          if (!in || e.other_S) continue;
           double x = var == 0 ? std::log10(e.A) : var == 1 ? std::log2(e.G) : std::log10(e.C);
           (e.train ? px : vx).push_back(x);
           (e.train ? py : vy).push_back(e.EL);

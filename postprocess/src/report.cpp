@@ -239,13 +239,14 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   }
   if (!R.el.empty()) {
     o << "\n  EL points:\n";
-    std::snprintf(b, sizeof b, "  %-10s %-6s %-10s %-10s %-10s %-10s %s\n", "A", "G", "C", "loss", "EL",
+    std::snprintf(b, sizeof b, "  %-10s %-6s %-6s %-10s %-10s %-10s %-10s %s\n", "A", "G", "S", "C", "loss", "EL",
                   "EL_pred", "set");
     o << b;
     for (auto& e : R.el) {
-      std::snprintf(b, sizeof b, "  %-10s %-6s %-10s %-10s %-10s %-10s %s\n", format_number(e.A).c_str(), format_number(e.G).c_str(),
-                    format_number(e.C).c_str(), format_number(e.loss, "%.5f").c_str(), format_number(e.EL).c_str(), format_number(e.EL_pred).c_str(),
-                    e.train ? "train" : "validation");
+      std::snprintf(b, sizeof b, "  %-10s %-6s %-6s %-10s %-10s %-10s %-10s %s\n", format_number(e.A).c_str(),
+                    format_number(e.G).c_str(), format_number(e.S).c_str(), format_number(e.C).c_str(),
+                    format_number(e.loss, "%.5f").c_str(), format_number(e.EL).c_str(), format_number(e.EL_pred).c_str(),
+                    e.other_S ? "other S" : e.train ? "train" : "validation");
       o << b;
     }
   }
@@ -332,15 +333,18 @@ void write_fit_h5(const std::string& path, const FitResult& R, const LoadResult&
     w.attr("/law3", "family_per_point", fams);
   }
   {
-    std::vector<double> A, G, C, loss, Cd, EL, pr, tr;
+    std::vector<double> A, G, S, C, loss, Cd, EL, pr, tr, os;
     std::string fams;
     for (auto& e : R.el) {
-      A.push_back(e.A), G.push_back(e.G), C.push_back(e.C), loss.push_back(e.loss);
+      A.push_back(e.A), G.push_back(e.G), S.push_back(e.S), C.push_back(e.C), loss.push_back(e.loss);
       Cd.push_back(e.C_dense), EL.push_back(e.EL), pr.push_back(e.EL_pred), tr.push_back(e.train);
+      os.push_back(e.other_S);
       fams += e.family + "\n";
     }
     w.dataset("/el/A", A);
     w.dataset("/el/G", G);
+    w.dataset("/el/S", S);
+    w.dataset("/el/other_S", os);
     w.dataset("/el/C", C);
     w.dataset("/el/loss", loss);
     w.dataset("/el/C_dense", Cd);

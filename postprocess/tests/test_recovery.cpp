@@ -287,3 +287,41 @@ TEST(Recovery, BootstrapCoversEL) {
     EXPECT_GE(v.hi, tv);
   }
 }
+
+// A shared-expert ablation beside the A and G sweeps: the EL laws have no S
+// term, so points at another S must not move them (they would read as
+// scatter in A and G); they are listed as "other S" with a note.
+TEST(Recovery, JointELLawIgnoresOtherSharedRatios) {
+  Campaign c(0, 3e-4);
+  std::vector<fulcrum::fit::Run> runs = c.runs;
+  int added = 0;
+  for (const fulcrum::fit::Run& r : c.runs)
+    if (r.is_moe && r.family != family_key(true, c.spec.ref_A, c.spec.ref_G, r.S)) {
+      fulcrum::fit::Run o = r;
+      o.S = 0.2;
+      o.family = family_key(true, o.A, o.G, o.S);
+      o.loss *= 1.03;  // a much worse family: planted EL far off the joint law
+      runs.push_back(o);
+      ++added;
+    }
+  ASSERT_GT(added, 0);
+  const FitResult f = fit_all(runs, FitOptions{});
+  ASSERT_TRUE(f.laws.el.ok());
+  EXPECT_NEAR(f.laws.el.a.v, c.fit.laws.el.a.v, 1e-6 * std::abs(c.fit.laws.el.a.v));
+  EXPECT_NEAR(f.laws.el.gamma.v, c.fit.laws.el.gamma.v, 1e-6 * std::abs(c.fit.laws.el.gamma.v));
+  EXPECT_NEAR(f.laws.r2_train, c.fit.laws.r2_train, 1e-9);
+  int other = 0;
+  for (auto& e : f.el) {
+    if (std::abs(e.S - 0.2) < 1e-9) {
+      EXPECT_TRUE(e.other_S);
+      EXPECT_FALSE(e.train);
+      ++other;
+    } else {
+      EXPECT_FALSE(e.other_S);
+    }
+  }
+  EXPECT_GT(other, 0);
+  bool noted = false;
+  for (auto& n : f.notes) noted |= n.find("EL laws: fitted at the shared ratio S = 0.5") != std::string::npos;
+  EXPECT_TRUE(noted);
+}
