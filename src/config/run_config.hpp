@@ -55,6 +55,12 @@ struct MoeSection {
   double capacity_factor = 0.0;   // 0 = dropless; > 0 drops overflow tokens
   double aux_loss_coef = 0.01;    // load-balancing loss coefficient
   double z_loss_coef = 0.001;     // router z-loss coefficient
+  // Routing (doc/model.md, "Routing options"); the defaults are the paper's recipe.
+  std::string score_function = "softmax";        // "softmax" | "sigmoid" router scores
+  double route_scale = 1.0;                      // combine weights x route_scale
+  std::string balance_loss_scope = "micro_batch";  // "micro_batch" | "sequence" | "global"
+  bool bias_balancing = false;    // aux-loss-free balancing: per-expert selection bias
+  double bias_update_rate = 1e-3; // u: b_e += u * sign(mean load - load_e) per step
 };
 
 // [train]

@@ -357,6 +357,15 @@ const std::vector<KeySpec>& key_table() {
                           closed(0.0, 1.0)));
     t.push_back(float_key("moe", "z_loss_coef", &R::moe, &MoeSection::z_loss_coef,
                           closed(0.0, 1.0)));
+    t.push_back(string_key("moe", "score_function", &R::moe, &MoeSection::score_function,
+                           {"softmax", "sigmoid"}));
+    t.push_back(float_key("moe", "route_scale", &R::moe, &MoeSection::route_scale,
+                          open_closed(0.0, 100.0)));
+    t.push_back(string_key("moe", "balance_loss_scope", &R::moe, &MoeSection::balance_loss_scope,
+                           {"micro_batch", "sequence", "global"}));
+    t.push_back(bool_key("moe", "bias_balancing", &R::moe, &MoeSection::bias_balancing));
+    t.push_back(float_key("moe", "bias_update_rate", &R::moe, &MoeSection::bias_update_rate,
+                          open_closed(0.0, 1.0)));
     // [train]
     t.push_back(u64_key("train", "tokens", &R::train, &TrainSection::tokens, 1));
     t.push_back(float_key("train", "compute", &R::train, &TrainSection::compute,
@@ -1520,7 +1529,20 @@ std::string training_fingerprint(const RunConfig& config) {
   copy.output = OutputSection{};
   copy.deck_path.clear();
   copy.deck_text.clear();
-  return resolved_deck_toml(copy);
+  std::string text = resolved_deck_toml(copy);
+  // Routing keys added after checkpoints already existed: left out while at
+  // their defaults, so checkpoints of earlier versions (the paper's recipe)
+  // still resume.
+  const RunConfig defaults;
+  for (const char* name : {"score_function", "route_scale", "balance_loss_scope", "bias_balancing",
+                           "bias_update_rate"}) {
+    const KeySpec* k = find_key("moe", name);
+    const std::string line = k->name + " = " + value_text(k->get(copy)) + "\n";
+    if (line != k->name + " = " + value_text(k->get(defaults)) + "\n") continue;
+    const std::size_t at = text.find("\n" + line);
+    if (at != std::string::npos) text.erase(at + 1, line.size());
+  }
+  return text;
 }
 
 }  // namespace fulcrum

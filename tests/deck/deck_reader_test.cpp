@@ -147,6 +147,14 @@ TEST(DeckReader, MinimalDeckLoadsWithDefaults) {
   EXPECT_EQ(c.train.lr_schedule, "wsd");
   EXPECT_EQ(c.train.batch_tokens, def.train.batch_tokens);
   EXPECT_EQ(c.moe.aux_loss_coef, def.moe.aux_loss_coef);
+  // routing: the paper's recipe
+  EXPECT_EQ(c.moe.score_function, "softmax");
+  EXPECT_EQ(c.moe.route_scale, 1.0);
+  EXPECT_EQ(c.moe.balance_loss_scope, "micro_batch");
+  EXPECT_EQ(c.moe.bias_balancing, false);
+  EXPECT_EQ(c.moe.bias_update_rate, 1e-3);
+  EXPECT_EQ(c.moe.aux_loss_coef, 0.01);
+  EXPECT_EQ(c.moe.z_loss_coef, 0.001);
   EXPECT_EQ(c.parallel.dispatcher, "local");
   EXPECT_EQ(c.output.dir, def.output.dir);
   // key_lines: given keys only.
@@ -282,6 +290,11 @@ TEST(DeckErrors, OutOfRange) {
       {"[train]", "lr = nan", "train.lr"},
       {"[moe]", "capacity_factor = 0.5", "moe.capacity_factor"},
       {"[moe]", "num_shared_experts = -1", "moe.num_shared_experts"},
+      {"[moe]", "route_scale = 0", "moe.route_scale"},
+      {"[moe]", "route_scale = 101", "moe.route_scale"},
+      {"[moe]", "bias_update_rate = 0", "moe.bias_update_rate"},
+      {"[moe]", "bias_update_rate = -1e-3", "moe.bias_update_rate"},
+      {"[moe]", "aux_loss_coef = -0.01", "moe.aux_loss_coef"},
       {"[run]", "seed = -1", "run.seed"},
       {"[run]", "seed = 99999999999999999999999", "run.seed"},
       {"[model]", "vocab_size = 9223372036854775807", "model.vocab_size"},
@@ -320,6 +333,63 @@ TEST(DeckErrors, BadEnumerations) {
   expect_located(e, 17, "parallel.dispatcher");
   EXPECT_TRUE(contains(e.what(), "did you mean 'nccl'?")) << e.what();
   EXPECT_TRUE(contains(e.what(), "local, mpi_alltoall, nccl")) << e.what();
+
+  // routing options
+  Edited ed = edit(kBase, "moe", "score_function = \"sigmoi\"");
+  e = expect_error(ed.text);
+  expect_located(e, ed.line, "moe.score_function");
+  EXPECT_TRUE(contains(e.what(), "did you mean 'sigmoid'?")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "softmax, sigmoid")) << e.what();
+  ed = edit(kBase, "moe", "balance_loss_scope = \"microbatch\"");
+  e = expect_error(ed.text);
+  expect_located(e, ed.line, "moe.balance_loss_scope");
+  EXPECT_TRUE(contains(e.what(), "did you mean 'micro_batch'?")) << e.what();
+  EXPECT_TRUE(contains(e.what(), "micro_batch, sequence, global")) << e.what();
+  ed = edit(kBase, "moe", "bias_balancing = 1");
+  e = expect_error(ed.text);
+  expect_located(e, ed.line, "moe.bias_balancing");
+  // a near-miss key name is suggested
+  ed = edit(kBase, "moe", "bias_balance = true");
+  e = expect_error(ed.text);
+  EXPECT_TRUE(contains(e.what(), "bias_balancing")) << e.what();
+}
+
+// Routing options: every value is read; aux_loss_coef = 0 with bias balancing
+// (aux-loss-free) is valid; the rate alone (bias off) is accepted and unused,
+// so a sweep axis over bias_balancing works with a fixed rate.
+TEST(DeckReader, RoutingOptions) {
+  const std::string t = kBase + "";
+  const RunConfig c =
+      read_deck_text(t, kFile, {"moe.score_function=sigmoid", "moe.route_scale=2.5",
+                                "moe.balance_loss_scope=global", "moe.bias_balancing=true",
+                                "moe.bias_update_rate=0.002", "moe.aux_loss_coef=0"})
+          .config;
+  EXPECT_EQ(c.moe.score_function, "sigmoid");
+  EXPECT_EQ(c.moe.route_scale, 2.5);
+  EXPECT_EQ(c.moe.balance_loss_scope, "global");
+  EXPECT_TRUE(c.moe.bias_balancing);
+  EXPECT_EQ(c.moe.bias_update_rate, 0.002);
+  EXPECT_EQ(c.moe.aux_loss_coef, 0.0);
+  for (const char* scope : {"micro_batch", "sequence", "global"})
+    EXPECT_EQ(read_deck_text(t, kFile, {std::string("moe.balance_loss_scope=") + scope}).config.moe.balance_loss_scope,
+              scope);
+  EXPECT_FALSE(read_deck_text(t, kFile, {"moe.bias_update_rate=0.01"}).config.moe.bias_balancing);
+  // resolved round trip keeps them
+  const std::string r = resolved_deck_toml(c);
+  EXPECT_TRUE(contains(r, "score_function = \"sigmoid\"")) << r;
+  EXPECT_TRUE(contains(r, "balance_loss_scope = \"global\"")) << r;
+  const RunConfig b = read_deck_text(r, "resolved.toml").config;
+  EXPECT_EQ(body(resolved_deck_toml(b)), body(r));
+  EXPECT_EQ(b.moe.bias_update_rate, 0.002);
+  // the training fingerprint: unchanged by the routing keys at their defaults
+  // (checkpoints of earlier versions still resume), changed by any other value
+  const RunConfig base = read_deck_text(t, kFile).config;
+  EXPECT_FALSE(contains(training_fingerprint(base), "score_function"));
+  EXPECT_FALSE(contains(training_fingerprint(base), "bias_update_rate"));
+  EXPECT_TRUE(contains(resolved_deck_toml(base), "score_function = \"softmax\""));
+  for (const char* o : {"moe.score_function=sigmoid", "moe.route_scale=2", "moe.balance_loss_scope=sequence",
+                        "moe.bias_balancing=true", "moe.bias_update_rate=0.01"})
+    EXPECT_NE(training_fingerprint(read_deck_text(t, kFile, {o}).config), training_fingerprint(base)) << o;
 }
 
 // 6. Inconsistent architecture and cross-key rules.
@@ -583,7 +653,7 @@ TEST(DeckDoc, EveryKeyDocumented) {
     EXPECT_TRUE(key_pos != std::string::npos && key_pos < next) << section << " " << key;
     ++keys;
   }
-  EXPECT_EQ(keys, 53);  // every key of the reader
+  EXPECT_EQ(keys, 58);  // every key of the reader
 }
 
 TEST(DeckNearestName, Basics) {
