@@ -175,6 +175,10 @@ int run_cli(int argc, char** argv) {
       ->capture_default_str();
   fit->add_option("--near-optimal", opt.near_optimal, "Law 1 near-optimal tolerance (fraction)")->capture_default_str();
   fit->add_option("--el-threshold", opt.el_threshold, "train the EL law on EL below this")->capture_default_str();
+  fit->add_option("--el-budgets", opt.el_budgets,
+                  "reference budgets (FLOPs, comma separated) at which EL is computed from the fitted Law 3 "
+                  "curves (default: the budgets of the runs); a family is not extrapolated beyond its observed budgets")
+      ->delimiter(',');
   std::string law1_method = "vertex";
   fit->add_option("--law1-method", law1_method,
                   "Law 1 estimator: vertex (per-budget quadratic surface, default) or near-optimal "

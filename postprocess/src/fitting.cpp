@@ -195,10 +195,15 @@ template <class T> T ahat_t(double A, const T& lnAs, double Amax) {
 
 struct JointRes {  // ln EL = ln A_hat * (a + d lc + gamma lg^2 + beta lg)
   double A, lc, lg, lnEL, Amax;
+  bool fix_d = false, fix_gamma = false, fix_beta = false;  // term fixed at 0 (not identified)
   template <class T> bool operator()(const T* p, T* r) const {
     using std::log;
     T ah = ahat_t(A, p[4], Amax);
-    r[0] = log(ah) * (p[0] + p[1] * lc + p[2] * lg * lg + p[3] * lg) - lnEL;
+    T e = p[0];
+    if (!fix_d) e += p[1] * lc;
+    if (!fix_gamma) e += p[2] * lg * lg;
+    if (!fix_beta) e += p[3] * lg;
+    r[0] = log(ah) * e - lnEL;
     return true;
   }
 };
@@ -645,6 +650,37 @@ void fit_law3(const std::vector<Run>& runs, const FitOptions& opt, const FitResu
 }
 
 // ------------------------------------------------------------ EL
+// The reference budgets of the curve EL points (doc/fit.md, "EL"):
+// --el-budgets, else the budgets of the runs, clustered as group_budgets
+// clusters computes: budgets of different families within a factor
+// (1 + t) / (1 - t) of each other are one reference budget (their geometric
+// mean), so families whose budgets differ slightly meet at common budgets.
+std::vector<double> el_reference_budgets(const std::vector<Run>& runs, const FitOptions& opt) {
+  std::vector<double> g;
+  if (!opt.el_budgets.empty()) {
+    for (double c : opt.el_budgets)
+      if (c > 0 && std::isfinite(c)) g.push_back(c);
+    std::sort(g.begin(), g.end());
+    g.erase(std::unique(g.begin(), g.end(), [](double a, double b) { return budget_key(a) == budget_key(b); }),
+            g.end());
+    return g;
+  }
+  std::vector<double> b;
+  std::set<long long> seen;
+  for (auto& r : runs)
+    if (seen.insert(budget_key(r.C)).second) b.push_back(r.C);
+  std::sort(b.begin(), b.end());
+  const double t = std::clamp(opt.budget_tolerance, 0.0, 0.99), span = (1 + t) / (1 - t);
+  for (size_t i = 0; i < b.size();) {
+    size_t j = i;
+    double sl = 0;
+    while (j < b.size() && b[j] <= b[i] * span * (1 + 1e-12)) sl += std::log(b[j]), ++j;
+    g.push_back(j - i == 1 ? b[i] : std::exp(sl / (j - i)));
+    i = j;
+  }
+  return g;
+}
+
 void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult* warm,
             FitResult& R) {
   const Law3* dense = find_family(R.laws.law3, std::string("dense"));
@@ -659,8 +695,9 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
   }
   std::map<std::string, const Run*> famrun;
   for (auto& r : runs) if (r.is_moe) famrun[r.family] = &r;
-  // per MoE family and budget: the curve point if the family had a Law 3 fit,
-  // else its best loss per budget
+  // Raw EL (kept for comparison, and used for families without a Law 3
+  // fit): per MoE family and budget, the IsoFLOP minimum where the family has
+  // one, else its best run.
   std::map<std::string, std::map<long long, std::pair<double, double>>> pts;  // C, loss
   for (auto& r : runs) {
     if (!r.is_moe) continue;
@@ -669,20 +706,81 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
   }
   for (auto& f : R.isofits)
     if (pts.count(f.family)) pts[f.family][budget_key(f.C)] = {f.C, f.L_min};
-  int unreachable = 0;
+  std::map<std::string, int> unreachable_raw;
   for (auto& [fam, b] : pts) {
     const Run* r0 = famrun[fam];
     for (auto& [k, cl] : b) {
       double Cd = dense->inverse(cl.second);
       if (!std::isfinite(Cd)) {
-        ++unreachable;
+        ++unreachable_raw[fam];
         continue;
       }
       ELPoint e{fam, r0->A, r0->G, cl.first, cl.second, Cd, Cd / cl.first};
       e.S = r0->S;
       e.train = e.EL < opt.el_threshold;
+      R.el_raw.push_back(e);
+    }
+  }
+  // EL from fitted curves (the paper's definition): for each MoE family with
+  // a Law 3 fit, EL(C) = C_dense(L_moe(C)) / C at every reference budget C
+  // inside the family's observed budgets (beyond them by at most the budget
+  // tolerance; farther out is extrapolation and is refused).
+  R.el_grid = el_reference_budgets(runs, opt);
+  std::map<std::string, std::pair<double, double>> range;
+  for (auto& c : R.curve) {
+    auto it = range.find(c.family);
+    if (it == range.end()) range[c.family] = {c.C, c.C};
+    else it->second.first = std::min(it->second.first, c.C), it->second.second = std::max(it->second.second, c.C);
+  }
+  const double tol = std::clamp(opt.budget_tolerance, 0.0, 0.99);
+  int unreachable = 0, outside = 0, famout = 0;
+  std::vector<std::string> no_curve;
+  for (auto& [fam, b] : pts) {
+    const Run* r0 = famrun[fam];
+    const Law3* l = find_family(R.laws.law3, fam);
+    if (!l || !l->ok() || !range.count(fam)) {
+      no_curve.push_back(fam);
+      unreachable += unreachable_raw[fam];
+      for (auto& e : R.el_raw) {
+        if (e.family != fam) continue;
+        // with --el-budgets, only the runs at those budgets (within the tolerance)
+        bool at = opt.el_budgets.empty();
+        for (double C : R.el_grid) at |= std::abs(std::log(e.C / C)) <= std::log1p(opt.budget_tolerance) + 1e-9;
+        if (at) R.el.push_back(e);
+      }
+      continue;
+    }
+    const double lo = range[fam].first * (1 - tol) * (1 - 1e-9), hi = range[fam].second * (1 + tol) * (1 + 1e-9);
+    int out_f = 0;
+    for (double C : R.el_grid) {
+      if (C < lo || C > hi) {
+        ++out_f;
+        continue;
+      }
+      const double L = (*l)(C), Cd = dense->inverse(L);
+      if (!std::isfinite(Cd)) {
+        ++unreachable;
+        continue;
+      }
+      ELPoint e{fam, r0->A, r0->G, C, L, Cd, Cd / C};
+      e.S = r0->S;
+      e.from_curve = true;
+      e.train = e.EL < opt.el_threshold;
       R.el.push_back(e);
     }
+    outside += out_f, famout += out_f > 0;
+  }
+  if (outside)
+    R.notes.push_back("EL: " + std::to_string(outside) + " (family, reference budget) pair(s) in " +
+                      std::to_string(famout) + " famil" + (famout == 1 ? "y" : "ies") +
+                      " lie outside the family's observed budgets (by more than the " + fmt(100 * tol) +
+                      "% budget tolerance): not evaluated, Law 3 is not extrapolated");
+  if (!no_curve.empty()) {
+    std::string list;
+    for (size_t i = 0; i < no_curve.size() && i < 3; ++i) list += (i ? ", " : "") + no_curve[i];
+    if (no_curve.size() > 3) list += " and " + std::to_string(no_curve.size() - 3) + " more";
+    R.notes.push_back("EL: " + std::to_string(no_curve.size()) + " MoE famil" + (no_curve.size() == 1 ? "y" : "ies") +
+                      " without a Law 3 fit (" + list + ") use the EL of their runs at their own budgets");
   }
   if (unreachable)
     R.notes.push_back("EL: " + std::to_string(unreachable) +
@@ -704,6 +802,8 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
     std::set<std::string> other_S;
     for (auto& e : R.el)
       if (S_key(e.S) != S_ref) e.other_S = true, e.train = false, ++other, other_S.insert(fmt(e.S));
+    for (auto& e : R.el_raw)
+      if (S_key(e.S) != S_ref) e.other_S = true, e.train = false;
     if (other) {
       std::string list;
       for (auto& v : other_S) list += (list.empty() ? "" : ", ") + v;
@@ -714,19 +814,40 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
   }
   LawSet& L = R.laws;
   L.el_threshold = opt.el_threshold;
+  L.el_fixed.clear(), L.el_fixed_why.clear();
   std::vector<const ELPoint*> tr;
   for (auto& e : R.el) if (e.train && e.EL > 0) tr.push_back(&e);
   std::set<long long> dA, dG, dC;
   for (auto* e : tr) dA.insert(key3(e->A)), dG.insert(key3(e->G)), dC.insert(budget_key(e->C));
-  if (tr.size() < 6 || dA.size() < 2 || dG.size() < 3 || dC.size() < 2) {
-    R.notes.push_back("EL joint law: needs EL points (below the threshold) at 2+ activation "
-                      "ratios, 3+ granularities and 2+ budgets; have " + std::to_string(tr.size()) +
-                      " points, " + std::to_string(dA.size()) + " A, " + std::to_string(dG.size()) +
-                      " G, " + std::to_string(dC.size()) + " C");
+  // The terms the data identify (doc/fit.md, "Laws from the variables
+  // present"): gamma needs 3+ granularities, beta 2+, d 2+ budgets; a term
+  // that is not identified is fixed at 0 and the others absorb it.
+  const bool fix_gamma = dG.size() < 3, fix_beta = dG.size() < 2, fix_d = dC.size() < 2;
+  const int nfree = 5 - fix_gamma - fix_beta - fix_d;
+  if (tr.size() < static_cast<size_t>(nfree + 1) || dA.size() < 2) {
+    R.notes.push_back("EL joint law: needs EL points (below the threshold) at 2+ activation ratios, more "
+                      "points than free constants (" + std::to_string(nfree) + "); have " +
+                      std::to_string(tr.size()) + " points, " + std::to_string(dA.size()) + " A, " +
+                      std::to_string(dG.size()) + " G, " + std::to_string(dC.size()) + " C");
   } else {
+    if (fix_gamma) {
+      const std::string g1 = tr.empty() ? "" : fmt(tr[0]->G);
+      L.el_fixed.push_back("gamma");
+      L.el_fixed_why.push_back(fix_beta ? "one granularity (G = " + g1 + ") in the EL points: a holds the G terms at that G"
+                                        : "two granularities in the EL points: a quadratic in log2 G needs 3+");
+      if (fix_beta) {
+        L.el_fixed.push_back("beta");
+        L.el_fixed_why.push_back("one granularity (G = " + g1 + ") in the EL points: a holds the G terms at that G");
+      }
+    }
+    if (fix_d) {
+      L.el_fixed.push_back("d");
+      L.el_fixed_why.push_back("one budget (C = " + fmt(tr[0]->C) +
+                               ") in the EL points: a holds d log10 C at that budget");
+    }
     std::vector<JointRes> res;
     for (auto* e : tr)
-      res.push_back({e->A, std::log10(e->C), std::log2(e->G), std::log(e->EL), opt.A_max});
+      res.push_back({e->A, std::log10(e->C), std::log2(e->G), std::log(e->EL), opt.A_max, fix_d, fix_gamma, fix_beta});
     std::array<double, 5> p{};
     double cost = INFINITY;
     if (warm && warm->laws.el.ok()) {
@@ -736,23 +857,35 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
     } else {
       // For fixed A_start the law is linear in (a, d, gamma, beta): profile
       // A_start on a grid with least squares, then refine all with Huber+BFGS.
+      std::vector<int> cols{0};
+      if (!fix_d) cols.push_back(1);
+      if (!fix_gamma) cols.push_back(2);
+      if (!fix_beta) cols.push_back(3);
       double bestss = INFINITY;
       for (int i = 0; i <= 40; ++i) {
         double As = std::pow(10.0, -4 + 4.0 * i / 40);
-        Eigen::MatrixXd X(tr.size(), 4);
+        Eigen::MatrixXd X(tr.size(), cols.size());
         Eigen::VectorXd Y(tr.size());
         for (size_t j = 0; j < tr.size(); ++j) {
           double la = std::log(a_hat(tr[j]->A, As, opt.A_max));
           double lg = std::log2(tr[j]->G);
-          X(j, 0) = la, X(j, 1) = la * std::log10(tr[j]->C), X(j, 2) = la * lg * lg, X(j, 3) = la * lg;
+          const double all[4] = {la, la * std::log10(tr[j]->C), la * lg * lg, la * lg};
+          for (size_t k = 0; k < cols.size(); ++k) X(j, k) = all[cols[k]];
           Y(j) = std::log(tr[j]->EL);
         }
         Eigen::VectorXd c = ols(X, Y);
         double ss = (X * c - Y).squaredNorm();
-        if (ss < bestss) bestss = ss, p = {c(0), c(1), c(2), c(3), std::log(As)};
+        if (ss < bestss) {
+          bestss = ss;
+          p = {0, 0, 0, 0, std::log(As)};
+          for (size_t k = 0; k < cols.size(); ++k) p[cols[k]] = c(k);
+        }
       }
       cost = huber_fit<JointRes, 5>(res, p, opt.huber_el);
     }
+    if (fix_d) p[1] = 0;
+    if (fix_gamma) p[2] = 0;
+    if (fix_beta) p[3] = 0;
     if (std::isfinite(cost)) {
       L.el.a = V(p[0]), L.el.d = V(p[1]), L.el.gamma = V(p[2]), L.el.beta = V(p[3]);
       L.el.A_start = V(std::exp(p[4]));
@@ -764,14 +897,15 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
         (e.train ? ot : ov).push_back(e.EL);
         (e.train ? pt : pv).push_back(e.EL_pred);
       }
+      for (auto& e : R.el_raw) e.EL_pred = el_joint(L.el, e.A, e.G, e.C);
       L.n_train = ot.size(), L.n_val = ov.size();
       L.r2_train = r2(ot, pt), L.mape_train = mape(ot, pt);
       L.r2_val = r2(ov, pv), L.mape_val = mape(ov, pv);
     } else {
+      L.el_fixed.clear(), L.el_fixed_why.clear();
       R.notes.push_back("EL joint law: fit did not converge");
     }
   }
-
   // Separable laws on one slice each (chosen once, reused by the bootstrap).
   if (!R.slices_set) {
     auto pick = [&](auto keyfn, auto varfn, long long& k1, long long& k2) {
@@ -978,11 +1112,11 @@ std::vector<std::pair<std::string, Value*>> constants(LawSet& L, std::vector<Law
     c.push_back({n + ".beta", &l.beta});
     c.push_back({n + ".b", &l.b});
   }
-  if (L.el.ok()) {
+  if (L.el.ok()) {  // terms fixed at 0 (not identified by the data) are not constants of the fit
     c.push_back({"el.joint.a", &L.el.a});
-    c.push_back({"el.joint.d", &L.el.d});
-    c.push_back({"el.joint.gamma", &L.el.gamma});
-    c.push_back({"el.joint.beta", &L.el.beta});
+    if (!L.el_term_fixed("d")) c.push_back({"el.joint.d", &L.el.d});
+    if (!L.el_term_fixed("gamma")) c.push_back({"el.joint.gamma", &L.el.gamma});
+    if (!L.el_term_fixed("beta")) c.push_back({"el.joint.beta", &L.el.beta});
     c.push_back({"el.joint.A_start", &L.el.A_start});
   }
   if (L.el_A.ok()) {
@@ -1026,7 +1160,11 @@ void bootstrap(const std::vector<Run>& runs_in, const FitOptions& opt, FitResult
       continue;
     }
     ++res.bootstrap_done;
+    // a resample whose EL points identify other terms of the joint law (a
+    // family lost its Law 3 fit, say) fits another law: not a sample of it
+    const bool same_el = r.laws.el_fixed == res.laws.el_fixed;
     for (auto& [n, v] : got) {
+      if (!same_el && n.rfind("el.joint.", 0) == 0) continue;
       auto it = samples.find(n);
       if (it != samples.end() && std::isfinite(v->v)) it->second.push_back(v->v);
     }
@@ -1197,12 +1335,14 @@ void diagnose(FitResult& R, const std::vector<Run>& runs, const FitOptions& opt)
       v.summary = "a = " + fmt(L.el.a.v) + ", d = " + fmt(L.el.d.v) + ", gamma = " + fmt(L.el.gamma.v) +
                   ", beta = " + fmt(L.el.beta.v) + ", A_start = " + fmt(L.el.A_start.v) + "; train R^2 " +
                   fmt(L.r2_train) + ", n " + std::to_string(L.n_train);
+      for (auto& f : L.el_fixed) v.summary += "; " + f + " fixed at 0";
       if (!(L.r2_train >= opt.min_r2))
         fl.push_back("train R^2 = " + fmt(L.r2_train) + " < " + fmt(opt.min_r2));
-      check_constants("el", "", "el.joint.",
-                      {{"a", &L.el.a}, {"d", &L.el.d}, {"gamma", &L.el.gamma}, {"beta", &L.el.beta},
-                       {"A_start", &L.el.A_start}},
-                      R, opt, fl);
+      std::vector<std::pair<std::string, const Value*>> cs{{"a", &L.el.a}};
+      for (auto [n, x] : {std::pair<const char*, const Value*>{"d", &L.el.d}, {"gamma", &L.el.gamma}, {"beta", &L.el.beta}})
+        if (!L.el_term_fixed(n)) cs.push_back({n, x});
+      cs.push_back({"A_start", &L.el.A_start});
+      check_constants("el", "", "el.joint.", cs, R, opt, fl);
     }
     if (!R.el.empty())  // the EL points themselves (joint law fitted or not)
       for (auto& w : R.verdicts)

@@ -35,6 +35,14 @@ struct FitOptions {
   double min_r2 = 0.9;                 // R^2 below this: not trustworthy
   double max_bootstrap_failures = 0.1; // fraction of resamples without the constant
   double max_ci_decades = 1.0;         // 95% interval wider than this many decades
+  // EL from fitted curves (doc/fit.md, "EL"): the reference budgets at which
+  // every MoE family's Law 3 is compared with the dense one; empty: the
+  // budgets of the data (clustered within budget_tolerance).
+  std::vector<double> el_budgets;
+  // Leave-largest-budget-out error above which a law is not trustworthy.
+  double max_holdout_el = 0.25;    // EL laws: relative error of EL
+  double max_holdout_loss = 0.02;  // Law 3: relative error of the loss
+  double max_holdout_M = 0.5;      // Law 2: relative error of M_opt
 };
 
 // A reason that a fitted law should not be trusted (law: "law1", "law2",
@@ -85,6 +93,18 @@ struct ELPoint {
   double S = 0;         // shared-expert ratio of the family
   bool train = true;    // EL below the threshold: fitted (else held out for validation)
   bool other_S = false; // S differs from the reference S of the EL laws: shown, neither fitted nor validated
+  bool from_curve = false; // EL(C) = C_dense(L_moe(C)) / C from the family's Law 3 fit (else from its runs)
+};
+
+// The error of a law refitted without the largest budget, at that budget
+// (the wind tunnel inside `fit`; doc/fit.md, "Extrapolation error").
+struct HoldOut {
+  std::string law;      // "law2" (M_opt), "law3" (loss), "el" (joint EL), "el.compute"
+  std::string family;   // "" for the EL laws
+  double C = 0;         // the held-out budget
+  double error = NAN;   // mean |relative error| over the points of the law at C
+  double worst = NAN;   // worst |relative error|
+  int n = 0;            // points compared
 };
 
 struct FitResult {
@@ -97,7 +117,10 @@ struct FitResult {
   std::vector<IsoPoint> iso;
   std::vector<IsoFit> isofits;
   std::vector<CurvePoint> curve;
-  std::vector<ELPoint> el;
+  std::vector<ELPoint> el;          // EL points the EL laws use (from fitted curves where a family has one)
+  std::vector<ELPoint> el_raw;      // EL of each MoE family's runs (best per budget), for comparison
+  std::vector<double> el_grid;      // reference budgets of the curve EL points
+  std::vector<HoldOut> holdout;     // leave-largest-budget-out errors (filled by the CLI before diagnose)
   std::vector<std::string> notes;   // why something was not fitted / left out
   // slice keys chosen for the separable laws (reused by the bootstrap)
   long long slice_A_G = 0, slice_A_C = 0, slice_G_A = 0, slice_G_C = 0, slice_C_A = 0,

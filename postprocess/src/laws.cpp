@@ -176,6 +176,12 @@ void write_laws_toml(const std::string& path, const LawSet& L) {
     o << "n_train = " << L.n_train << "\nn_val = " << L.n_val << "\n";
     o << "r2_train = " << num(L.r2_train) << "\nmape_train = " << num(L.mape_train) << "\n";
     o << "r2_val = " << num(L.r2_val) << "\nmape_val = " << num(L.mape_val) << "\n";
+    // terms the data do not identify, fixed at 0, and why (doc/fit.md)
+    o << "fixed = [";
+    for (size_t i = 0; i < L.el_fixed.size(); ++i) o << (i ? ", " : "") << quote(L.el_fixed[i]);
+    o << "]\nfixed_why = [";
+    for (size_t i = 0; i < L.el_fixed_why.size(); ++i) o << (i ? ", " : "") << quote(L.el_fixed_why[i]);
+    o << "]\n";
   }
   if (L.el_A.ok()) {
     o << "\n[el.activation]\n";
@@ -259,6 +265,10 @@ LawSet read_laws_toml(const std::string& path) {
     L.el_threshold = get(*x, "el_threshold").v;
     L.r2_train = get(*x, "r2_train").v, L.mape_train = get(*x, "mape_train").v;
     L.r2_val = get(*x, "r2_val").v, L.mape_val = get(*x, "mape_val").v;
+    for (const char* k : {"fixed", "fixed_why"})
+      if (x->contains(k) && x->at(k).is_array())
+        for (auto& e : x->at(k).as_array())
+          if (e.is_string()) (k[5] ? L.el_fixed_why : L.el_fixed).push_back(e.as_string());
   }
   if (auto* x = sub(t, "el", "activation")) {
     L.el_A.a_A = get(*x, "a_A"), L.el_A.A_start = get(*x, "A_start");

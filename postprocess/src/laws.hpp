@@ -89,6 +89,13 @@ struct LawSet {
   double r2_train = NAN, mape_train = NAN, r2_val = NAN, mape_val = NAN;
   int n_train = 0, n_val = 0;
   double el_threshold = 6.0;
+  // terms of the joint law fixed because the data do not identify them
+  // (e.g. "gamma" with a single granularity), and why (same order)
+  std::vector<std::string> el_fixed, el_fixed_why;
+  bool el_term_fixed(const std::string& n) const {
+    for (auto& f : el_fixed) if (f == n) return true;
+    return false;
+  }
 };
 
 double a_hat(double A, double A_start, double A_max);

@@ -239,8 +239,11 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
         lx.push_back(x), ly.push_back(l(std::pow(10.0, x)));
       }
       line(lx, ly, c, l.family == "dense" ? 3 : 1);
+      // legend: one line per family (A, G, S); long lists end with a count
+      const int li = static_cast<int>(&l - R.laws.law3.data());
+      if (li < 18) legend_text(li, c, l.family == "dense" ? "dense (thick black)" : l.family);
+      else if (li == 18) legend_text(li, 1, "... and " + std::to_string(R.laws.law3.size() - 18) + " more families");
     }
-    legend_text(0, 1, "dense (thick black); MoE families in colour");
     out.push_back(f);
   }
   // ---------------- EL vs A, G, C
@@ -248,7 +251,17 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
     const LawSet& L = R.laws;
     std::set<double> As, Gs, Cs;
     for (auto& e : R.el) As.insert(e.A), Gs.insert(e.G), Cs.insert(e.C);
+    // the reference budget of the A and G plots: the one with the most EL
+    // points (every family whose observed budgets cover it; ties: the larger)
     double Cmax = *Cs.rbegin();
+    {
+      std::map<long long, std::pair<int, double>> per;
+      for (auto& e : R.el)
+        if (!e.other_S) per[budget_key(e.C)].first++, per[budget_key(e.C)].second = e.C;
+      int most = 0;
+      for (auto& [k, v] : per)
+        if (v.first >= most) most = v.first, Cmax = v.second;
+    }
     double ymax = 0;
     for (auto& e : R.el) ymax = std::max(ymax, e.EL);
     auto elplot = [&](const std::string& name, int var) {
@@ -259,8 +272,8 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
       double x0 = INFINITY, x1 = -INFINITY;
       mm(xs, x0, x1);
       const char* xl = var == 0 ? "activation ratio A" : var == 1 ? "log#d2#u granularity G" : "compute C (FLOPs)";
-      std::string t = var == 0 ? "EL vs A (largest budget, one colour per G)"
-                    : var == 1 ? "EL vs G (largest budget, one colour per A)"
+      std::string t = var == 0 ? "EL vs A (C = " + g(Cmax) + ", one colour per G)"
+                    : var == 1 ? "EL vs G (C = " + g(Cmax) + ", one colour per A)"
                                : "EL vs C (one colour per A, G = " + g(L.el_C.ok() ? L.el_C.G : *Gs.rbegin()) + ")";
       frame(x0, x1, 0, ymax, var == 1 ? 0 : 10, xl, "efficiency leverage EL", t.c_str());
       plcol0(10);
@@ -273,8 +286,9 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
       for (size_t i = 0; i < groups.size(); ++i) {
         std::vector<double> px, py, vx, vy;
         for (auto& e : R.el) {
-          bool in = var == 0 ? (e.G == groups[i] && e.C == Cmax)
-                  : var == 1 ? (e.A == groups[i] && e.C == Cmax)
+          const bool atC = budget_key(e.C) == budget_key(Cmax);
+          bool in = var == 0 ? (e.G == groups[i] && atC)
+                  : var == 1 ? (e.A == groups[i] && atC)
                              : (e.A == groups[i] && e.G == Gfix);
           if (!in || e.other_S) continue;
           double x = var == 0 ? std::log10(e.A) : var == 1 ? std::log2(e.G) : std::log10(e.C);
@@ -304,7 +318,7 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
     elplot("el_vs_C.png", 2);
     if (L.el.ok()) {
       std::vector<const ELPoint*> pts;
-      for (auto& e : R.el) if (e.C == Cmax) pts.push_back(&e);
+      for (auto& e : R.el) if (budget_key(e.C) == budget_key(Cmax)) pts.push_back(&e);
       std::string f = dir + "/el_contour.png";
       if (plot_el_map(f, L, Cmax, *As.begin(), *As.rbegin(), std::max(1.0, *Gs.begin()), *Gs.rbegin(), pts))
         out.push_back(f);

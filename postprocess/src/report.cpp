@@ -202,15 +202,38 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   }
 
   const LawSet& S = R.laws;
-  o << "\nEfficiency leverage: " << R.el.size() << " EL point(s) (EL = C_dense(L_moe) / C_moe)\n";
+  {
+    int nc = 0;
+    for (auto& e : R.el) nc += e.from_curve;
+    o << "\nEfficiency leverage: " << R.el.size() << " EL point(s), EL(C) = C_dense(L_moe(C)) / C; " << nc
+      << " from the fitted Law 3 curves at " << R.el_grid.size() << " reference budget(s)";
+    if (!R.el_grid.empty()) {
+      o << " (";
+      for (size_t i = 0; i < R.el_grid.size(); ++i) o << (i ? ", " : "") << format_number(R.el_grid[i]);
+      o << ")";
+    }
+    o << ", " << R.el.size() - nc << " from runs of families without a Law 3 fit; " << R.el_raw.size()
+      << " raw per-run EL point(s) in fit.h5:/el/raw for comparison\n";
+  }
   if (S.el.ok()) {
     o << " joint law EL = A_hat^(a + d log10 C + gamma log2(G)^2 + beta log2 G), A_max fixed at "
       << format_number(S.el.A_max.v) << "\n";
-    row(o, "a", S.el.a);
-    row(o, "d", S.el.d);
-    row(o, "gamma", S.el.gamma);
-    row(o, "beta", S.el.beta);
-    row(o, "A_start", S.el.A_start);
+    auto jrow = [&](const char* n, const Value& v) {
+      for (size_t i = 0; i < S.el_fixed.size(); ++i)
+        if (S.el_fixed[i] == n) {
+          char fb[512];
+          std::snprintf(fb, sizeof fb, "  %-28s 0 (fixed: %s)\n", n,
+                        i < S.el_fixed_why.size() ? S.el_fixed_why[i].c_str() : "");
+          o << fb;
+          return;
+        }
+      row(o, n, v);
+    };
+    jrow("a", S.el.a);
+    jrow("d", S.el.d);
+    jrow("gamma", S.el.gamma);
+    jrow("beta", S.el.beta);
+    jrow("A_start", S.el.A_start);
     o << "  train (EL < " << format_number(S.el_threshold) << "): n=" << S.n_train << "  R^2=" << format_number(S.r2_train, "%.4f")
       << "  MAPE=" << format_number(S.mape_train, "%.2f") << "%\n";
     o << "  validation (EL >= " << format_number(S.el_threshold) << "): n=" << S.n_val << "  R^2=" << format_number(S.r2_val, "%.4f")
@@ -239,14 +262,14 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   }
   if (!R.el.empty()) {
     o << "\n  EL points:\n";
-    std::snprintf(b, sizeof b, "  %-10s %-6s %-6s %-10s %-10s %-10s %-10s %s\n", "A", "G", "S", "C", "loss", "EL",
-                  "EL_pred", "set");
+    std::snprintf(b, sizeof b, "  %-10s %-6s %-6s %-10s %-10s %-10s %-10s %-6s %s\n", "A", "G", "S", "C", "loss", "EL",
+                  "EL_pred", "from", "set");
     o << b;
     for (auto& e : R.el) {
-      std::snprintf(b, sizeof b, "  %-10s %-6s %-6s %-10s %-10s %-10s %-10s %s\n", format_number(e.A).c_str(),
+      std::snprintf(b, sizeof b, "  %-10s %-6s %-6s %-10s %-10s %-10s %-10s %-6s %s\n", format_number(e.A).c_str(),
                     format_number(e.G).c_str(), format_number(e.S).c_str(), format_number(e.C).c_str(),
                     format_number(e.loss, "%.5f").c_str(), format_number(e.EL).c_str(), format_number(e.EL_pred).c_str(),
-                    e.other_S ? "other S" : e.train ? "train" : "validation");
+                    e.from_curve ? "curve" : "runs", e.other_S ? "other S" : e.train ? "train" : "validation");
       o << b;
     }
   }
@@ -354,7 +377,32 @@ void write_fit_h5(const std::string& path, const FitResult& R, const LoadResult&
     for (size_t i = 0; i < EL.size(); ++i) res.push_back(std::log(EL[i]) - std::log(pr[i]));
     w.dataset("/el/residual_lnEL", res);
     w.dataset("/el/train", tr);
+    std::vector<double> fc;
+    for (auto& e : R.el) fc.push_back(e.from_curve);
+    w.dataset("/el/from_curve", fc);
+    w.dataset("/el/reference_budgets", R.el_grid);
     w.attr("/el", "family_per_point", fams);
+    w.attr("/el", "definition", std::string("EL(C) = C_dense(L_moe(C)) / C on the fitted Law 3 curves (from_curve = 1), "
+                                            "else from the family's best run per budget"));
+  }
+  {  // raw per-run EL: the best run (or IsoFLOP minimum) of each MoE family and budget
+    std::vector<double> A, G, S, C, loss, Cd, EL, pr, os;
+    std::string fams;
+    for (auto& e : R.el_raw) {
+      A.push_back(e.A), G.push_back(e.G), S.push_back(e.S), C.push_back(e.C), loss.push_back(e.loss);
+      Cd.push_back(e.C_dense), EL.push_back(e.EL), pr.push_back(e.EL_pred), os.push_back(e.other_S);
+      fams += e.family + "\n";
+    }
+    w.dataset("/el/raw/A", A);
+    w.dataset("/el/raw/G", G);
+    w.dataset("/el/raw/S", S);
+    w.dataset("/el/raw/other_S", os);
+    w.dataset("/el/raw/C", C);
+    w.dataset("/el/raw/loss", loss);
+    w.dataset("/el/raw/C_dense", Cd);
+    w.dataset("/el/raw/EL", EL);
+    w.dataset("/el/raw/EL_pred_joint", pr);
+    w.attr("/el/raw", "family_per_point", fams);
   }
   std::string ex;
   for (auto& e : L.excluded) ex += e.path + ": " + e.reason + "\n";

@@ -4,6 +4,8 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <set>
 
 #include "fitting.hpp"
 #include "synth.hpp"
@@ -324,4 +326,126 @@ TEST(Recovery, JointELLawIgnoresOtherSharedRatios) {
   bool noted = false;
   for (auto& n : f.notes) noted |= n.find("EL laws: fitted at the shared ratio S = 0.5") != std::string::npos;
   EXPECT_TRUE(noted);
+}
+
+// ---------------------------------------------------------------- EL from fitted curves
+namespace {
+
+// A campaign whose families have their own budgets (no two equal): the dense
+// and reference MoE families at the base budgets, every EL family (A, G) at
+// the base budgets times 1 + 0.011 f. Every run records its budget, so none
+// are merged.
+std::vector<fulcrum::fit::Run> staggered_campaign(const SynthTruth& t, double noise, int& n_families) {
+  SynthSpec base;
+  base.noise = noise;
+  base.hp_runs = 0;
+  std::vector<RunRecord> all;
+  SynthSpec ref = base;
+  ref.el_A = {}, ref.el_G = {};
+  auto recs = synth_campaign(t, ref);
+  all.insert(all.end(), recs.begin(), recs.end());
+  int f = 0;
+  for (double A : base.el_A)
+    for (double G : base.el_G) {
+      SynthSpec s = base;
+      ++f;
+      s.dense_iso = false, s.moe_iso = false;
+      s.el_A = {A}, s.el_G = {G};
+      s.seed = 100 + f;
+      for (double& C : s.budgets) C *= 1 + 0.011 * f;
+      auto r = synth_campaign(t, s);
+      all.insert(all.end(), r.begin(), r.end());
+    }
+  n_families = f;
+  for (auto& r : all) r.config["compute_budget"] = r.config["compute_target"];
+  return records_to_runs(all);
+}
+
+}  // namespace
+
+TEST(Recovery, JointELLawFromCurvesWithStaggeredBudgets) {
+  SynthTruth t;
+  int nf = 0;
+  auto runs = staggered_campaign(t, 3e-4, nf);
+  FitResult f = fit_all(runs, FitOptions{});
+  std::set<long long> budgets;
+  for (auto& e : f.el_raw) budgets.insert(budget_key(e.C));
+  EXPECT_GE(budgets.size(), 7u * 30);  // the runs' budgets really differ per family
+  const ELJoint& e = f.laws.el;
+  ASSERT_TRUE(e.ok());
+  EXPECT_TRUE(f.laws.el_fixed.empty());
+  EXPECT_LT(rel(e.d.v, t.el.d.v), 0.05) << e.d.v;
+  EXPECT_LT(rel(e.a.v, t.el.a.v), 0.05) << e.a.v;
+  EXPECT_LT(rel(e.gamma.v, t.el.gamma.v), 0.05) << e.gamma.v;
+  EXPECT_LT(rel(e.beta.v, t.el.beta.v), 0.05) << e.beta.v;
+  EXPECT_LT(rel(e.A_start.v, t.el.A_start.v), 0.10) << e.A_start.v;
+  // EL on common reference budgets: at the busiest one every family has a point
+  std::map<long long, int> per;
+  for (auto& p : f.el) {
+    EXPECT_TRUE(p.from_curve);
+    per[budget_key(p.C)]++;
+  }
+  int most = 0;
+  for (auto& [k, n] : per) most = std::max(most, n);
+  EXPECT_EQ(most, nf);  // every EL family (the reference MoE family is one of them)
+  // no point beyond a family's observed budgets (+ the 10% tolerance)
+  bool refused = false;
+  for (auto& n : f.notes) refused |= n.find("not evaluated, Law 3 is not extrapolated") != std::string::npos;
+  EXPECT_TRUE(refused);
+}
+
+TEST(Recovery, JointELLawOneGranularityFixesGammaAndBeta) {
+  Campaign c(0, 3e-4);
+  SynthSpec s = c.spec;
+  s.el_G = {8};  // = ref_G: one granularity in the whole campaign
+  auto runs = records_to_runs(synth_campaign(c.truth, s));
+  FitResult f = fit_all(runs, FitOptions{});
+  const ELJoint& e = f.laws.el;
+  const ELJoint& t = c.truth.el;
+  ASSERT_TRUE(e.ok());
+  EXPECT_TRUE(f.laws.el_term_fixed("gamma"));
+  EXPECT_TRUE(f.laws.el_term_fixed("beta"));
+  EXPECT_FALSE(f.laws.el_term_fixed("d"));
+  EXPECT_EQ(e.gamma.v, 0.0);
+  EXPECT_EQ(e.beta.v, 0.0);
+  const double lg = 3;  // log2 8: a holds the G terms at that G
+  EXPECT_LT(rel(e.a.v, t.a.v + t.gamma.v * lg * lg + t.beta.v * lg), 0.05) << e.a.v;
+  EXPECT_LT(rel(e.d.v, t.d.v), 0.05) << e.d.v;
+  EXPECT_LT(rel(e.A_start.v, t.A_start.v), 0.10) << e.A_start.v;
+  ASSERT_EQ(f.laws.el_fixed_why.size(), 2u);
+  EXPECT_NE(f.laws.el_fixed_why[0].find("one granularity (G = 8)"), std::string::npos) << f.laws.el_fixed_why[0];
+  // the fixed terms get no bootstrap interval and no "includes 0" verdict
+  FitOptions o;
+  o.bootstrap = 40;
+  bootstrap(runs, o, f);
+  diagnose(f, runs, o);
+  EXPECT_FALSE(std::isfinite(f.laws.el.gamma.lo));
+  for (auto& v : f.verdicts)
+    if (v.law == "el")
+      for (auto& r : v.reasons) EXPECT_EQ(r.find("of gamma"), std::string::npos) << r;
+}
+
+TEST(Recovery, JointELLawOneReferenceBudgetFixesD) {
+  // EL evaluated at one reference budget only (--el-budgets 1e20): d is not
+  // identified and fixed at 0, a holds d log10 C at 1e20; 1e23 lies beyond
+  // every family's observed budgets and is refused.
+  Campaign c(0, 3e-4);
+  FitOptions o;
+  o.el_budgets = {1e20, 1e23};
+  FitResult f = fit_all(c.runs, o);
+  const ELJoint& e = f.laws.el;
+  const ELJoint& t = c.truth.el;
+  ASSERT_TRUE(e.ok());
+  EXPECT_TRUE(f.laws.el_term_fixed("d"));
+  EXPECT_FALSE(f.laws.el_term_fixed("gamma"));
+  EXPECT_EQ(e.d.v, 0.0);
+  EXPECT_LT(rel(e.a.v, t.a.v + 20 * t.d.v), 0.05) << e.a.v;
+  EXPECT_LT(rel(e.gamma.v, t.gamma.v), 0.05) << e.gamma.v;
+  EXPECT_LT(rel(e.beta.v, t.beta.v), 0.05) << e.beta.v;
+  EXPECT_LT(rel(e.A_start.v, t.A_start.v), 0.10) << e.A_start.v;
+  for (auto& p : f.el) EXPECT_EQ(budget_key(p.C), budget_key(1e20));
+  bool refused = false;
+  for (auto& n : f.notes) refused |= n.find("not extrapolated") != std::string::npos;
+  EXPECT_TRUE(refused);
+  EXPECT_FALSE(f.el_raw.empty());  // raw per-run EL kept for comparison
 }
