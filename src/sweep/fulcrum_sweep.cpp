@@ -3,7 +3,7 @@
 //   fulcrum-sweep plan SWEEP_DECK [--out DIR] [--dry-run]
 //   fulcrum-sweep run DIR [-j K] [--retry-failed] [--retry-diverged] [--only ID]...
 //   fulcrum-sweep run-one DIR --index I          (one manifest entry; Slurm array tasks)
-//   fulcrum-sweep status DIR [--brief]
+//   fulcrum-sweep status DIR [--brief | --csv]
 //   fulcrum-sweep submit DIR [--throttle N] [--sbatch ARG]... [--fit PATH] [--dry-run]
 //   fulcrum-sweep study run|status|submit STUDY.toml   (doc/studies.md)
 //
@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
 
   std::string deck, out, dir, train, launcher, fit, templates;
   bool dry = false, retry_failed = false, retry_diverged = false, brief = false, no_post = false, quiet = false;
+  bool csv = false;
   int jobs = 1, index = -1, throttle = 4;
   std::vector<std::string> only, sbatch_args;
 
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
   auto* status = app.add_subcommand("status", "counts and a table: completed, running, diverged, failed, pending");
   status->add_option("dir", dir, "sweep directory")->required();
   status->add_flag("--brief", brief, "counts only");
+  status->add_flag("--csv", csv, "one CSV line per run: deck values, budget, compute, tokens, final losses");
 
   auto* submit = app.add_subcommand("submit", "submit the sweep to Slurm: job array(s) + postprocessing");
   submit->add_option("dir", dir, "sweep directory")->required();
@@ -89,6 +91,7 @@ int main(int argc, char** argv) {
   auto* sstat = study->add_subcommand("status", "every stage (runs, fit, gate) and every run, the final laws, the wind tunnel");
   sstat->add_option("study", study_deck, "study deck (TOML)")->required();
   sstat->add_flag("--brief", brief, "counts only, no run tables");
+  sstat->add_flag("--csv", csv, "every run of every stage as CSV (as DIR/runs.csv)");
   auto* ssub = study->add_subcommand("submit", "Slurm: the next stage as job arrays plus a dependent job that fits, gates and submits the stage after");
   ssub->add_option("study", study_deck, "study deck (TOML)")->required();
   ssub->add_option("--throttle", throttle, "array tasks running at once (%N)")->capture_default_str();
@@ -111,7 +114,7 @@ int main(int argc, char** argv) {
       try {
         const Study st = read_study(study_deck);
         if (*sstat) {
-          std::fputs(study_status(st, !brief).c_str(), stdout);
+          std::fputs(csv ? study_runs_csv(st).c_str() : study_status(st, !brief).c_str(), stdout);
           return 0;
         }
         StudyOptions so;
@@ -175,7 +178,7 @@ int main(int argc, char** argv) {
     }
     if (*status) {
       const Manifest m = read_manifest(dir);
-      std::fputs(status_report(m, !brief).c_str(), stdout);
+      std::fputs(csv ? (runs_csv_header() + runs_csv_rows(m, "", m.name)).c_str() : status_report(m, !brief).c_str(), stdout);
       return 0;
     }
     if (*submit) {

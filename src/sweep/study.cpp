@@ -690,6 +690,7 @@ int run_study(const Study& s, const StudyOptions& o) {
       c = count(ms, ro);
       std::printf("%s: %s\n", tag.c_str(), counts_text(c).c_str());
     }
+    write_file(s.dir + "/runs.csv", study_runs_csv(s));  // every planned run so far, one line each
     if (c.n[RunStatus::running] || c.n[RunStatus::pending]) {
       std::printf("%s: %d run(s) still running elsewhere (another fulcrum-sweep or a Slurm job); run again when they end\n",
                   tag.c_str(), c.n[RunStatus::running] + c.n[RunStatus::pending]);
@@ -798,6 +799,15 @@ int run_study(const Study& s, const StudyOptions& o) {
   std::printf("FULCRUM_STUDY study=%s status=completed stages=%zu laws=%s windtunnel=%s\n", s.name.c_str(),
               s.stages.size(), final_laws.c_str(), wt.c_str());
   return kStudyDone;
+}
+
+std::string study_runs_csv(const Study& s) {
+  std::string csv = runs_csv_header();
+  for (size_t k = 0; k < s.stages.size(); ++k)
+    for (const auto& sw : s.stages[k].sweeps)
+      if (fs::exists(sweep_dir(s, k, sw) + "/manifest.toml"))
+        csv += runs_csv_rows(read_manifest(sweep_dir(s, k, sw)), s.stages[k].name, sw.name);
+  return csv;
 }
 
 std::string study_status(const Study& s, bool tables) {

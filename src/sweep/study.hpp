@@ -89,6 +89,10 @@ int run_study(const Study& s, const StudyOptions& options);
 // every run, then the final laws and the wind tunnel.
 std::string study_status(const Study& s, bool tables = true);
 
+// Every planned run of every stage as CSV (runs_csv_header(), sweep_manifest.hpp);
+// `study run` keeps it in DIR/runs.csv, `study status --csv` prints it.
+std::string study_runs_csv(const Study& s);
+
 // fulcrum-fit next to this executable (or ../../postprocess/ in a build
 // tree), $FULCRUM_FIT, else PATH.
 std::string default_fit_executable();

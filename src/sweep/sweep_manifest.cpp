@@ -315,4 +315,53 @@ std::string status_report(const Manifest& m, bool table) {
   return o.str();
 }
 
+
+std::string runs_csv_header() {
+  return "stage,sweep,id,status,is_moe,d_model,n_layers,num_experts,activation_ratio,granularity,shared_ratio,"
+         "params_total,params_active,flops_per_token,lr,batch_tokens,budget,compute,tokens,"
+         "final_train_loss,final_val_loss,tokens_per_second,wall_time_s\n";
+}
+
+namespace {
+// CSV field: quoted when it holds a comma, a quote or a line break
+std::string csv_field(const std::string& v) {
+  if (v.find_first_of(",\"\n\r") == std::string::npos) return v;
+  std::string q = "\"";
+  for (char c : v) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+std::string csv_number(double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.10g", v);
+  return b;
+}
+}  // namespace
+
+std::string runs_csv_rows(const Manifest& m, const std::string& stage, const std::string& sweep) {
+  std::ostringstream o;
+  for (const auto& r : m.runs) {
+    const RunStatusInfo s = inspect_run(r);
+    std::vector<std::string> f = {csv_field(stage), csv_field(sweep), csv_field(r.id), status_name(s.status),
+                                  r.num_experts > 0 ? "1" : "0", std::to_string(r.d_model), std::to_string(r.n_layers),
+                                  std::to_string(r.num_experts), csv_number(r.activation_ratio),
+                                  csv_number(r.granularity), csv_number(r.shared_ratio), csv_number(r.params_total),
+                                  csv_number(r.params_active), csv_number(r.flops_per_token), csv_number(r.lr),
+                                  csv_number(r.batch_tokens), r.budget > 0 ? csv_number(r.budget) : "",
+                                  csv_number(r.compute), csv_number(r.tokens)};
+    for (const char* key : {"final_train_loss", "final_val_loss", "tokens_per_second", "wall_time_s"}) {
+      std::string v;
+      if (s.status == RunStatus::completed || s.status == RunStatus::diverged) {
+        try {
+          v = csv_number(read_numeric_attr(r.run_file(), "/summary", key));
+        } catch (const std::exception&) {
+        }
+      }
+      f.push_back(v);
+    }
+    for (size_t i = 0; i < f.size(); ++i) o << (i ? "," : "") << f[i];
+    o << "\n";
+  }
+  return o.str();
+}
+
 }  // namespace fulcrum::sweep

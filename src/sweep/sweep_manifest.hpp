@@ -80,4 +80,12 @@ RunStatusInfo inspect_run(const ManifestRun& run);
 // `fulcrum-sweep status`: a counts line and a table.
 std::string status_report(const Manifest& m, bool table = true);
 
+// One line per run (doc/sweeps.md, "Run tables as CSV"): the stage (may be
+// empty), the sweep (its name in a study, else the manifest's), the run's
+// deck values and budget, the compute and tokens planned, and, for completed
+// runs, the final losses and the throughput from the run file's /summary
+// (empty when absent).
+std::string runs_csv_header();
+std::string runs_csv_rows(const Manifest& m, const std::string& stage, const std::string& sweep);
+
 }  // namespace fulcrum::sweep

@@ -61,6 +61,17 @@ cat status.txt
 [ "$(grep -c 'fitted, gate passed' status.txt)" = 3 ] || fail "status: not every stage passed"
 [ "$(grep -cE '^    [^ ]+ +completed ' status.txt)" = 34 ] || fail "status: expected 34 completed runs in the tables"
 grep -q '^final laws .*: complete' status.txt || fail "status: final laws"
+# one CSV line per run: DIR/runs.csv (written by study run) = study status --csv
+"$sweep" study status ref.toml --csv > runs-status.csv || fail "study status --csv"
+cmp runs-status.csv ref/runs.csv || fail "study status --csv differs from DIR/runs.csv"
+head -1 ref/runs.csv | grep -q '^stage,sweep,id,status,is_moe,d_model,.*,budget,compute,tokens,final_train_loss,final_val_loss,' ||
+  fail "runs.csv header"
+[ "$(grep -c '^[a-z]*,[a-z]*,[^,]*,completed,' ref/runs.csv)" = 34 ] || fail "runs.csv: expected 34 completed runs"
+awk -F, 'NR > 1 && ($21 == "" || $18 <= 0 || NF != 23) { bad = 1 } END { exit bad }' ref/runs.csv ||
+  fail "runs.csv: a row without 23 fields, a compute or a validation loss"
+grep -q '^ablations,granularity,' ref/runs.csv || fail "runs.csv: no ablation rows"
+"$sweep" status ref/1-hparams/dense --csv | awk -F, 'NR > 1 && $1 != "" { bad = 1 } END { exit bad || NR != 7 }' ||
+  fail "status --csv of one sweep: 6 runs with an empty stage"
 # a second run does nothing
 "$sweep" study run ref.toml > again.log 2>&1 || { cat again.log; fail "second study run"; }
 grep -q '^start ' again.log && fail "second study run started runs"
