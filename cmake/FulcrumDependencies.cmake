@@ -26,6 +26,11 @@ if(FULCRUM_ENABLE_TRAINER)
   # Kokkos: Debian's Trilinos 3.4.1 (Serial) by default, or a user Kokkos 4.x/5.x
   # via -DKokkos_ROOT=... (e.g. with the CUDA backend).
   find_package(Kokkos REQUIRED)
+  # Kokkos 5 requires C++20 (4.x and Debian's 3.4: C++17).
+  if(Kokkos_VERSION VERSION_GREATER_EQUAL 5.0 AND CMAKE_CXX_STANDARD LESS 20)
+    message(STATUS "Kokkos ${Kokkos_VERSION} needs C++20: CMAKE_CXX_STANDARD raised from ${CMAKE_CXX_STANDARD} to 20")
+    set(CMAKE_CXX_STANDARD 20)
+  endif()
   if(Kokkos_INCLUDE_DIRS AND TARGET Kokkos::kokkos)
     # Debian's Trilinos Kokkos lists a non-existent /usr/lib/include on its
     # imported target, which makes CMake refuse to generate: replace it.
