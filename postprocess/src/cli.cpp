@@ -65,6 +65,7 @@ int cmd_fit(const std::vector<std::string>& inputs, const std::string& out, cons
     throw FitError(m, 3);
   }
   bootstrap(L.runs, opt, R);
+  R.holdout = holdout_errors(L.runs, R, opt, R.holdout_notes);
   diagnose(R, L.runs, opt);
   std::filesystem::create_directories(out);
   write_laws_toml(out + "/laws.toml", R.laws);

@@ -1266,6 +1266,18 @@ void diagnose(FitResult& R, const std::vector<Run>& runs, const FitOptions& opt)
     for (auto& f : R.flags) if (f.law == law && f.family == fam) v.push_back(f.message);
     return v;
   };
+  // leave-largest-budget-out error: the number practitioners trust
+  auto holdout_check = [&](const std::string& law, const std::string& fam, double limit, const char* what,
+                           Verdict& v, std::vector<std::string>& fl) {
+    const HoldOut* h = R.holdout_of(law, fam);
+    if (!h) return;
+    v.summary += (v.summary.empty() ? "" : "; ") + std::string("held-out error ") + fmt(100 * h->error) + "%";
+    const double e = law == "el" || law == "el.compute" ? h->error : h->worst;
+    if (e > limit)
+      fl.push_back("refitted without the largest budget, it predicts the " + std::string(what) + " at C=" +
+                   fmt(h->C) + " " + fmt(100 * e) + "% off (" + (h->n > 1 ? "mean of " + std::to_string(h->n) + " points, " : "") +
+                   "more than " + fmt(100 * limit) + "%): it does not extrapolate; do not trust it beyond the budgets fitted");
+  };
   auto finish = [&](Verdict& v, std::vector<std::string> flags, const std::vector<std::string>& not_fitted_why,
                     const std::string& dflt_why) {
     if (v.fitted) {
@@ -1308,6 +1320,7 @@ void diagnose(FitResult& R, const std::vector<Run>& runs, const FitOptions& opt)
         v.summary = "M_opt = " + fmt(l->M_opt.k.v) + " C^" + fmt(l->M_opt.a.v) + " from " + std::to_string(nb) +
                     " IsoFLOP minima";
         check_constants("law2", fam, "law2[" + fam + "].", {{"M_k", &l->M_opt.k}, {"M_a", &l->M_opt.a}}, R, opt, fl);
+        holdout_check("law2", fam, opt.max_holdout_M, "compute-optimal size M_opt", v, fl);
       }
       finish(v, fl, notes_of("Law 2", fam), "no budget with 3+ model sizes (an IsoFLOP ladder)");
     }
@@ -1321,6 +1334,7 @@ void diagnose(FitResult& R, const std::vector<Run>& runs, const FitOptions& opt)
                     fmt(l->r2) + ", " + std::to_string(l->n) + " budgets";
         check_constants("law3", fam, "law3[" + fam + "].", {{"alpha", &l->alpha}, {"beta", &l->beta}, {"b", &l->b}},
                         R, opt, fl);
+        holdout_check("law3", fam, opt.max_holdout_loss, "loss", v, fl);
       }
       finish(v, fl, notes_of("Law 3", fam), "needs 3+ budgets and more than one model size");
     }
@@ -1343,6 +1357,7 @@ void diagnose(FitResult& R, const std::vector<Run>& runs, const FitOptions& opt)
         if (!L.el_term_fixed(n)) cs.push_back({n, x});
       cs.push_back({"A_start", &L.el.A_start});
       check_constants("el", "", "el.joint.", cs, R, opt, fl);
+      holdout_check("el", "", opt.max_holdout_el, "EL", v, fl);
     }
     if (!R.el.empty())  // the EL points themselves (joint law fitted or not)
       for (auto& w : R.verdicts)

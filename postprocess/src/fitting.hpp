@@ -121,6 +121,11 @@ struct FitResult {
   std::vector<ELPoint> el_raw;      // EL of each MoE family's runs (best per budget), for comparison
   std::vector<double> el_grid;      // reference budgets of the curve EL points
   std::vector<HoldOut> holdout;     // leave-largest-budget-out errors (filled by the CLI before diagnose)
+  std::vector<std::string> holdout_notes;  // what could not be compared there, and why
+  const HoldOut* holdout_of(const std::string& law, const std::string& family) const {
+    for (auto& h : holdout) if (h.law == law && h.family == family) return &h;
+    return nullptr;
+  }
   std::vector<std::string> notes;   // why something was not fitted / left out
   // slice keys chosen for the separable laws (reused by the bootstrap)
   long long slice_A_G = 0, slice_A_C = 0, slice_G_A = 0, slice_G_C = 0, slice_C_A = 0,

@@ -76,6 +76,8 @@ std::string diagnostics_toml(const FitResult& R) {
          "\nreasons = [";
     for (size_t i = 0; i < v.reasons.size(); ++i) o += (i ? ", " : "") + q(v.reasons[i]);
     o += "]\n";
+    if (const HoldOut* h = R.holdout_of(v.law, v.family))
+      o += "holdout_C = " + format_number(h->C, "%.10e") + "\nholdout_error = " + format_number(h->error, "%.10e") + "\n";
   }
   return o;
 }
@@ -106,6 +108,19 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     o << "\nDiagnostics (every law, fitted or not; NOT TRUSTWORTHY fits are in laws.toml but should not "
          "be used until the reasons are fixed):\n";
     o << diagnostics_text(R);
+  }
+  if (!R.holdout.empty() || !R.holdout_notes.empty()) {
+    o << "\nExtrapolation error (leave-largest-budget-out: each law refitted without the largest budget, its "
+         "prediction there against what the full fit found; limits: EL laws "
+      << format_number(100 * opt.max_holdout_el) << "% mean, Law 3 loss " << format_number(100 * opt.max_holdout_loss)
+      << "%, Law 2 M_opt " << format_number(100 * opt.max_holdout_M) << "%):\n";
+    for (auto& h : R.holdout) {
+      std::string name = h.law == "el" ? "EL joint law" : h.law == "el.compute" ? "EL compute law" : law_title(h.law);
+      o << "  " << name << (h.family.empty() ? "" : " [" + h.family + "]") << ": at C=" << format_number(h.C)
+        << " mean |error| " << format_number(100 * h.error, "%.3g") << "%, worst " << format_number(100 * h.worst, "%.3g")
+        << "% (" << h.n << " point" << (h.n == 1 ? "" : "s") << ")\n";
+    }
+    for (auto& n : R.holdout_notes) o << "  note: " << n << "\n";
   }
   o << "\nBootstrap: " << opt.bootstrap << " resample(s) of runs within each family, seed "
     << opt.seed << "; " << R.bootstrap_done << " usable, " << R.bootstrap_failed
@@ -175,6 +190,8 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     row(o, "M_opt a", l.M_opt.a);
     row(o, "D_opt k", l.D_opt.k);
     row(o, "D_opt a", l.D_opt.a);
+    if (const HoldOut* h = R.holdout_of("law2", l.family))
+      o << "  held-out error of M_opt at C=" << format_number(h->C) << ": " << format_number(100 * h->error, "%.3g") << "%\n";
     for (auto& f : R.isofits)
       if (f.family == l.family)
         o << "    C=" << format_number(f.C) << "  M_opt=" << format_number(f.M_opt) << "  L_min=" << format_number(f.L_min, "%.5f") << "\n";
@@ -192,14 +209,17 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   o << "\nLaw 3: loss vs compute per family, L(C) = alpha C^beta + b\n";
   if (R.laws.law3.empty()) o << "  not fitted\n";
   char b[512];
-  std::snprintf(b, sizeof b, "  %-32s %-30s %-30s %-30s %6s %3s\n", "family", "alpha [CI]",
-                "beta [CI]", "b [CI]", "R^2", "n");
+  std::snprintf(b, sizeof b, "  %-32s %-30s %-30s %-30s %6s %3s %9s\n", "family", "alpha [CI]",
+                "beta [CI]", "b [CI]", "R^2", "n", "held-out");
   o << b;
   for (auto& l : R.laws.law3) {
-    std::snprintf(b, sizeof b, "  %-32s %-30s %-30s %-30s %6s %3d\n", l.family.c_str(),
-                  vci(l.alpha).c_str(), vci(l.beta).c_str(), vci(l.b).c_str(), format_number(l.r2, "%.4f").c_str(), l.n);
+    const HoldOut* h = R.holdout_of("law3", l.family);
+    std::snprintf(b, sizeof b, "  %-32s %-30s %-30s %-30s %6s %3d %9s\n", l.family.c_str(),
+                  vci(l.alpha).c_str(), vci(l.beta).c_str(), vci(l.b).c_str(), format_number(l.r2, "%.4f").c_str(), l.n,
+                  h ? (format_number(100 * h->error, "%.3g") + "%").c_str() : "n/a");
     o << b;
   }
+  o << "  (held-out: error of the loss predicted at the largest budget by the law refitted without it)\n";
 
   const LawSet& S = R.laws;
   {
@@ -238,6 +258,10 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
       << "  MAPE=" << format_number(S.mape_train, "%.2f") << "%\n";
     o << "  validation (EL >= " << format_number(S.el_threshold) << "): n=" << S.n_val << "  R^2=" << format_number(S.r2_val, "%.4f")
       << "  MAPE=" << format_number(S.mape_val, "%.2f") << "%\n";
+    if (const HoldOut* h = R.holdout_of("el", ""))
+      o << "  held-out (refitted without the largest budget, predicted at C=" << format_number(h->C) << "): n=" << h->n
+        << "  mean |error|=" << format_number(100 * h->error, "%.3g") << "%  worst=" << format_number(100 * h->worst, "%.3g")
+        << "%\n";
     double Go = el_optimal_G(S.el);
     o << "  optimal granularity (unconstrained) G* = " << format_number(Go) << "\n";
   } else {
@@ -259,6 +283,8 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     o << " compute law ln EL = a_C log10 C + c_C  (slice A=" << format_number(S.el_C.A) << ", G=" << format_number(S.el_C.G) << ")\n";
     row(o, "a_C", S.el_C.a_C);
     row(o, "c_C", S.el_C.c_C);
+    if (const HoldOut* h = R.holdout_of("el.compute", ""))
+      o << "  held-out error at C=" << format_number(h->C) << ": " << format_number(100 * h->error, "%.3g") << "%\n";
   }
   if (!R.el.empty()) {
     o << "\n  EL points:\n";

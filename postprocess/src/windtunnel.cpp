@@ -19,7 +19,118 @@ const T* by_family(const std::vector<T>& v, const std::string& fam) {
     if (x.family == fam) return &x;
   return nullptr;
 }
+
+// The largest budget and every budget within a factor (1 + t) / (1 - t)
+// below it form the held-out group (families whose budgets differ slightly
+// are held out together); returns its lowest budget and the number of such
+// groups among the runs' budgets.
+std::pair<double, size_t> top_group(const std::vector<Run>& runs, double tol) {
+  std::vector<double> b;
+  std::set<long long> seen;
+  for (auto& r : runs)
+    if (seen.insert(budget_key(r.C)).second) b.push_back(r.C);
+  std::sort(b.begin(), b.end(), std::greater<double>());
+  const double t = std::clamp(tol, 0.0, 0.99), span = (1 + t) / (1 - t);
+  size_t n = 0;
+  double lo = NAN;
+  for (size_t i = 0; i < b.size();) {
+    size_t j = i;
+    while (j < b.size() && b[j] * span * (1 + 1e-12) >= b[i]) ++j;
+    if (n == 0) lo = b[j - 1];
+    ++n, i = j;
+  }
+  return {lo, n};
+}
+
+struct Acc {
+  double sum = 0, worst = 0;
+  int n = 0;
+  void add(double pred, double obs) {
+    const double e = std::fabs(pred / obs - 1);
+    if (!std::isfinite(e)) return;
+    sum += e, worst = std::max(worst, e), ++n;
+  }
+};
+
 }  // namespace
+
+std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full, const FitOptions& opt0,
+                                    std::vector<std::string>& notes) {
+  FitOptions opt = opt0;
+  opt.bootstrap = 0;
+  std::vector<HoldOut> out;
+  ensure_grouped(runs, opt.budget_tolerance);
+  auto [lo, n] = top_group(runs, opt.budget_tolerance);
+  if (n < 3) {
+    notes.push_back("extrapolation error: " + std::to_string(n) +
+                    " budget(s); leaving the largest out needs 3 or more");
+    return out;
+  }
+  const double cut = lo * (1 - 1e-9);
+  std::vector<Run> train;
+  double C_held = 0;
+  for (auto& r : runs) {
+    if (r.C >= cut) C_held = std::max(C_held, r.C);
+    else train.push_back(r);
+  }
+  const FitResult W = fit_all(train, opt);
+  auto push = [&](const std::string& law, const std::string& fam, const Acc& a) {
+    if (a.n == 0) return;
+    HoldOut h;
+    h.law = law, h.family = fam, h.C = C_held, h.error = a.sum / a.n, h.worst = a.worst, h.n = a.n;
+    out.push_back(h);
+  };
+  for (auto& l : full.laws.law3) {
+    Acc a;
+    const Law3* w = by_family(W.laws.law3, l.family);
+    for (auto& c : full.curve)
+      if (c.family == l.family && c.C >= cut) {
+        if (!w) {
+          notes.push_back("extrapolation error: Law 3 [" + l.family + "] cannot be fitted without the largest budget");
+          break;
+        }
+        a.add((*w)(c.C), c.loss);
+      }
+    push("law3", l.family, a);
+  }
+  for (auto& l : full.law2_all) {
+    Acc a;
+    const Law2* w = by_family(W.law2_all, l.family);
+    for (auto& f : full.isofits)
+      if (f.family == l.family && f.C >= cut) {
+        if (!w || !w->ok()) {
+          notes.push_back("extrapolation error: Law 2 [" + l.family + "] cannot be fitted without the largest budget");
+          break;
+        }
+        a.add(w->M_opt(f.C), f.M_opt);
+      }
+    push("law2", l.family, a);
+  }
+  // EL laws: the EL observed at the held-out budgets (each MoE family's best
+  // run or IsoFLOP minimum there, through the full fit's dense Law 3: the
+  // raw EL of fit.h5:/el/raw), not the smoothed curve EL, which the held-out
+  // runs move only through the fit of the whole curve
+  if (full.laws.el.ok() || full.laws.el_C.ok()) {
+    Acc aj, ac;
+    for (auto& e : full.el_raw) {
+      if (e.other_S || e.C < cut || !(e.EL > 0)) continue;
+      if (full.laws.el.ok() && W.laws.el.ok()) aj.add(el_joint(W.laws.el, e.A, e.G, e.C), e.EL);
+      const ELCompute& c = W.laws.el_C;
+      if (full.laws.el_C.ok() && c.ok() && std::fabs(std::log(e.A / c.A)) < 1e-3 &&
+          std::fabs(std::log(e.G / c.G)) < 1e-3)
+        ac.add(std::exp(c.a_C.v * std::log10(e.C) + c.c_C.v), e.EL);
+    }
+    if (full.laws.el.ok() && !W.laws.el.ok())
+      notes.push_back("extrapolation error: the joint EL law cannot be fitted without the largest budget");
+    if (full.laws.el_C.ok() && !W.laws.el_C.ok())
+      notes.push_back("extrapolation error: the EL compute law cannot be fitted without the largest budget");
+    if (aj.n == 0 && ac.n == 0 && W.laws.el.ok())
+      notes.push_back("extrapolation error: no EL observed at the largest budget");
+    push("el", "", aj);
+    push("el.compute", "", ac);
+  }
+  return out;
+}
 
 WindTunnel wind_tunnel(std::vector<Run> runs, const FitOptions& opt) {
   WindTunnel w;

@@ -34,6 +34,15 @@ struct WindTunnel {
 // nothing can be predicted.
 WindTunnel wind_tunnel(std::vector<Run> runs, const FitOptions& opt);
 
+// Extrapolation error of the fitted laws (doc/fit.md, "Extrapolation
+// error"): refits without the largest budget (and every budget within the
+// budget tolerance below it) and compares, at that budget, Law 3 (loss) and
+// Law 2 (M_opt) of each family and the joint and compute EL laws with what
+// the full fit `full` found there. What cannot be compared is said in
+// `notes`. No exception: fewer than 3 budgets give an empty list and a note.
+std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full, const FitOptions& opt,
+                                    std::vector<std::string>& notes);
+
 // The report (also written to DIR/windtunnel.txt by `fulcrum-fit windtunnel`).
 std::string wind_tunnel_report(const WindTunnel& w);
 std::string wind_tunnel_csv(const WindTunnel& w);

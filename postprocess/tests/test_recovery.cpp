@@ -9,6 +9,7 @@
 
 #include "fitting.hpp"
 #include "synth.hpp"
+#include "windtunnel.hpp"
 
 using namespace fulcrum::fit;
 
@@ -448,4 +449,57 @@ TEST(Recovery, JointELLawOneReferenceBudgetFixesD) {
   for (auto& n : f.notes) refused |= n.find("not extrapolated") != std::string::npos;
   EXPECT_TRUE(refused);
   EXPECT_FALSE(f.el_raw.empty());  // raw per-run EL kept for comparison
+}
+
+// ---------------------------------------------------------------- extrapolation error
+TEST(Recovery, LeaveLargestBudgetOutKnownTruth) {
+  // Noiseless campaign 1e18..1e21: refitted without 1e21, the laws predict
+  // it (Law 3 loss within 0.5%, Law 2 M_opt within 10%, EL within 10%) and
+  // no verdict is flagged for extrapolation.
+  Campaign c(0, 0.0);
+  std::vector<std::string> notes;
+  c.fit.holdout = holdout_errors(c.runs, c.fit, FitOptions{}, notes);
+  const HoldOut* d3 = c.fit.holdout_of("law3", "dense");
+  ASSERT_NE(d3, nullptr);
+  EXPECT_EQ(budget_key(d3->C), budget_key(1e21));
+  EXPECT_LT(d3->worst, 0.005);
+  const HoldOut* d2 = c.fit.holdout_of("law2", "dense");
+  ASSERT_NE(d2, nullptr);
+  EXPECT_LT(d2->error, 0.10);
+  const HoldOut* el = c.fit.holdout_of("el", "");
+  ASSERT_NE(el, nullptr);
+  EXPECT_EQ(el->n, 35);
+  EXPECT_LT(el->error, 0.10) << el->error;
+  ASSERT_NE(c.fit.holdout_of("el.compute", ""), nullptr);
+  FitOptions o;
+  o.bootstrap = 0;
+  diagnose(c.fit, c.runs, o);
+  for (auto& v : c.fit.verdicts)
+    for (auto& r : v.reasons) EXPECT_EQ(r.find("refitted without the largest budget"), std::string::npos) << r;
+
+  // The MoE runs of the largest budget 6% worse than the law: the joint EL
+  // law refitted without it misses the held-out EL by far more than 25% and
+  // its verdict says so.
+  std::vector<fulcrum::fit::Run> bent = c.runs;
+  for (auto& r : bent)
+    if (r.is_moe && budget_key(r.C) == budget_key(1e21)) r.loss *= 1.06;
+  FitResult f = fit_all(bent, o);
+  f.holdout = holdout_errors(bent, f, o, notes);
+  diagnose(f, bent, o);
+  const HoldOut* eb = f.holdout_of("el", "");
+  ASSERT_NE(eb, nullptr);
+  EXPECT_GT(eb->error, 0.25);
+  bool flagged = false;
+  for (auto& v : f.verdicts)
+    if (v.law == "el")
+      for (auto& r : v.reasons) flagged |= r.find("refitted without the largest budget") != std::string::npos;
+  EXPECT_TRUE(flagged);
+  // fewer than 3 budgets: a note, no rows
+  SynthSpec s = c.spec;
+  s.budgets = {1e18, 1e19};
+  auto two = records_to_runs(synth_campaign(c.truth, s));
+  std::vector<std::string> n2;
+  EXPECT_TRUE(holdout_errors(two, fit_all(two, o), o, n2).empty());
+  ASSERT_FALSE(n2.empty());
+  EXPECT_NE(n2[0].find("needs 3 or more"), std::string::npos);
 }
