@@ -44,4 +44,15 @@ inline MPI_Datatype mpi_datatype<float>() { return MPI_FLOAT; }
 template <>
 inline MPI_Datatype mpi_datatype<double>() { return MPI_DOUBLE; }
 
+// In-place sum over comm of n elements, n of any size: MPI counts are int, so
+// a buffer past 2^31 elements (a 2B-parameter model's gradients) goes in
+// chunks of at most max_chunk elements.
+template <class T>
+void allreduce_sum(T* data, long long n, MPI_Comm comm, long long max_chunk = 1LL << 30) {
+  for (long long off = 0; off < n; off += max_chunk) {
+    const long long len = n - off < max_chunk ? n - off : max_chunk;
+    MPI_Allreduce(MPI_IN_PLACE, data + off, static_cast<int>(len), mpi_datatype<T>(), MPI_SUM, comm);
+  }
+}
+
 }  // namespace fulcrum

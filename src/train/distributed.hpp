@@ -18,11 +18,8 @@ double reduce_gradients(Transformer<T>& model, const ParallelGroups& g) {
   const long total = model.num_parameters();
   const long replicated = replicated_parameter_count(model.layout());
   Kokkos::fence();
-  if (g.world_size > 1)
-    MPI_Allreduce(MPI_IN_PLACE, grads, (int)replicated, mpi_datatype<T>(), MPI_SUM, g.world);
-  if (g.dp_size > 1 && total > replicated)
-    MPI_Allreduce(MPI_IN_PLACE, grads + replicated, (int)(total - replicated), mpi_datatype<T>(), MPI_SUM,
-                  g.shard);
+  if (g.world_size > 1) allreduce_sum(grads, replicated, g.world);
+  if (g.dp_size > 1 && total > replicated) allreduce_sum(grads + replicated, total - replicated, g.shard);
   double expert_sq = AdamW<T>::grad_sq_sum(model.grads(), replicated, total);  // EP ranks hold distinct experts
   if (g.ep_size > 1) MPI_Allreduce(MPI_IN_PLACE, &expert_sq, 1, MPI_DOUBLE, MPI_SUM, g.ep);
   return std::sqrt(AdamW<T>::grad_sq_sum(model.grads(), 0, replicated) + expert_sq);
