@@ -490,11 +490,24 @@ void RunFile::append_routing(const RoutingSnapshot& s) {
   sizeok(s.router_entropy.size(), Lz, "router_entropy");
   sizeok(s.dropped_fraction.size(), Lz, "dropped_fraction");
   sizeok(s.moe_layer_index.size(), Lz, "moe_layer_index");
+  if (!s.tokens_per_expert.empty()) sizeok(s.tokens_per_expert.size(), Lz * Ez, "tokens_per_expert");
+  if (!s.min_load.empty()) sizeok(s.min_load.size(), Lz, "min_load");
+  if (!s.topk_margin.empty()) sizeok(s.topk_margin.size(), Lz, "topk_margin");
+  if (!s.router_bias.empty()) sizeok(s.router_bias.size(), Lz * Ez, "router_bias");
 
   const hsize_t hL = static_cast<hsize_t>(L), hE = static_cast<hsize_t>(E);
-  if (!link_exists(f, "/routing/expert_share")) {
+  const bool fresh = !link_exists(f, "/routing/expert_share");
+  if (fresh) {
     Hid g(open_group("/routing"), H5Oclose);
     const hsize_t chunk = 64;
+    // optional diagnostics: created with the first snapshot that has them
+    if (!s.tokens_per_expert.empty())
+      create_extendible(f, path_, "/routing/tokens_per_expert", H5T_IEEE_F64LE, {hL, hE}, chunk);
+    if (!s.router_bias.empty())
+      create_extendible(f, path_, "/routing/router_bias", H5T_IEEE_F64LE, {hL, hE}, chunk);
+    if (!s.min_load.empty()) create_extendible(f, path_, "/routing/min_load", H5T_IEEE_F64LE, {hL}, chunk);
+    if (!s.topk_margin.empty())
+      create_extendible(f, path_, "/routing/topk_margin", H5T_IEEE_F64LE, {hL}, chunk);
     create_extendible(f, path_, "/routing/step", H5T_STD_I64LE, {}, kChunk1d);
     create_extendible(f, path_, "/routing/tokens", H5T_STD_I64LE, {}, kChunk1d);
     create_extendible(f, path_, "/routing/expert_share", H5T_IEEE_F64LE, {hL, hE}, chunk);
@@ -526,6 +539,14 @@ void RunFile::append_routing(const RoutingSnapshot& s) {
              s.router_entropy.data());
   append_row(f, path_, "/routing/dropped_fraction", H5T_NATIVE_DOUBLE,
              s.dropped_fraction.data());
+  // (a file started by an earlier version lacks these datasets: they are skipped)
+  const std::pair<const char*, const std::vector<double>*> optional[] = {
+      {"/routing/tokens_per_expert", &s.tokens_per_expert},
+      {"/routing/min_load", &s.min_load},
+      {"/routing/topk_margin", &s.topk_margin},
+      {"/routing/router_bias", &s.router_bias}};
+  for (const auto& [name, v] : optional)
+    if (!v->empty() && link_exists(f, name)) append_row(f, path_, name, H5T_NATIVE_DOUBLE, v->data());
 }
 
 void RunFile::set_timer(const std::string& name, double seconds, std::int64_t calls) {

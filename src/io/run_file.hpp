@@ -91,6 +91,11 @@ class RunFile {
     std::vector<double> router_entropy;      // (L) nats
     std::vector<double> dropped_fraction;    // (L)
     std::vector<std::int32_t> moe_layer_index;  // (L) transformer layer indices
+    // added with the routing options; empty vectors are not written
+    std::vector<double> tokens_per_expert;   // (L, E) top-k assignments since the last snapshot (all ranks)
+    std::vector<double> min_load;            // (L) min load / mean load
+    std::vector<double> topk_margin;         // (L) mean gap between the k-th and (k+1)-th selection score
+    std::vector<double> router_bias;         // (L, E) selection bias (bias balancing only)
   };
   void append_routing(const RoutingSnapshot& snap);
 

@@ -27,6 +27,11 @@ ModelShape model_shape_from_config(const RunConfig& config) {
     s.capacity_factor = e.capacity_factor;
     s.aux_loss_coef = e.aux_loss_coef;
     s.z_loss_coef = e.z_loss_coef;
+    s.sigmoid_scores = e.score_function == "sigmoid";
+    s.route_scale = e.route_scale;
+    s.balance_scope = e.balance_loss_scope == "sequence" ? 1 : e.balance_loss_scope == "global" ? 2 : 0;
+    s.bias_balancing = e.bias_balancing;
+    s.bias_update_rate = e.bias_update_rate;
   }
   return s;
 }

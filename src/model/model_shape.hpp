@@ -32,6 +32,12 @@ struct ModelShape {
   double capacity_factor = 0.0;
   double aux_loss_coef = 0.0;
   double z_loss_coef = 0.0;
+  // Routing options (doc/model.md "Routing options"); defaults: the paper's recipe.
+  bool sigmoid_scores = false;        // score_function = "sigmoid"
+  double route_scale = 1.0;           // combine weights x route_scale
+  int balance_scope = 0;              // 0 micro_batch, 1 sequence, 2 global (RouterOptions::Scope)
+  bool bias_balancing = false;        // aux-loss-free balancing bias
+  double bias_update_rate = 1e-3;     // u
 
   // Expert parallelism: routed experts are sharded over ep_size ranks; this
   // rank holds experts [ep_rank * E_local, (ep_rank + 1) * E_local).

@@ -30,20 +30,22 @@ struct MoeWeights {
 struct RoutingAccumulator {
   std::vector<double> assignments;  // (E) top-k assignments per expert
   double dropped = 0, routed = 0, entropy_sum = 0, token_count = 0;
+  double margin_sum = 0;  // sum over tokens of the top-k margin (k-th minus (k+1)-th selection score)
   void reset(int E) {
     assignments.assign(E, 0.0);
-    dropped = routed = entropy_sum = token_count = 0;
+    dropped = routed = entropy_sum = token_count = margin_sum = 0;
   }
 };
 
 template <class T>
 class MoeLayer {
  public:
+  // balance_comm: the ranks of one global batch (global balance-loss scope).
   MoeLayer(const ModelShape& s, int max_tokens, const std::string& dispatcher,
-           MPI_Comm ep_comm = MPI_COMM_SELF)
+           MPI_Comm ep_comm = MPI_COMM_SELF, MPI_Comm balance_comm = MPI_COMM_SELF)
       : C_(s.d_model), E_(s.num_experts), k_(s.num_active), Ws_(s.shared_width()),
         router_(max_tokens, s.d_model, s.num_experts, s.num_active, s.renormalize_topk,
-                s.aux_loss_coef, s.z_loss_coef),
+                s.aux_loss_coef, s.z_loss_coef, router_options(s, balance_comm)),
         dispatcher_(make_token_dispatcher<T>(dispatcher, max_tokens, s.d_model, s.num_experts,
                                              s.num_active, s.capacity_factor, ep_comm)),
         experts_((long)s.ep_size * max_tokens * s.num_active, s.d_model, s.d_expert),
@@ -59,7 +61,7 @@ class MoeLayer {
 
   // out is (N,C) (overwritten), h is (N,C). Returns the router losses.
   typename Router<T>::Losses forward(T* out, const T* h, const MoeWeights<T>& w, int N) {
-    auto losses = router_.forward(h, w.router, N);
+    auto losses = router_.forward(h, w.router, N, collect_statistics);
     dispatcher_->dispatch(h, router_.topk_idx(), N);
     experts_.forward(dispatcher_->permuted_output(), dispatcher_->permuted_input(), w.experts_w1,
                      w.experts_w3, w.experts_w2, dispatcher_->tokens_per_local_expert());
@@ -93,6 +95,7 @@ class MoeLayer {
   // Off during evaluation: routing statistics describe the training tokens.
   bool collect_statistics = true;
   const Router<T>& router() const { return router_; }
+  Router<T>& router() { return router_; }
   const TokenDispatcher<T>& dispatcher() const { return *dispatcher_; }
   RoutingAccumulator stats;
 
@@ -104,6 +107,18 @@ class MoeLayer {
     stats.dropped += static_cast<double>(dispatcher_->dropped_assignments());
     stats.entropy_sum += losses.entropy * N;
     stats.token_count += N;
+    stats.margin_sum += losses.margin * N;
+  }
+
+  static RouterOptions router_options(const ModelShape& s, MPI_Comm balance_comm) {
+    RouterOptions o;
+    o.sigmoid = s.sigmoid_scores;
+    o.route_scale = s.route_scale;
+    o.scope = s.balance_scope;
+    o.seq_len = s.seq_len;
+    o.bias = s.bias_balancing;
+    o.balance_comm = balance_comm;
+    return o;
   }
 
   int C_, E_, k_, Ws_;

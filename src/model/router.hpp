@@ -1,51 +1,92 @@
 // router.hpp: MoE router: scores, top-k, load-balancing and z losses.
-// No communication here (Megatron-Core's split): the token dispatcher moves
-// tokens, the experts compute, the MoE layer wires them together.
+// No communication here (Megatron-Core's split) except the global-batch
+// balance loss, which sums the expert counts over the data-parallel ranks:
+// the token dispatcher moves tokens, the experts compute, the MoE layer wires
+// them together.
+//
+// Options (doc/model.md, "Routing options"; RouterOptions() is the paper's
+// recipe): softmax or sigmoid scores; an optional per-expert selection bias
+// (aux-loss-free balancing: it only changes which experts are chosen, never
+// the combine weights, and carries no gradient); the combine weights scaled
+// by route_scale; the load-balancing loss over the micro-batch, per sequence,
+// or over the global batch.
 #pragma once
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "model/kokkos_types.hpp"
 
 namespace fulcrum {
+
+struct RouterOptions {
+  enum Scope { MicroBatch = 0, Sequence = 1, Global = 2 };
+  bool sigmoid = false;         // scores sigmoid(logit) instead of softmax(logits)
+  bool renormalize = false;     // softmax: top-k weights renormalised to 1 (sigmoid: always)
+  double route_scale = 1.0;     // combine weights x route_scale
+  int scope = MicroBatch;       // balance loss: micro_batch | sequence | global
+  int seq_len = 0;              // tokens per sequence (sequence scope)
+  bool bias = false;            // select the top-k on score + bias
+  MPI_Comm balance_comm = MPI_COMM_SELF;  // global scope: the ranks whose counts are summed
+};
 
 template <class T>
 class Router {
  public:
   // max_tokens N bounds the micro-batch; E experts, top-k.
   Router(int max_tokens, int d_model, int num_experts, int top_k, bool renormalize,
-         double aux_coef, double z_coef)
-      : C_(d_model), E_(num_experts), k_(top_k), renormalize_(renormalize),
+         double aux_coef, double z_coef, RouterOptions options = RouterOptions())
+      : C_(d_model), E_(num_experts), k_(top_k), opt_(options),
         aux_coef_(aux_coef), z_coef_(z_coef),
         logits_("router::logits", (long)max_tokens * num_experts),
         probs_("router::probs", (long)max_tokens * num_experts),
+        scores_("router::scores", options.sigmoid ? (long)max_tokens * num_experts : 0),
         dlogits_("router::dlogits", (long)max_tokens * num_experts),
         lse_("router::lse", max_tokens),
         topk_idx_("router::topk_idx", (long)max_tokens * top_k),
         topk_weight_("router::topk_weight", (long)max_tokens * top_k),
-        counts_("router::counts", num_experts),
-        prob_mean_("router::prob_mean", num_experts) {}
+        bias_("router::bias", num_experts),
+        bias_host_(num_experts, 0.0), step_counts_(num_experts, 0.0), global_counts_(num_experts, 0.0) {
+    opt_.renormalize = renormalize || options.sigmoid;
+    const int segments = opt_.scope == RouterOptions::Sequence && opt_.seq_len > 0
+                             ? (max_tokens + opt_.seq_len - 1) / opt_.seq_len : 1;
+    counts_ = DeviceBuffer<int>("router::counts", (long)segments * num_experts);
+    prob_mean_ = DeviceBuffer<T>("router::prob_mean", (long)segments * num_experts);
+    count_weight_ = DeviceBuffer<T>("router::count_weight", (long)segments * num_experts);
+  }
 
   struct Losses {
-    double aux = 0;      // aux_coef * E * sum_e f_e P_e
+    double aux = 0;      // aux_coef * E * sum_e f_e P_e (averaged over sequences for that scope)
     double z = 0;        // z_coef * mean_t lse_t^2
-    double entropy = 0;  // mean per-token entropy of p (nats), for statistics
+    double entropy = 0;  // mean per-token entropy of the routing distribution (nats), for statistics
+    double margin = 0;   // mean gap between the k-th and (k+1)-th selection score (0 when k = E)
   };
 
-  // logits = h router^T; p = softmax(logits); top-k; aux and z losses.
-  // h is (N,C), w_router is (E,C)
-  Losses forward(const T* h, const T* w_router, int N) {
+  // logits = h router^T; scores; top-k; aux and z losses. h is (N,C),
+  // w_router is (E,C). `training`: counts enter the step's load (bias
+  // update, global balance loss); off for evaluation forwards.
+  Losses forward(const T* h, const T* w_router, int N, bool training = true) {
     const int E = E_, k = k_;
     T* logits = logits_.data();
     T* probs = probs_.data();
+    T* scores = opt_.sigmoid ? scores_.data() : probs_.data();
     T* lse = lse_.data();
     int* topk_idx = topk_idx_.data();
     T* topk_w = topk_weight_.data();
-    const bool renorm = renormalize_;
+    const T* bias = bias_.data();
+    const bool renorm = opt_.renormalize, sigmoid = opt_.sigmoid, use_bias = opt_.bias;
+    const T scale = static_cast<T>(opt_.route_scale);
+    const bool scaled = opt_.route_scale != 1.0;
     matmul_fp32<T>('N', 'T', N, E, C_, T(1), h, w_router, T(0), logits);
-    double entropy_sum = 0, lse_sq_sum = 0;
-    Kokkos::parallel_reduce("router::softmax_topk", RangePolicy(0, N),
-                            KOKKOS_LAMBDA(const int t, double& ent, double& lsq) {
+    double entropy_sum = 0, lse_sq_sum = 0, margin_sum = 0;
+    Kokkos::parallel_reduce("router::scores_topk", RangePolicy(0, N),
+                            KOKKOS_LAMBDA(const int t, double& ent, double& lsq, double& mrg) {
       const T* z = logits + (long)t * E;
-      T* p = probs + (long)t * E;
+      T* p = probs + (long)t * E;   // routing distribution (aux loss, entropy)
+      T* s = scores + (long)t * E;  // selection and combine scores (== p for softmax)
       T mx = z[0];
       for (int e = 1; e < E; ++e) mx = z[e] > mx ? z[e] : mx;
       T sum = 0;
@@ -53,49 +94,118 @@ class Router {
       const T l = mx + math::log(sum);
       lse[t] = l;
       lsq += static_cast<double>(l) * static_cast<double>(l);
-      T h_t = 0;
-      for (int e = 0; e < E; ++e) {
-        p[e] = math::exp(z[e] - l);
-        if (p[e] > T(0)) h_t -= p[e] * math::log(p[e]);
+      if (sigmoid) {
+        T ssum = 0;
+        for (int e = 0; e < E; ++e) {
+          s[e] = T(1) / (T(1) + math::exp(-z[e]));
+          ssum += s[e];
+        }
+        for (int e = 0; e < E; ++e) p[e] = s[e] / ssum;
+      } else {
+        for (int e = 0; e < E; ++e) p[e] = math::exp(z[e] - l);
       }
+      T h_t = 0;
+      for (int e = 0; e < E; ++e)
+        if (p[e] > T(0)) h_t -= p[e] * math::log(p[e]);
       ent += static_cast<double>(h_t);
-      // top-k by repeated selection: largest first, ties -> lower index
-      T wsum = 0;
-      for (int j = 0; j < k; ++j) {
+      // top-k by repeated selection on score (+ bias): largest first, ties -> lower index
+      T wsum = 0, kth = 0;
+      for (int j = 0; j <= k && j < E; ++j) {
         int best = -1;
+        T best_key = 0;
         for (int e = 0; e < E; ++e) {
           bool taken = false;
-          for (int i = 0; i < j; ++i) taken = taken || (topk_idx[(long)t * k + i] == e);
-          if (!taken && (best < 0 || p[e] > p[best])) best = e;
+          for (int i = 0; i < j && i < k; ++i) taken = taken || (topk_idx[(long)t * k + i] == e);
+          if (taken) continue;
+          const T key = use_bias ? s[e] + bias[e] : s[e];
+          if (best < 0 || key > best_key) {
+            best = e;
+            best_key = key;
+          }
         }
+        if (j == k) {  // the best unselected expert: the top-k margin
+          mrg += static_cast<double>(kth - best_key);
+          break;
+        }
+        kth = best_key;
         topk_idx[(long)t * k + j] = best;
-        topk_w[(long)t * k + j] = p[best];
-        wsum += p[best];
+        topk_w[(long)t * k + j] = s[best];
+        wsum += s[best];
       }
       if (renorm)
         for (int j = 0; j < k; ++j) topk_w[(long)t * k + j] /= wsum;
-    }, entropy_sum, lse_sq_sum);
+      if (scaled)
+        for (int j = 0; j < k; ++j) topk_w[(long)t * k + j] *= scale;
+    }, entropy_sum, lse_sq_sum, margin_sum);
 
-    // f_e (counts) and P_e (mean probability), one thread per expert: deterministic.
+    // Per segment (the micro-batch, or each sequence) and expert: f (counts)
+    // and P (mean probability), one thread per pair: deterministic.
+    const int Tseg = opt_.scope == RouterOptions::Sequence && opt_.seq_len > 0 ? opt_.seq_len : N;
+    const int S = (N + Tseg - 1) / Tseg;
     int* counts = counts_.data();
     T* pmean = prob_mean_.data();
-    Kokkos::parallel_for("router::load_statistics", RangePolicy(0, E), KOKKOS_LAMBDA(const int e) {
+    Kokkos::parallel_for("router::load_statistics", RangePolicy(0, (long)S * E), KOKKOS_LAMBDA(const long i) {
+      const int g = static_cast<int>(i / E), e = static_cast<int>(i % E);
+      const int t0 = g * Tseg, t1 = t0 + Tseg < N ? t0 + Tseg : N;
       int c = 0;
       T s = 0;
-      for (long a = 0; a < (long)N * k; ++a) c += (topk_idx[a] == e);
-      for (int t = 0; t < N; ++t) s += probs[(long)t * E + e];
-      counts[e] = c;
-      pmean[e] = s / N;
+      for (long a = (long)t0 * k; a < (long)t1 * k; ++a) c += (topk_idx[a] == e);
+      for (int t = t0; t < t1; ++t) s += probs[(long)t * E + e];
+      counts[i] = c;
+      pmean[i] = s / (t1 - t0);
     });
+    std::vector<int> hc((std::size_t)S * E);
+    std::vector<T> hp((std::size_t)S * E);
+    Kokkos::deep_copy(HostView<int>(hc.data(), hc.size()), Kokkos::subview(counts_, std::make_pair(0L, (long)S * E)));
+    Kokkos::deep_copy(HostView<T>(hp.data(), hp.size()), Kokkos::subview(prob_mean_, std::make_pair(0L, (long)S * E)));
+    std::vector<double> local(E, 0.0);
+    for (int g = 0; g < S; ++g)
+      for (int e = 0; e < E; ++e) local[e] += hc[(std::size_t)g * E + e];
+    if (training)
+      for (int e = 0; e < E; ++e) step_counts_[e] += local[e];
+    // count weights w (f = w / (tokens k)) and the aux gradient scale:
+    // d aux / d p_{t,e} = aux_coef * E * f_{g(t),e} / (S * tokens of g(t))
+    std::vector<T> weight((std::size_t)S * E);
     double fp_sum = 0;
-    const double Nk = static_cast<double>(N) * k;
-    Kokkos::parallel_reduce("router::aux_loss", RangePolicy(0, E), KOKKOS_LAMBDA(const int e, double& acc) {
-      acc += (counts[e] / Nk) * static_cast<double>(pmean[e]);
-    }, fp_sum);
+    if (opt_.scope == RouterOptions::Global && training) {
+      // counts of this and the step's earlier micro-batches, all ranks (Megatron-Core's global_aux_loss)
+      std::vector<double> mine(local);
+      mine.push_back(N);
+      MPI_Allreduce(MPI_IN_PLACE, mine.data(), E + 1, MPI_DOUBLE, MPI_SUM, opt_.balance_comm);
+      for (int e = 0; e < E; ++e) global_counts_[e] += mine[e];
+      global_tokens_ += mine[E];
+      const double Nk = global_tokens_ * k;
+      for (int e = 0; e < E; ++e) {
+        weight[e] = static_cast<T>(global_counts_[e]);
+        fp_sum += (global_counts_[e] / Nk) * static_cast<double>(hp[e]);
+      }
+      aux_grad_scale_ = aux_coef_ * E / (static_cast<double>(N) * Nk);
+      out_aux_ = aux_coef_ * E * fp_sum;
+    } else {
+      for (int g = 0; g < S; ++g) {
+        const int len = std::min(Tseg, N - g * Tseg);
+        const double Nk = static_cast<double>(len) * k;
+        double acc = 0;
+        for (int e = 0; e < E; ++e) {
+          const std::size_t i = (std::size_t)g * E + e;
+          weight[i] = static_cast<T>(hc[i]);
+          acc += (hc[i] / Nk) * static_cast<double>(hp[i]);
+        }
+        fp_sum += acc;
+      }
+      // equal-length segments (sequences of one batch): one scale
+      const double len = std::min(Tseg, N);
+      aux_grad_scale_ = aux_coef_ * E / (static_cast<double>(S) * len * len * k);
+      out_aux_ = aux_coef_ * E * fp_sum / S;
+    }
+    Kokkos::deep_copy(Kokkos::subview(count_weight_, std::make_pair(0L, (long)S * E)),
+                      HostView<T>(weight.data(), weight.size()));
+    segment_len_ = Tseg;
     Losses out;
-    out.aux = aux_coef_ * E * fp_sum;
+    out.aux = out_aux_;
     out.z = z_coef_ * lse_sq_sum / N;
     out.entropy = entropy_sum / N;
+    out.margin = k < E ? margin_sum / N : 0.0;
     return out;
   }
 
@@ -106,59 +216,130 @@ class Router {
                 T dloss) {
     const int E = E_, k = k_;
     const T* probs = probs_.data();
+    const T* scores = opt_.sigmoid ? scores_.data() : probs_.data();
+    const T* logits = logits_.data();
     const T* lse = lse_.data();
     const int* topk_idx = topk_idx_.data();
     const T* topk_w = topk_weight_.data();
-    const int* counts = counts_.data();
+    const T* cw = count_weight_.data();
     T* dlogits = dlogits_.data();
-    const bool renorm = renormalize_;
-    // d aux / d p_{t,e} = aux_coef * E * f_e / N     (f_e carries no gradient)
-    const T aux_scale = static_cast<T>(aux_coef_ * E / (static_cast<double>(N) * N * k)) * dloss;
-    // d z / d logit_{t,e} = z_coef * 2 lse_t p_{t,e} / N
+    const bool renorm = opt_.renormalize, sigmoid = opt_.sigmoid;
+    const T r = static_cast<T>(opt_.route_scale);
+    const int Tseg = segment_len_;
+    // d aux / d p_{t,e} = aux_scale * w_{g(t),e}    (the counts carry no gradient)
+    const T aux_scale = static_cast<T>(aux_grad_scale_) * dloss;
+    // d z / d logit_{t,e} = z_coef * 2 lse_t softmax_{t,e} / N
     const T z_scale = static_cast<T>(2.0 * z_coef_ / N) * dloss;
     Kokkos::parallel_for("router::backward", RangePolicy(0, N), KOKKOS_LAMBDA(const int t) {
       const T* p = probs + (long)t * E;
+      const T* s = scores + (long)t * E;
       T* dz = dlogits + (long)t * E;
-      // dp: from the combine weights (top-k only), then the aux loss term
-      for (int e = 0; e < E; ++e) dz[e] = aux_scale * counts[e];
+      const T* w = cw + (long)(t / Tseg) * E;
       const int* idx = topk_idx + (long)t * k;
       const T* dw = dtopk_weight + (long)t * k;
-      if (renorm) {
-        // w_j = p_j / s, s = sum_i p_i: dp_j = (dw_j - sum_i dw_i w_i) / s
-        T s = 0, dot = 0;
-        for (int j = 0; j < k; ++j) {
-          s += p[idx[j]];
-          dot += dw[j] * topk_w[(long)t * k + j];
+      if (!sigmoid) {
+        // dp: from the combine weights (top-k only), then the aux loss term
+        for (int e = 0; e < E; ++e) dz[e] = aux_scale * w[e];
+        if (renorm) {
+          // w_j = r p_j / s, s = sum_i p_i: dp_j = (r dw_j - sum_i dw_i w_i) / s
+          T sm = 0, dot = 0;
+          for (int j = 0; j < k; ++j) {
+            sm += p[idx[j]];
+            dot += dw[j] * topk_w[(long)t * k + j];
+          }
+          for (int j = 0; j < k; ++j) dz[idx[j]] += (r * dw[j] - dot) / sm;
+        } else {
+          for (int j = 0; j < k; ++j) dz[idx[j]] += r * dw[j];
         }
-        for (int j = 0; j < k; ++j) dz[idx[j]] += (dw[j] - dot) / s;
+        // softmax backward: dlogit = p (dp - sum p dp), plus the z-loss term
+        T dot = 0;
+        for (int e = 0; e < E; ++e) dot += p[e] * dz[e];
+        for (int e = 0; e < E; ++e) dz[e] = p[e] * (dz[e] - dot) + z_scale * lse[t] * p[e];
       } else {
-        for (int j = 0; j < k; ++j) dz[idx[j]] += dw[j];
+        // aux term through p_e = s_e / S_all: ds_e = (dp_e - sum_i dp_i p_i) / S_all
+        T sall = 0, dot = 0;
+        for (int e = 0; e < E; ++e) {
+          sall += s[e];
+          dot += aux_scale * w[e] * p[e];
+        }
+        for (int e = 0; e < E; ++e) dz[e] = (aux_scale * w[e] - dot) / sall;
+        // combine weights w_j = r s_j / sum_topk s (always normalised)
+        T sm = 0, dotw = 0;
+        for (int j = 0; j < k; ++j) {
+          sm += s[idx[j]];
+          dotw += dw[j] * topk_w[(long)t * k + j];
+        }
+        for (int j = 0; j < k; ++j) dz[idx[j]] += (r * dw[j] - dotw) / sm;
+        // sigmoid backward, plus the z-loss term (softmax of the logits)
+        const T* z = logits + (long)t * E;
+        for (int e = 0; e < E; ++e)
+          dz[e] = dz[e] * s[e] * (T(1) - s[e]) + z_scale * lse[t] * math::exp(z[e] - lse[t]);
       }
-      // softmax backward: dlogit = p (dp - sum p dp), plus the z-loss term
-      T dot = 0;
-      for (int e = 0; e < E; ++e) dot += p[e] * dz[e];
-      for (int e = 0; e < E; ++e) dz[e] = p[e] * (dz[e] - dot) + z_scale * lse[t] * p[e];
     });
     matmul_fp32<T>('T', 'N', E, C_, N, T(1), dlogits, h, T(1), dw_router);
     matmul_fp32<T>('N', 'N', N, C_, E, T(1), dlogits, w_router, T(1), dh);
   }
 
+  // --- aux-loss-free balancing --------------------------------------------
+  // The selection bias (E), host master copy in double; identical on every rank.
+  const std::vector<double>& bias() const { return bias_host_; }
+  void set_bias(const std::vector<double>& b) {
+    bias_host_ = b;
+    bias_host_.resize(E_, 0.0);
+    std::vector<T> tb(bias_host_.begin(), bias_host_.end());
+    Kokkos::deep_copy(bias_, HostView<T>(tb.data(), tb.size()));
+  }
+  // Top-k assignments per expert of this step's training forwards (this rank).
+  const std::vector<double>& step_counts() const { return step_counts_; }
+  // Ends the step: clears the step's counts (and the global-scope running sums).
+  void end_step() {
+    std::fill(step_counts_.begin(), step_counts_.end(), 0.0);
+    std::fill(global_counts_.begin(), global_counts_.end(), 0.0);
+    global_tokens_ = 0;
+  }
+  const RouterOptions& options() const { return opt_; }
+
   const T* logits() const { return logits_.data(); }          // (N,E)
-  const T* probs() const { return probs_.data(); }            // (N,E)
+  const T* probs() const { return probs_.data(); }            // (N,E) routing distribution
   const int* topk_idx() const { return topk_idx_.data(); }    // (N,k)
   const T* topk_weight() const { return topk_weight_.data(); }  // (N,k)
   int top_k() const { return k_; }
   int num_experts() const { return E_; }
 
  private:
+  template <class V>
+  using HostView = Kokkos::View<V*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
   int C_, E_, k_;
-  bool renormalize_;
+  RouterOptions opt_;
   double aux_coef_, z_coef_;
-  DeviceBuffer<T> logits_, probs_, dlogits_, lse_;
+  DeviceBuffer<T> logits_, probs_, scores_, dlogits_, lse_;
   DeviceBuffer<int> topk_idx_;
   DeviceBuffer<T> topk_weight_;
+  DeviceBuffer<T> bias_;
   DeviceBuffer<int> counts_;
-  DeviceBuffer<T> prob_mean_;
+  DeviceBuffer<T> prob_mean_, count_weight_;
+  std::vector<double> bias_host_, step_counts_, global_counts_;
+  double global_tokens_ = 0;
+  double aux_grad_scale_ = 0, out_aux_ = 0;
+  int segment_len_ = 1;
 };
+
+// One aux-loss-free balancing update from the step's global counts:
+// b_e += u * sign(mean - load_e), then centred (mean subtracted).
+inline void update_balance_bias(std::vector<double>& bias, const std::vector<double>& load, double u) {
+  const std::size_t E = bias.size();
+  double mean = 0;
+  for (double c : load) mean += c;
+  mean /= static_cast<double>(E);
+  for (std::size_t e = 0; e < E; ++e) {
+    const double d = mean - load[e];
+    bias[e] += d > 0 ? u : d < 0 ? -u : 0.0;
+  }
+  double centre = 0;
+  for (double b : bias) centre += b;
+  centre /= static_cast<double>(E);
+  for (double& b : bias) b -= centre;
+}
 
 }  // namespace fulcrum

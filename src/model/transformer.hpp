@@ -54,9 +54,12 @@ class Transformer {
  public:
   // max_batch: sequences per micro-batch (B); every batch has T = seq_len.
   // ep_comm: the ranks sharing this model's routed experts (shape.ep_size of them).
+  // balance_comm: the ranks sharing one global batch (global balance-loss
+  // scope; the bias update takes its communicator as an argument).
   Transformer(const ModelShape& shape, int max_batch, const std::string& dispatcher = "local",
-              MPI_Comm ep_comm = MPI_COMM_SELF)
-      : s_(shape), B_(max_batch), layout_(parameter_layout(shape)), ep_comm_(ep_comm) {
+              MPI_Comm ep_comm = MPI_COMM_SELF, MPI_Comm balance_comm = MPI_COMM_SELF)
+      : s_(shape), B_(max_batch), layout_(parameter_layout(shape)), ep_comm_(ep_comm),
+        balance_comm_(balance_comm) {
     const long n = parameter_count(layout_);
     for (std::size_t i = 0; i < layout_.size(); ++i) index_[layout_[i].name] = i;
     params_ = DeviceBuffer<T>("model::params", n);
@@ -82,6 +85,49 @@ class Transformer {
   void set_routing_statistics(bool on) {
     for (auto& m : moe_)
       if (m) m->collect_statistics = on;
+  }
+
+  // After each optimizer step (collective over `world`, every rank of the
+  // global batch): with bias balancing, each MoE layer's bias moves by
+  // u * sign(mean load - load_e) over the step's counts summed over all
+  // ranks and micro-batches, then is centred; identical on every rank. Then
+  // the step's counts are cleared.
+  void end_routing_step(MPI_Comm world) {
+    for (auto& m : moe_) {
+      if (!m) continue;
+      Router<T>& r = m->router();
+      if (s_.bias_balancing) {
+        std::vector<double> load = r.step_counts();
+        MPI_Allreduce(MPI_IN_PLACE, load.data(), (int)load.size(), MPI_DOUBLE, MPI_SUM, world);
+        std::vector<double> b = r.bias();
+        update_balance_bias(b, load, s_.bias_update_rate);
+        r.set_bias(b);
+      }
+      r.end_step();
+    }
+  }
+  // Clears the step's routing counts without a bias update (tests, evaluation).
+  void clear_routing_step() {
+    for (auto& m : moe_)
+      if (m) m->router().end_step();
+  }
+  // Every MoE layer's selection bias, layer after layer (E each); empty for a dense model.
+  std::vector<double> routing_bias() const {
+    std::vector<double> out;
+    for (const auto& m : moe_)
+      if (m) out.insert(out.end(), m->router().bias().begin(), m->router().bias().end());
+    return out;
+  }
+  void set_routing_bias(const std::vector<double>& all) {
+    std::size_t i = 0;
+    for (auto& m : moe_) {
+      if (!m) continue;
+      const std::size_t E = (std::size_t)s_.num_experts;
+      std::vector<double> b(E, 0.0);
+      for (std::size_t e = 0; e < E && i + e < all.size(); ++e) b[e] = all[i + e];
+      i += E;
+      m->router().set_bias(b);
+    }
   }
 
   // Normal(0, std) for matrices, 1 for norm weights. Each value is a pure
@@ -173,7 +219,7 @@ class Transformer {
   int B_;
   int batch_ = 0;
   std::vector<ParameterTensor> layout_;
-  MPI_Comm ep_comm_;
+  MPI_Comm ep_comm_, balance_comm_;
   std::map<std::string, std::size_t> index_;
   DeviceBuffer<T> params_, grads_;
   ModelWeights<T> weights_, grad_weights_;

@@ -196,11 +196,15 @@ void save_checkpoint(const std::string& path, Transformer<float>& model, AdamW<f
       }
       sum.add(state.logged_lm.data(), sizeof(double) * state.logged_lm.size());
       sum.add(state.routing.data(), sizeof(double) * state.routing.size());
+      sum.add(state.router_bias.data(), sizeof(double) * state.router_bias.size());
       const double scalars[4] = {(double)state.step, (double)state.optimizer_steps, state.tokens_seen, state.first_loss};
       sum.add(scalars, sizeof scalars);
       hid_t st = H5Gcreate2(f, "state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
       write_dataset(st, "logged_lm", H5T_NATIVE_DOUBLE, {(hsize_t)state.logged_lm.size()}, state.logged_lm.data(), tmp);
       write_dataset(st, "routing", H5T_NATIVE_DOUBLE, {(hsize_t)state.routing.size()}, state.routing.data(), tmp);
+      if (!state.router_bias.empty())
+        write_dataset(st, "router_bias", H5T_NATIVE_DOUBLE, {(hsize_t)state.router_bias.size()},
+                      state.router_bias.data(), tmp);
       H5Gclose(st);
       write_attr_str(f, "format", kFormat, tmp);
       write_attr_i64(f, "format_version", kFormatVersion, tmp);
@@ -230,8 +234,12 @@ void save_checkpoint(const std::string& path, Transformer<float>& model, AdamW<f
         ::close(dfd);
       }
     } catch (const std::exception& e) {
-      if (f >= 0) H5Fclose(f);
       std::error_code ec;
+      // On a full disk H5Fclose cannot flush and leaves the file open: empty it
+      // first, so its blocks are freed (the run file still has room to finish)
+      // and the close succeeds.
+      std::filesystem::resize_file(tmp, 0, ec);
+      if (f >= 0) H5Fclose(f);
       std::filesystem::remove(tmp, ec);  // the previous checkpoint stays intact
       error = e.what();
     }
@@ -273,6 +281,8 @@ TrainerState load_checkpoint(const std::string& path, Transformer<float>& model,
     if (st < 0) throw CheckpointError("checkpoint '" + path + "': missing group state");
     state.logged_lm = read_dataset<double>(st, "logged_lm", H5T_NATIVE_DOUBLE, path);
     state.routing = read_dataset<double>(st, "routing", H5T_NATIVE_DOUBLE, path);
+    if (H5Lexists(st, "router_bias", H5P_DEFAULT) > 0)  // absent in checkpoints of earlier versions
+      state.router_bias = read_dataset<double>(st, "router_bias", H5T_NATIVE_DOUBLE, path);
     H5Gclose(st);
     state.step = read_attr_i64(f, "step", path);
     state.optimizer_steps = read_attr_i64(f, "optimizer_steps", path);
@@ -282,6 +292,7 @@ TrainerState load_checkpoint(const std::string& path, Transformer<float>& model,
     state.fingerprint = read_attr_str(f, "fingerprint", path);
     sum.add(state.logged_lm.data(), sizeof(double) * state.logged_lm.size());
     sum.add(state.routing.data(), sizeof(double) * state.routing.size());
+    sum.add(state.router_bias.data(), sizeof(double) * state.router_bias.size());
     const double scalars[4] = {(double)state.step, (double)state.optimizer_steps, state.tokens_seen, state.first_loss};
     sum.add(scalars, sizeof scalars);
     const std::string stored = read_attr_str(f, "checksum_fnv1a64", path);

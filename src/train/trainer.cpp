@@ -41,22 +41,27 @@ std::vector<double> pack_routing(Transformer<float>& model) {
     if (MoeLayer<float>* moe = model.moe_layer(l)) {
       const RoutingAccumulator& a = moe->stats;
       out.insert(out.end(), a.assignments.begin(), a.assignments.end());
-      out.insert(out.end(), {a.dropped, a.routed, a.entropy_sum, a.token_count});
+      out.insert(out.end(), {a.dropped, a.routed, a.entropy_sum, a.token_count, a.margin_sum});
     }
   return out;
 }
 void unpack_routing(Transformer<float>& model, const std::vector<double>& in, bool keep) {
   std::size_t i = 0;
+  // checkpoints of earlier versions hold 4 scalars per layer (no margin_sum)
+  const std::size_t L = static_cast<std::size_t>(model.shape().n_moe_layers());
+  const std::size_t E = static_cast<std::size_t>(model.shape().num_experts);
+  const std::size_t scalars = L > 0 && in.size() == L * (E + 4) ? 4 : 5;
   for (int l = 0; l < model.shape().n_layers; ++l)
     if (MoeLayer<float>* moe = model.moe_layer(l)) {
       RoutingAccumulator& a = moe->stats;
       a.reset(model.shape().num_experts);
-      if (!keep || i + a.assignments.size() + 4 > in.size()) continue;
+      if (!keep || i + a.assignments.size() + scalars > in.size()) continue;
       for (auto& v : a.assignments) v = in[i++];
       a.dropped = in[i++];
       a.routed = in[i++];
       a.entropy_sum = in[i++];
       a.token_count = in[i++];
+      if (scalars == 5) a.margin_sum = in[i++];
     }
 }
 using Real = float;  // the model trains in float; tests instantiate double
@@ -95,14 +100,20 @@ RunFile::RoutingSnapshot routing_snapshot(Transformer<Real>& model, std::int64_t
     MoeLayer<Real>* moe = model.moe_layer(l);
     if (!moe) continue;
     RoutingAccumulator& acc = moe->stats;
-    double total = 0, mx = 0;
+    double total = 0, mx = 0, mn = acc.assignments.empty() ? 0.0 : acc.assignments[0];
     for (double a : acc.assignments) {
       total += a;
       mx = std::max(mx, a);
+      mn = std::min(mn, a);
     }
     for (double a : acc.assignments) snap.expert_share.push_back(total > 0 ? a / total : 0.0);
+    snap.tokens_per_expert.insert(snap.tokens_per_expert.end(), acc.assignments.begin(), acc.assignments.end());
     const double mean = total / s.num_experts;
     snap.max_violation.push_back(mean > 0 ? mx / mean - 1.0 : 0.0);
+    snap.min_load.push_back(mean > 0 ? mn / mean : 0.0);
+    snap.topk_margin.push_back(acc.token_count > 0 ? acc.margin_sum / acc.token_count : 0.0);
+    if (s.bias_balancing)
+      snap.router_bias.insert(snap.router_bias.end(), moe->router().bias().begin(), moe->router().bias().end());
     snap.router_entropy.push_back(acc.token_count > 0 ? acc.entropy_sum / acc.token_count : 0.0);
     snap.dropped_fraction.push_back(acc.routed > 0 ? acc.dropped / acc.routed : 0.0);
     snap.moe_layer_index.push_back(l);
@@ -140,12 +151,13 @@ void reduce_routing_statistics(Transformer<Real>& model, MPI_Comm world) {
     if (!moe) continue;
     RoutingAccumulator& a = moe->stats;
     MPI_Allreduce(MPI_IN_PLACE, a.assignments.data(), (int)a.assignments.size(), MPI_DOUBLE, MPI_SUM, world);
-    double s[4] = {a.dropped, a.routed, a.entropy_sum, a.token_count};
-    MPI_Allreduce(MPI_IN_PLACE, s, 4, MPI_DOUBLE, MPI_SUM, world);
+    double s[5] = {a.dropped, a.routed, a.entropy_sum, a.token_count, a.margin_sum};
+    MPI_Allreduce(MPI_IN_PLACE, s, 5, MPI_DOUBLE, MPI_SUM, world);
     a.dropped = s[0];
     a.routed = s[1];
     a.entropy_sum = s[2];
     a.token_count = s[3];
+    a.margin_sum = s[4];
   }
 }
 
@@ -349,7 +361,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
     file.set_root_attr("gemm_backend", plan.gemm.backend);
     file.set_root_attr("gemm_implementation", gemm.backend().implementation());
     file.set_root_attr("cpu_isa", host_cpu_isa());
-    Transformer<Real> model(plan.shape, cfg.train.micro_batch_size, cfg.parallel.dispatcher, groups.ep);
+    Transformer<Real> model(plan.shape, cfg.train.micro_batch_size, cfg.parallel.dispatcher, groups.ep, world);
     model.init_parameters(cfg.run.seed, cfg.model.init_std);
     // bf16 backends keep one bf16 copy of the parameters, refreshed after
     // every change below (resume, optimizer step)
@@ -383,6 +395,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
       st.last_val_loss = last_val;
       st.logged_lm = logged_lm;
       st.routing = pack_routing(model);
+      st.router_bias = model.routing_bias();
       st.fingerprint = fingerprint;
       return st;
     };
@@ -405,6 +418,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
       last_val = st.last_val_loss;
       logged_lm = st.logged_lm;
       unpack_routing(model, st.routing, root);  // rank 0 carries the reduced sums
+      model.set_routing_bias(st.router_bias);   // every rank: the same bias
       file.truncate_after_step(step);
       file.set_status("running");
       file.set_root_attr("resumed_from_step", static_cast<std::int64_t>(step));
@@ -454,6 +468,7 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
       }
       const double grad_norm = reduce_gradients(model, groups);
       optimizer.step(model.params(), model.grads(), lr, AdamW<Real>::clip_scale(grad_norm, cfg.train.grad_clip));
+      if (plan.shape.is_moe) model.end_routing_step(world);  // bias balancing (collective), step counts cleared
       gemm.backend().weights_changed();
       Kokkos::fence();
       timers.add("optimizer", seconds_since(t0));

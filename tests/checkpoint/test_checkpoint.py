@@ -8,7 +8,10 @@ Runs fulcrum-train on tests/checkpoint/tiny.toml and checks:
   * a corrupted or truncated checkpoint is refused with its path;
   * re-sharding: stopped at EP=2, resumed at EP=1 and at EP=4, continues like
     an uninterrupted EP=1 run (float tolerance);
-  * determinism: two identical runs give bit-identical losses.
+  * determinism: two identical runs give bit-identical losses;
+  * aux-loss-free balancing (sigmoid scores, bias balancing, aux 0): SIGKILL
+    and resume continue with the checkpointed bias, bit-identical /routing
+    (bias vector, loads) and losses.
 Environment: FULCRUM_TRAIN (binary), FULCRUM_SOURCE_DIR (repository root).
 """
 import os
@@ -79,7 +82,15 @@ def read(run_dir):
             out["train/" + c] = f["train/" + c][()]
         for c in ["step", "val_loss"]:
             out["eval/" + c] = f["eval/" + c][()]
+        for c in ["step", "tokens_per_expert", "max_violation", "topk_margin", "router_bias"]:
+            if "routing/" + c in f:
+                out["routing/" + c] = f["routing/" + c][()]
     return out
+
+
+BIAS = ["--set", 'moe.score_function="sigmoid"', "--set", "moe.route_scale=2.5",
+        "--set", "moe.bias_balancing=true", "--set", "moe.bias_update_rate=0.01",
+        "--set", "moe.aux_loss_coef=0"]
 
 
 class CheckpointTests(unittest.TestCase):
@@ -106,16 +117,16 @@ class CheckpointTests(unittest.TestCase):
     def assert_identical(self, got, ref):
         self.assertEqual(got["status"], "completed")
         for k, v in ref.items():
-            if k.startswith("train/") or k.startswith("eval/"):
+            if k.startswith("train/") or k.startswith("eval/") or k.startswith("routing/"):
                 np.testing.assert_array_equal(got[k], v, err_msg=k)  # bit for bit, same length
         self.assertEqual(got["summary"]["final_train_loss"], ref["summary"]["final_train_loss"])
         self.assertEqual(got["summary"]["final_val_loss"], ref["summary"]["final_val_loss"])
 
-    def kill_and_resume(self, ranks, ep, seed):
+    def kill_and_resume(self, ranks, ep, seed, extra=()):
         rng = random.Random(seed)
-        ref = self.reference(ranks, ep)
-        d = os.path.join(self.tmp, "kill-%d-%d" % (ranks, ep))
-        p = start(d, ranks, ep)
+        ref = self.reference(ranks, ep, extra)
+        d = os.path.join(self.tmp, "kill-%d-%d-%d" % (ranks, ep, len(extra)))
+        p = start(d, ranks, ep, extra)
         # after the first checkpoints (every 3 steps), well before the end (100):
         # mpiexec may relay progress lines some steps late
         kill_step = rng.randint(5, 40)
@@ -129,9 +140,10 @@ class CheckpointTests(unittest.TestCase):
         with h5py.File(os.path.join(d, "run.h5"), "r") as f:
             killed_rows = len(f["train/step"])
             self.assertEqual(f.attrs["status"], "running")
-        run(d, ranks, ep)  # automatic resume: checkpoint + unfinished run file
+        run(d, ranks, ep, extra)  # automatic resume: checkpoint + unfinished run file
         got = read(d)
         self.assert_identical(got, ref)
+        return ref
         with h5py.File(os.path.join(d, "run.h5"), "r") as f:
             resumed = int(f.attrs["resumed_from_step"])
         print("  %d rank(s): SIGKILL after step %d (%d rows on disk), resumed from step %d: identical" %
@@ -148,6 +160,20 @@ class CheckpointTests(unittest.TestCase):
 
     def test_sigkill_resume_bit_identical_2_ranks(self):
         self.kill_and_resume(2, 2, seed=2)
+
+    def test_sigkill_resume_bias_balancing(self):
+        ref = self.kill_and_resume(1, 1, seed=3, extra=BIAS)
+        bias = ref["routing/router_bias"]  # (snapshots, MoE layers, E)
+        self.assertEqual(bias.shape[1:], (1, 4))
+        self.assertGreater(np.abs(bias[-1]).max(), 0.0, "the bias moved")
+        np.testing.assert_allclose(bias.sum(axis=2), 0.0, atol=1e-12)  # centred
+        self.assertTrue(np.all(ref["train/aux_loss"] == 0.0))
+        # the bias of a 2-rank run (EP=2) is the 1-rank run's: the same global counts
+        self.kill_and_resume(2, 2, seed=4, extra=BIAS)
+        two = self.reference(2, 2, BIAS)["routing/router_bias"]
+        same = int(np.argmax(np.any(two != bias, axis=(1, 2)))) if np.any(two != bias) else len(bias)
+        print("  bias identical at 1 and 2 ranks for the first %d of %d snapshots" % (same, len(bias)))
+        self.assertGreaterEqual(same, 10)
 
     def test_sigterm_checkpoints_and_exits_4(self):
         d = os.path.join(self.tmp, "term")

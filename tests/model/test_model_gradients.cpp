@@ -31,10 +31,11 @@ ModelShape tiny_shape(bool moe) {
   return s;
 }
 
-void check_full_model(const ModelShape& s) {
+void check_full_model(const ModelShape& s, const std::vector<double>& bias = {}) {
   const int B = 2, T = s.seq_len;
   Transformer<double> model(s, B);
   model.init_parameters(5, 0.3);
+  if (!bias.empty()) model.set_routing_bias(bias);
   // perturb the norm weights away from 1 so their gradients are generic
   auto params = to_host(model.params().data(), model.num_parameters());
   auto noise = random_vector(params.size(), 77, 0.1);
@@ -49,6 +50,7 @@ void check_full_model(const ModelShape& s) {
   model.set_batch(tokens, targets, B);
   copy_to_device(model.params().data(), params);
   model.zero_grads();
+  model.clear_routing_step();
   model.forward();
   model.backward(1.0);
   auto grads = to_host(model.grads().data(), model.num_parameters());
@@ -58,6 +60,7 @@ void check_full_model(const ModelShape& s) {
     auto loss = [&]() {
       std::copy(x.begin(), x.end(), params.begin() + t.offset);
       copy_to_device(model.params().data(), params);
+      model.clear_routing_step();  // the global scope's counts start afresh
       return model.forward().total();
     };
     expect_gradient_matches(t.name.c_str(), x, g, loss, 2e-6, 12);
@@ -69,6 +72,19 @@ void check_full_model(const ModelShape& s) {
 
 TEST(ModelGradients, DenseFullModel) { check_full_model(tiny_shape(false)); }
 TEST(ModelGradients, MoEFullModel) { check_full_model(tiny_shape(true)); }
+TEST(ModelGradients, MoEFullModelSigmoidBiasSequenceScope) {
+  ModelShape s = tiny_shape(true);
+  s.sigmoid_scores = true;
+  s.route_scale = 2.5;
+  s.bias_balancing = true;
+  s.balance_scope = 1;  // sequence
+  check_full_model(s, {0.3, -0.2, 0.05, -0.15});
+}
+TEST(ModelGradients, MoEFullModelGlobalScope) {
+  ModelShape s = tiny_shape(true);
+  s.balance_scope = 2;  // global (one rank, one micro-batch)
+  check_full_model(s);
+}
 
 TEST(ModelGradients, BackwardAccumulates) {
   // Two backward passes give twice the gradient (the += convention used by

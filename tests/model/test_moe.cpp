@@ -133,6 +133,252 @@ TEST(MoeGradients, RouterLossValues) {
   EXPECT_NEAR(l.entropy, std::log(4.0), 1e-12);
 }
 
+// --- routing options: sigmoid scores, selection bias, balance-loss scopes ---
+
+namespace {
+
+// Finite-difference check of one router configuration. `before` runs ahead
+// of every evaluated forward (e.g. an earlier micro-batch of the step for the
+// global scope); the step's counts are cleared before each evaluation.
+void check_router(const RouterOptions& o, int N, int C, int E, int k, bool renorm,
+                  const std::vector<double>& bias = {}, int micro_batches_before = 0) {
+  auto h = random_vector(N * C, 11), wr = random_vector(E * C, 12, 0.8), Rw = random_vector(N * k, 13);
+  auto h_prev = random_vector(N * C, 14);
+  Router<double> router(N, C, E, k, renorm, 0.05, 0.01, o);
+  if (!bias.empty()) router.set_bias(bias);
+  auto run = [&](const DeviceBuffer<double>& d_h, const DeviceBuffer<double>& d_w) {
+    router.end_step();
+    for (int m = 0; m < micro_batches_before; ++m) {
+      auto d_prev = to_device(h_prev);
+      router.forward(d_prev.data(), d_w.data(), N);
+    }
+    return router.forward(d_h.data(), d_w.data(), N);
+  };
+  auto loss = [&]() {
+    auto d_h = to_device(h), d_w = to_device(wr);
+    auto l = run(d_h, d_w);
+    return dot(to_host(router.topk_weight(), N * k), Rw) + l.aux + l.z;
+  };
+  loss();
+  auto d_h = to_device(h), d_w = to_device(wr), d_Rw = to_device(Rw);
+  run(d_h, d_w);
+  DeviceBuffer<double> dh("dh", N * C), dw("dw", E * C);
+  router.backward(dh.data(), dw.data(), d_Rw.data(), d_h.data(), d_w.data(), N, 1.0);
+  expect_gradient_matches("h", h, to_host(dh.data(), N * C), loss);
+  expect_gradient_matches("router", wr, to_host(dw.data(), E * C), loss);
+}
+
+RouterOptions sigmoid_options(double scale = 2.5) {
+  RouterOptions o;
+  o.sigmoid = true;
+  o.route_scale = scale;
+  return o;
+}
+
+}  // namespace
+
+TEST(RouterOptions, SigmoidGradients) { check_router(sigmoid_options(), 12, 6, 5, 2, false); }
+TEST(RouterOptions, SigmoidTop1Gradients) { check_router(sigmoid_options(1.0), 9, 5, 4, 1, false); }
+TEST(RouterOptions, SigmoidWithBiasGradients) {
+  RouterOptions o = sigmoid_options();
+  o.bias = true;
+  // large enough to change the choice: expert 3 is pushed in, 0 pushed out
+  check_router(o, 12, 6, 5, 2, false, {-0.4, 0.05, -0.1, 0.5, -0.05});
+}
+TEST(RouterOptions, SoftmaxWithBiasAndScaleGradients) {
+  RouterOptions o;
+  o.bias = true;
+  o.route_scale = 1.7;
+  check_router(o, 12, 6, 5, 2, true, {0.2, -0.1, 0.05, -0.3, 0.15});
+}
+TEST(RouterOptions, SequenceScopeGradients) {
+  RouterOptions o;
+  o.scope = RouterOptions::Sequence;
+  o.seq_len = 4;  // 3 sequences of 4 tokens
+  check_router(o, 12, 6, 5, 2, false);
+  o.sigmoid = true;
+  check_router(o, 12, 6, 5, 2, false);
+}
+TEST(RouterOptions, GlobalScopeGradients) {
+  RouterOptions o;
+  o.scope = RouterOptions::Global;  // counts of an earlier micro-batch enter f
+  check_router(o, 12, 6, 5, 2, false, {}, 1);
+  o.sigmoid = true;
+  check_router(o, 12, 6, 5, 2, false, {}, 2);
+}
+
+// Loss values of the scopes against a host computation from the router's
+// own outputs (probabilities and choices).
+TEST(RouterOptions, ScopeLossValues) {
+  const int N = 12, C = 5, E = 4, k = 2, T = 3;
+  auto h = random_vector(N * C, 21), wr = random_vector(E * C, 22);
+  auto h2 = random_vector(N * C, 23);
+  auto d_h = to_device(h), d_w = to_device(wr), d_h2 = to_device(h2);
+  // host aux over token range [t0, t1) with counts from `cnt` over n_cnt tokens
+  auto aux_of = [&](const std::vector<double>& p, const std::vector<int>& idx, int t0, int t1,
+                    const std::vector<double>& cnt, double n_cnt) {
+    double acc = 0;
+    for (int e = 0; e < E; ++e) {
+      double P = 0;
+      for (int t = t0; t < t1; ++t) P += p[(long)t * E + e];
+      acc += cnt[e] / (n_cnt * k) * P / (t1 - t0);
+    }
+    (void)idx;
+    return 0.05 * E * acc;
+  };
+  auto counts = [&](const std::vector<int>& idx, int t0, int t1) {
+    std::vector<double> c(E, 0.0);
+    for (int a = t0 * k; a < t1 * k; ++a) c[idx[a]] += 1;
+    return c;
+  };
+  {  // sequence scope: mean over the 4 sequences
+    RouterOptions o;
+    o.scope = RouterOptions::Sequence;
+    o.seq_len = T;
+    Router<double> r(N, C, E, k, false, 0.05, 0.0, o);
+    auto l = r.forward(d_h.data(), d_w.data(), N);
+    auto p = to_host(r.probs(), N * E);
+    std::vector<int> idx = to_host(r.topk_idx(), N * k);
+    double want = 0;
+    for (int b = 0; b < N / T; ++b) want += aux_of(p, idx, b * T, (b + 1) * T, counts(idx, b * T, (b + 1) * T), T);
+    EXPECT_NEAR(l.aux, want / (N / T), 1e-14);
+    // differs from the micro-batch loss on the same tokens
+    Router<double> m(N, C, E, k, false, 0.05, 0.0);
+    EXPECT_GT(std::abs(m.forward(d_h.data(), d_w.data(), N).aux - l.aux), 1e-6);
+  }
+  {  // global scope: f from both micro-batches of the step, P from the current one
+    RouterOptions o;
+    o.scope = RouterOptions::Global;
+    Router<double> r(N, C, E, k, false, 0.05, 0.0, o);
+    r.forward(d_h2.data(), d_w.data(), N);
+    std::vector<int> idx2 = to_host(r.topk_idx(), N * k);
+    auto l = r.forward(d_h.data(), d_w.data(), N);
+    auto p = to_host(r.probs(), N * E);
+    std::vector<int> idx = to_host(r.topk_idx(), N * k);
+    auto c = counts(idx, 0, N), c2 = counts(idx2, 0, N);
+    for (int e = 0; e < E; ++e) c[e] += c2[e];
+    EXPECT_NEAR(l.aux, aux_of(p, idx, 0, N, c, 2.0 * N), 1e-14);
+    // evaluation forwards (training = false) neither count nor use the step's counts
+    auto le = r.forward(d_h.data(), d_w.data(), N, false);
+    EXPECT_NEAR(le.aux, aux_of(p, idx, 0, N, counts(idx, 0, N), N), 1e-14);
+    double total = 0;
+    for (double x : r.step_counts()) total += x;
+    EXPECT_EQ(total, 2.0 * N * k);
+    r.end_step();
+    for (double x : r.step_counts()) EXPECT_EQ(x, 0.0);
+  }
+}
+
+// Sigmoid: the top-k weights are the chosen scores normalised to 1, times
+// route_scale; the bias moves the choice but not the weights.
+TEST(RouterOptions, SigmoidWeightsAndBiasOnlySelects) {
+  const int N = 6, C = 4, E = 5, k = 2;
+  auto d_h = to_device(random_vector(N * C, 31));
+  auto wr = random_vector(E * C, 32);
+  auto d_w = to_device(wr);
+  Router<double> r(N, C, E, k, false, 0.0, 0.0, sigmoid_options(2.5));
+  r.forward(d_h.data(), d_w.data(), N);
+  auto logits = to_host(r.logits(), N * E);
+  auto idx = to_host(r.topk_idx(), N * k);
+  auto w = to_host(r.topk_weight(), N * k);
+  for (int t = 0; t < N; ++t) {
+    auto sg = [&](int e) { return 1.0 / (1.0 + std::exp(-logits[t * E + e])); };
+    const double s0 = sg(idx[t * k]), s1 = sg(idx[t * k + 1]);
+    EXPECT_GE(s0, s1);
+    for (int e = 0; e < E; ++e)
+      if (e != idx[t * k] && e != idx[t * k + 1]) EXPECT_LE(sg(e), s1);
+    EXPECT_NEAR(w[t * k], 2.5 * s0 / (s0 + s1), 1e-14);
+    EXPECT_NEAR(w[t * k] + w[t * k + 1], 2.5, 1e-14);
+  }
+  RouterOptions o = sigmoid_options(2.5);
+  o.bias = true;
+  Router<double> rb(N, C, E, k, false, 0.0, 0.0, o);
+  rb.set_bias({0.0, 0.0, 0.0, 0.0, 5.0});  // expert 4 always chosen first
+  rb.forward(d_h.data(), d_w.data(), N);
+  auto idxb = to_host(rb.topk_idx(), N * k);
+  auto wb = to_host(rb.topk_weight(), N * k);
+  for (int t = 0; t < N; ++t) {
+    auto sg = [&](int e) { return 1.0 / (1.0 + std::exp(-logits[t * E + e])); };
+    EXPECT_EQ(idxb[t * k], 4);
+    EXPECT_EQ(idxb[t * k + 1], idx[t * k] == 4 ? idx[t * k + 1] : idx[t * k]);
+    const double a = sg(idxb[t * k]), b = sg(idxb[t * k + 1]);
+    EXPECT_NEAR(wb[t * k], 2.5 * a / (a + b), 1e-14) << "the bias is not in the weights";
+  }
+}
+
+TEST(RouterOptions, BiasUpdateRule) {
+  std::vector<double> b(4, 0.0);
+  update_balance_bias(b, {10, 2, 4, 4}, 0.01);  // mean 5: expert 0 over, 1-3 under
+  EXPECT_NEAR(b[0], -0.01 - 0.005, 1e-15);
+  EXPECT_NEAR(b[1], 0.01 - 0.005, 1e-15);
+  double sum = 0;
+  for (double x : b) sum += x;
+  EXPECT_NEAR(sum, 0.0, 1e-15);
+  std::vector<double> c = b;
+  update_balance_bias(c, {5, 5, 5, 5}, 0.01);  // balanced: no change
+  for (int e = 0; e < 4; ++e) EXPECT_NEAR(c[e], b[e], 1e-15);
+}
+
+// A planted imbalance (every token's logits favour experts 0 and 1) is driven
+// toward balance by the bias alone (no loss, no weight change); the bias stays
+// centred.
+TEST(RouterOptions, BiasBalancingRemovesPlantedImbalance) {
+  const int N = 64, C = 4, E = 8, k = 2;
+  auto h = random_vector(N * C, 41);
+  for (int t = 0; t < N; ++t) h[t * C] = 1.0;  // a constant feature
+  auto wr = random_vector(E * C, 42, 0.3);
+  wr[0 * C] = 3.0;  // experts 0 and 1 win for (almost) every token
+  wr[1 * C] = 2.5;
+  auto d_h = to_device(h), d_w = to_device(wr);
+  for (bool sigmoid : {true, false}) {
+    RouterOptions o;
+    o.sigmoid = sigmoid;
+    o.bias = true;
+    Router<double> r(N, C, E, k, false, 0.0, 0.0, o);
+    auto violation = [&](const std::vector<double>& c) {
+      double mx = 0, sum = 0;
+      for (double x : c) {
+        mx = std::max(mx, x);
+        sum += x;
+      }
+      return mx / (sum / E) - 1.0;
+    };
+    r.forward(d_h.data(), d_w.data(), N);
+    const double before = violation(r.step_counts());
+    // softmax scores of the losing experts are small: a smaller step
+    const double u = sigmoid ? 0.01 : 0.002;
+    std::vector<double> late(E, 0.0);  // loads of the last 300 steps: the bias oscillates by u
+    for (int step = 0; step < 1500; ++step) {
+      r.end_step();
+      r.forward(d_h.data(), d_w.data(), N);
+      if (step >= 1200)
+        for (int e = 0; e < E; ++e) late[e] += r.step_counts()[e];
+      std::vector<double> b = r.bias();
+      update_balance_bias(b, r.step_counts(), u);
+      r.set_bias(b);
+    }
+    EXPECT_GT(before, 2.0) << "sigmoid " << sigmoid;
+    const double after = violation(late);
+    EXPECT_LT(after, 0.2) << "sigmoid " << sigmoid << " before " << before;
+    ::testing::Test::RecordProperty(sigmoid ? "violation_after_sigmoid" : "violation_after_softmax",
+                                    std::to_string(after));
+    double sum = 0;
+    for (double x : r.bias()) sum += x;
+    EXPECT_NEAR(sum, 0.0, 1e-12);
+    EXPECT_LT(r.bias()[0], 0.0);
+  }
+}
+
+TEST(MoeGradients, WholeLayerSigmoidBiasSequenceScope) {
+  ModelShape s = moe_shape(5, 2, 1, 6, 4, false, 0.0);
+  s.sigmoid_scores = true;
+  s.route_scale = 2.5;
+  s.bias_balancing = true;
+  s.balance_scope = RouterOptions::Sequence;
+  s.seq_len = 5;
+  check_moe_gradients(s, 10);
+}
+
 TEST(MoeGradients, WholeLayerWithSharedExperts) { check_moe_gradients(moe_shape(4, 2, 2, 6, 5, false, 0.0), 10); }
 TEST(MoeGradients, WholeLayerNoSharedTop1) { check_moe_gradients(moe_shape(3, 1, 0, 5, 4, false, 0.0), 9); }
 TEST(MoeGradients, WholeLayerRenormalized) { check_moe_gradients(moe_shape(5, 3, 1, 6, 4, true, 0.0), 10); }

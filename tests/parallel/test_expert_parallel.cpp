@@ -148,11 +148,23 @@ void check_moe_layer(int ep, Routing routing) {
 
 // Full model: each rank's micro-batch through the sharded model, gradients
 // reduced, vs one rank running all W micro-batches with every expert.
+// Routing options for the full-model checks.
+enum class Options { Paper, SigmoidBiasSequence, SigmoidBiasGlobal };
+void apply(Options o, ModelShape& s) {
+  if (o == Options::Paper) return;
+  s.sigmoid_scores = true;
+  s.route_scale = 2.5;
+  s.bias_balancing = true;
+  s.balance_scope = o == Options::SigmoidBiasSequence ? RouterOptions::Sequence : RouterOptions::Global;
+}
+const std::vector<double> kBias = {0.2, -0.05, 0.1, -0.25};  // moves some choices
+
 template <class T>
-void check_full_model(int ep, double tol) {
+void check_full_model(int ep, double tol, Options options = Options::Paper) {
   const int W = world_size(), rank = world_rank();
   ParallelGroups g = ParallelGroups::create(MPI_COMM_WORLD, ep);
   ModelShape s = moe_shape();
+  apply(options, s);
   const int B = 2, Tn = s.seq_len;
   auto batch = [&](int r, std::vector<int>& tok, std::vector<int>& tgt) {
     tok.resize(B * Tn);
@@ -162,29 +174,50 @@ void check_full_model(int ep, double tol) {
       tgt[i] = (i * 3 + r * 11 + 2) % s.vocab_size;
     }
   };
-  // reference: every rank computes it redundantly with EP = 1 on MPI_COMM_SELF
-  Transformer<T> ref(s, B);
+  // reference: every rank computes it redundantly with EP = 1 on MPI_COMM_SELF;
+  // the global balance-loss scope over W ranks is the micro-batch loss of all
+  // W micro-batches as one (the counts of the whole global batch)
+  const bool global = options == Options::SigmoidBiasGlobal;
+  ModelShape rs = s;
+  if (global) rs.balance_scope = RouterOptions::MicroBatch;
+  Transformer<T> ref(rs, global ? W * B : B);
   ref.init_parameters(42, 0.3);
+  if (options != Options::Paper) ref.set_routing_bias(std::vector<double>{kBias});
   ref.zero_grads();
   double ref_loss = 0;
   std::vector<double> ref_logits;
   std::vector<int> tok, tgt;
-  for (int r = 0; r < W; ++r) {
-    batch(r, tok, tgt);
-    ref.set_batch(tok, tgt, B);
-    ref_loss += ref.forward().total() / W;
-    if (r == rank) {
-      auto lg = to_host(ref.logits(), (long)B * Tn * s.vocab_size);
-      ref_logits.assign(lg.begin(), lg.end());
+  if (global) {
+    std::vector<int> all_tok, all_tgt;
+    for (int r = 0; r < W; ++r) {
+      batch(r, tok, tgt);
+      all_tok.insert(all_tok.end(), tok.begin(), tok.end());
+      all_tgt.insert(all_tgt.end(), tgt.begin(), tgt.end());
     }
-    ref.backward(T(1) / W);
+    ref.set_batch(all_tok, all_tgt, W * B);
+    ref_loss = ref.forward().total();
+    auto lg = to_host(ref.logits() + (long)rank * B * Tn * s.vocab_size, (long)B * Tn * s.vocab_size);
+    ref_logits.assign(lg.begin(), lg.end());
+    ref.backward(T(1));
+  } else {
+    for (int r = 0; r < W; ++r) {
+      batch(r, tok, tgt);
+      ref.set_batch(tok, tgt, B);
+      ref_loss += ref.forward().total() / W;
+      if (r == rank) {
+        auto lg = to_host(ref.logits(), (long)B * Tn * s.vocab_size);
+        ref_logits.assign(lg.begin(), lg.end());
+      }
+      ref.backward(T(1) / W);
+    }
   }
   auto ref_grads = to_host(ref.grads().data(), ref.num_parameters());
   // distributed
   s.ep_size = ep;
   s.ep_rank = g.ep_rank;
-  Transformer<T> dist(s, B, ep == 1 ? "local" : "mpi_alltoall", g.ep);
+  Transformer<T> dist(s, B, ep == 1 ? "local" : "mpi_alltoall", g.ep, MPI_COMM_WORLD);
   dist.init_parameters(42, 0.3);
+  if (options != Options::Paper) dist.set_routing_bias(std::vector<double>{kBias});
   dist.zero_grads();
   batch(rank, tok, tgt);
   dist.set_batch(tok, tgt, B);
@@ -221,6 +254,70 @@ TEST(ExpertParallel, FullModelDouble) {
 }
 TEST(ExpertParallel, FullModelFloat) {
   for (int ep : ep_sizes()) check_full_model<float>(ep, 1e-4);
+}
+TEST(ExpertParallel, FullModelSigmoidBiasSequenceScope) {
+  for (int ep : ep_sizes()) check_full_model<double>(ep, 1e-6, Options::SigmoidBiasSequence);
+}
+TEST(ExpertParallel, FullModelSigmoidBiasGlobalScope) {
+  for (int ep : ep_sizes()) check_full_model<double>(ep, 1e-6, Options::SigmoidBiasGlobal);
+}
+
+// Aux-loss-free balancing over 12 steps (no weight change, so only the bias
+// moves the routing): the bias after every step is the same at every rank
+// count and EP layout as one rank running every micro-batch, and centred.
+TEST(ExpertParallel, BiasBalancingIdenticalAtEveryLayout) {
+  const int W = world_size(), rank = world_rank();
+  ModelShape s = moe_shape();
+  s.sigmoid_scores = true;
+  s.bias_balancing = true;
+  s.bias_update_rate = 0.02;
+  s.aux_loss_coef = 0.0;
+  const int B = 2, Tn = s.seq_len, steps = 12;
+  auto batch = [&](int step, int r, std::vector<int>& tok, std::vector<int>& tgt) {
+    tok.resize(B * Tn);
+    tgt.resize(B * Tn);
+    for (int i = 0; i < B * Tn; ++i) {
+      tok[i] = (i * 5 + r * 7 + step * 3 + 1) % s.vocab_size;
+      tgt[i] = (i * 3 + r * 11 + 2) % s.vocab_size;
+    }
+  };
+  // the reference: one rank, W micro-batches per step
+  Transformer<double> ref(s, B);
+  ref.init_parameters(42, 0.3);
+  std::vector<std::vector<double>> ref_bias;
+  std::vector<int> tok, tgt;
+  for (int step = 0; step < steps; ++step) {
+    for (int r = 0; r < W; ++r) {
+      batch(step, r, tok, tgt);
+      ref.set_batch(tok, tgt, B);
+      ref.forward();
+    }
+    ref.end_routing_step(MPI_COMM_SELF);
+    ref_bias.push_back(ref.routing_bias());
+  }
+  double moved = 0;
+  for (double b : ref_bias.back()) moved = std::max(moved, std::abs(b));
+  EXPECT_GT(moved, 0.0);
+  for (int ep : ep_sizes()) {
+    ParallelGroups g = ParallelGroups::create(MPI_COMM_WORLD, ep);
+    ModelShape d = s;
+    d.ep_size = ep;
+    d.ep_rank = g.ep_rank;
+    Transformer<double> dist(d, B, ep == 1 ? "local" : "mpi_alltoall", g.ep, MPI_COMM_WORLD);
+    dist.init_parameters(42, 0.3);
+    for (int step = 0; step < steps; ++step) {
+      batch(step, rank, tok, tgt);
+      dist.set_batch(tok, tgt, B);
+      dist.forward();
+      dist.end_routing_step(MPI_COMM_WORLD);
+      const std::vector<double> b = dist.routing_bias();
+      ASSERT_EQ(b, ref_bias[step]) << "step " << step << ", W " << W << " EP " << ep;
+      double sum = 0;
+      for (int e = 0; e < s.num_experts; ++e) sum += b[e];
+      EXPECT_NEAR(sum, 0.0, 1e-12);
+    }
+    g.free();
+  }
 }
 
 // Memory that scales: the receive buffers hold what the exchanged counts
