@@ -36,7 +36,6 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
         rows_exchange_(rows ? std::move(rows) : std::make_unique<MpiRowExchange<T>>(ep_comm)),
         C_(d_model), E_(num_experts) {
     MPI_Comm_size(comm_, &P_);
-    MPI_Comm_rank(comm_, &rank_);
     El_ = E_ / P_;
     // start at the balanced load (each rank receives its own N k rows) and grow
     reserve_rows((long)max_tokens * top_k);
@@ -74,7 +73,6 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
 
   const std::vector<int>& tokens_per_local_expert() const override { return tokens_per_expert_; }
   const std::vector<int>& assignments_per_expert() const override { return local_.assignments_per_expert(); }
-  int num_local_experts() const override { return El_; }
   T* permuted_input() override { return input_.data(); }
   T* permuted_output() override { return output_.data(); }
   T* permuted_input_grad() override { return input_grad_.data(); }
@@ -191,7 +189,7 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
   LocalTokenDispatcher<T> local_;
   MPI_Comm comm_;
   std::unique_ptr<RowExchange<T>> rows_exchange_;
-  int P_ = 1, rank_ = 0, C_, E_, El_ = 0;
+  int P_ = 1, C_, E_, El_ = 0;
   long rows_ = 0, capacity_rows_ = 0;
   DeviceBuffer<T> input_, output_, input_grad_, output_grad_, staging_;
   DeviceBuffer<int> expert_to_source_;

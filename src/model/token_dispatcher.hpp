@@ -30,7 +30,6 @@ class TokenDispatcher {
   // This rank's top-k assignments per expert (all E experts) before capacity
   // dropping, from the same host copy: routing statistics need no other one.
   virtual const std::vector<int>& assignments_per_expert() const = 0;
-  virtual int num_local_experts() const = 0;
   virtual T* permuted_input() = 0;    // (rows,C) input rows grouped by local expert
   virtual T* permuted_output() = 0;   // (rows,C) the experts' outputs
   virtual T* permuted_input_grad() = 0;   // (rows,C)
@@ -119,7 +118,6 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
 
   const std::vector<int>& tokens_per_local_expert() const override { return tokens_per_expert_; }
   const std::vector<int>& assignments_per_expert() const override { return assignments_; }
-  int num_local_experts() const override { return E_; }
   T* permuted_input() override { return input_.data(); }
   T* permuted_output() override { return output_.data(); }
   T* permuted_input_grad() override { return input_grad_.data(); }

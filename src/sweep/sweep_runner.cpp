@@ -194,10 +194,6 @@ void stop_children(std::map<pid_t, Child>& children) {
   }
 }
 
-const char* outcome(int code) {
-  return code == 0 ? "completed" : code == 3 ? "diverged" : "failed";
-}
-
 }  // namespace
 
 bool should_run(const RunStatusInfo& s, const RunOptions& o) {
@@ -298,7 +294,6 @@ RunSummary run_sweep(const Manifest& m, const RunOptions& o) {
                   s.status == RunStatus::failed ? (" log: " + it->second.run->log_file()).c_str() : "");
       std::fflush(stdout);
     }
-    (void)outcome;
     children.erase(it);
   }
   return sum;
