@@ -1,6 +1,7 @@
 #include "fitting.hpp"
 
 #include <ceres/ceres.h>
+#include <glog/logging.h>
 
 #include <Eigen/Dense>
 #include <algorithm>
@@ -82,8 +83,26 @@ double huber(double r, double d) {
 
 // Huber-loss fit with Ceres' line-search BFGS. Returns the final cost, +inf
 // when the solver result is unusable.
+}  // namespace
+
+void quiet_solver_logging() {
+  // Ceres logs through glog, whose warnings go to stderr when glog was never
+  // initialised; fulcrum-fit reports what it needs itself (doc/fit.md).
+  static const bool done = [] {
+    FLAGS_logtostderr = false;
+    FLAGS_alsologtostderr = false;
+    FLAGS_stderrthreshold = google::GLOG_FATAL;
+    FLAGS_minloglevel = google::GLOG_FATAL;
+    return true;
+  }();
+  (void)done;
+}
+
+namespace {
+
 template <class Fn, int NP>
 double huber_fit(const std::vector<Fn>& res, std::array<double, NP>& p, double delta) {
+  quiet_solver_logging();
   ceres::Problem::Options po;
   po.loss_function_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
   po.enable_fast_removal = false;

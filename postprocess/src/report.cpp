@@ -21,10 +21,52 @@ std::string vci(const Value& v) {
   return s;
 }
 
-void row(std::ostream& o, const std::string& name, const Value& v) {
+// Fit quality in plain words, next to the constant it concerns (doc/fit.md,
+// "Fit quality"): an interval spanning more than a decade or including 0,
+// bootstrap resamples that could not fit it.
+struct Quality {
+  const FitResult* R = nullptr;
+  const FitOptions* opt = nullptr;
+  std::string words(const std::string& key, const Value& v, bool prefactor) const {
+    std::vector<std::string> w;
+    if (std::isfinite(v.lo) && std::isfinite(v.hi)) {
+      const double lo = v.lo, hi = v.hi;
+      if (lo <= 0 && hi >= 0) {
+        w.push_back("interval includes 0: sign not determined");
+      } else {
+        const double dec = std::log10(std::max(std::abs(lo), std::abs(hi)) / std::min(std::abs(lo), std::abs(hi)));
+        if (dec > 1)
+          w.push_back("interval spans " + format_number(dec, "%.2g") + " decades" +
+                      (prefactor ? " (a prefactor at C = 1 FLOP: moves with its exponent)" : ""));
+      }
+    }
+    if (R && opt && opt->bootstrap > 0 && !key.empty()) {
+      auto it = R->boot_ok.find(key);
+      const int ok = it == R->boot_ok.end() ? 0 : it->second;
+      const double fail = 1.0 - static_cast<double>(ok) / opt->bootstrap;
+      if (fail > opt->max_bootstrap_failures)
+        w.push_back(format_number(100 * fail, "%.3g") + "% of the " + std::to_string(opt->bootstrap) +
+                    " bootstrap resamples could not fit it" + (ok < 20 ? " (no interval)" : ""));
+    }
+    std::string s;
+    for (auto& x : w) s += (s.empty() ? "  <- " : "; ") + x;
+    return s;
+  }
+};
+Quality g_quality;
+
+void row(std::ostream& o, const std::string& name, const Value& v, const std::string& key = "",
+         bool prefactor = false) {
   char b[512];
-  std::snprintf(b, sizeof b, "  %-28s %s\n", name.c_str(), vci(v).c_str());
-  o << b;
+  std::snprintf(b, sizeof b, "  %-28s %s", name.c_str(), vci(v).c_str());
+  o << b << g_quality.words(key, v, prefactor) << "\n";
+}
+
+// "fewer points than twice the constants": a line under the law's header
+void few_points(std::ostream& o, int n, int k, const char* what = "points") {
+  if (n > 0 && n < 2 * k)
+    o << "  note: " << n << " " << what << " for " << k << " constants (fewer than twice as many): the fit can "
+      << "follow the noise and its intervals are wide\n";
 }
 
 }  // namespace
@@ -83,6 +125,7 @@ std::string diagnostics_toml(const FitResult& R) {
 }
 
 void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, const FitOptions& opt) {
+  g_quality = Quality{&R, &opt};
   o << "fulcrum-fit report\n==================\n\n";
   o << "Inputs: " << L.files_seen << " file(s), " << L.runs.size() << " usable run(s), "
     << L.excluded.size() << " excluded, " << L.unreadable.size() << " unreadable\n";
@@ -155,10 +198,16 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
       o << " [" << l.family << "]  eta_opt = k C^a, B_opt = k C^a  (" << n << " near-optimal points, " << nb
         << " budgets; outliers removed: lr " << olr << ", batch " << ob << ")\n";
     }
-    row(o, "eta k", l.eta.k);
-    row(o, "eta a", l.eta.a);
-    row(o, "batch k", l.batch.k);
-    row(o, "batch a", l.batch.a);
+    {
+      int nb = 0;
+      for (auto& q : R.hp_opt) nb += q.family == l.family;
+      if (vtx) few_points(o, nb, 2, "budget optima");
+    }
+    const std::string k1 = "law1[" + l.family + "].";
+    row(o, "eta k", l.eta.k, k1 + "eta_k", true);
+    row(o, "eta a", l.eta.a, k1 + "eta_a");
+    row(o, "batch k", l.batch.k, k1 + "batch_k", true);
+    row(o, "batch a", l.batch.a, k1 + "batch_a");
   }
   if (!R.law1_alt.empty()) {
     o << " Comparison (not written to laws.toml): method "
@@ -173,10 +222,11 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
         o << "  (" << n << " near-optimal points, " << nb << " budgets)";
       }
       o << "\n";
-      row(o, "eta k", l.eta.k);
-      row(o, "eta a", l.eta.a);
-      row(o, "batch k", l.batch.k);
-      row(o, "batch a", l.batch.a);
+      const std::string k1 = "law1_alt[" + l.family + "].";
+      row(o, "eta k", l.eta.k, k1 + "eta_k", true);
+      row(o, "eta a", l.eta.a, k1 + "eta_a");
+      row(o, "batch k", l.batch.k, k1 + "batch_k", true);
+      row(o, "batch a", l.batch.a, k1 + "batch_a");
     }
   }
 
@@ -186,10 +236,12 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     int n = 0;
     for (auto& f : R.isofits) n += f.family == l.family;
     o << " [" << l.family << "]  (" << n << " IsoFLOP budgets)\n";
-    row(o, "M_opt k", l.M_opt.k);
-    row(o, "M_opt a", l.M_opt.a);
-    row(o, "D_opt k", l.D_opt.k);
-    row(o, "D_opt a", l.D_opt.a);
+    few_points(o, n, 2, "IsoFLOP minima");
+    const std::string k2 = "law2[" + l.family + "].";
+    row(o, "M_opt k", l.M_opt.k, k2 + "M_k", true);
+    row(o, "M_opt a", l.M_opt.a, k2 + "M_a");
+    row(o, "D_opt k", l.D_opt.k, k2 + "D_k", true);
+    row(o, "D_opt a", l.D_opt.a, k2 + "D_a");
     if (const HoldOut* h = R.holdout_of("law2", l.family))
       o << "  held-out error of M_opt at C=" << format_number(h->C) << ": " << format_number(100 * h->error, "%.3g") << "%\n";
     for (auto& f : R.isofits)
@@ -198,11 +250,17 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   }
   for (auto& p : R.laws.parametric) {
     o << " parametric cross-check [" << p.family << "]  L = E + A/M^alpha + B/D^beta (Huber on ln L)\n";
-    row(o, "E", p.E);
-    row(o, "A", p.A);
-    row(o, "B", p.B);
-    row(o, "alpha", p.alpha);
-    row(o, "beta", p.beta);
+    {
+      int n = 0;
+      for (auto& q : R.iso) n += q.family == p.family;
+      few_points(o, n, 5);
+    }
+    const std::string kp = "parametric[" + p.family + "].";
+    row(o, "E", p.E, kp + "E");
+    row(o, "A", p.A, kp + "A");
+    row(o, "B", p.B, kp + "B");
+    row(o, "alpha", p.alpha, kp + "alpha");
+    row(o, "beta", p.beta, kp + "beta");
     o << "  implied M_opt exponent beta/(alpha+beta) = " << format_number(p.beta.v / (p.alpha.v + p.beta.v)) << "\n";
   }
 
@@ -220,6 +278,18 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     o << b;
   }
   o << "  (held-out: error of the loss predicted at the largest budget by the law refitted without it)\n";
+  for (auto& l : R.laws.law3) {  // fit quality in plain words, per family
+    std::string w;
+    const std::string k3 = "law3[" + l.family + "].";
+    for (auto [n, v] : {std::pair<const char*, const Value*>{"alpha", &l.alpha}, {"beta", &l.beta}, {"b", &l.b}}) {
+      std::string q = g_quality.words(k3 + n, *v, std::string(n) == "alpha");
+      if (!q.empty()) w += "    " + std::string(n) + ": " + q.substr(5) + "\n";
+    }
+    if (l.n > 0 && l.n < 6)
+      w += "    " + std::to_string(l.n) + " budgets for 3 constants (fewer than twice as many): the curve can "
+           "follow the noise and its intervals are wide\n";
+    if (!w.empty()) o << "  [" << l.family << "]\n" << w;
+  }
 
   const LawSet& S = R.laws;
   {
@@ -247,8 +317,9 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
           o << fb;
           return;
         }
-      row(o, n, v);
+      row(o, n, v, std::string("el.joint.") + n);
     };
+    few_points(o, S.n_train, 5 - static_cast<int>(S.el_fixed.size()), "training points");
     jrow("a", S.el.a);
     jrow("d", S.el.d);
     jrow("gamma", S.el.gamma);
@@ -269,20 +340,20 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
   }
   if (S.el_A.ok()) {
     o << " activation law ln EL = a_A ln A_hat  (slice G=" << format_number(S.el_A.G) << ", C=" << format_number(S.el_A.C) << ")\n";
-    row(o, "a_A", S.el_A.a_A);
-    row(o, "A_start", S.el_A.A_start);
+    row(o, "a_A", S.el_A.a_A, "el.activation.a_A");
+    row(o, "A_start", S.el_A.A_start, "el.activation.A_start");
   }
   if (S.el_G.ok()) {
     o << " granularity law ln EL = a_G + b_G log2 G (log2 G + c_G)  (slice A=" << format_number(S.el_G.A)
       << ", C=" << format_number(S.el_G.C) << ")\n";
-    row(o, "a_G", S.el_G.a_G);
-    row(o, "b_G", S.el_G.b_G);
-    row(o, "c_G", S.el_G.c_G);
+    row(o, "a_G", S.el_G.a_G, "el.granularity.a_G");
+    row(o, "b_G", S.el_G.b_G, "el.granularity.b_G");
+    row(o, "c_G", S.el_G.c_G, "el.granularity.c_G");
   }
   if (S.el_C.ok()) {
     o << " compute law ln EL = a_C log10 C + c_C  (slice A=" << format_number(S.el_C.A) << ", G=" << format_number(S.el_C.G) << ")\n";
-    row(o, "a_C", S.el_C.a_C);
-    row(o, "c_C", S.el_C.c_C);
+    row(o, "a_C", S.el_C.a_C, "el.compute.a_C");
+    row(o, "c_C", S.el_C.c_C, "el.compute.c_C");
     if (const HoldOut* h = R.holdout_of("el.compute", ""))
       o << "  held-out error at C=" << format_number(h->C) << ": " << format_number(100 * h->error, "%.3g") << "%\n";
   }

@@ -224,3 +224,39 @@ TEST(Cli, WindTunnelNeedsThreeBudgets) {
   EXPECT_EQ(o.code, 3) << o.text;
   EXPECT_NE(o.text.find("holding out the largest needs 3 or more"), std::string::npos) << o.text;
 }
+
+// Fit quality in plain words (4 budgets: Law 3 rests on 4 points for 3
+// constants), the extrapolation error beside R^2, and nothing on stderr but
+// fulcrum-fit's own lines.
+TEST(Cli, ReportSaysFitQualityInPlainWords) {
+  SynthSpec s = small();
+  s.noise = 3e-3;
+  const std::string d = campaign("quality", s);
+  const std::string out = d + "_out";
+  fs::remove_all(out);
+  const std::string err = testing::TempDir() + "/fulcrum_fit_cli_quality.err";
+  int rc = std::system((bin() + " fit " + d + " --out " + out + " --bootstrap 30 > /dev/null 2> " + err).c_str());
+  ASSERT_TRUE(WIFEXITED(rc));
+  EXPECT_EQ(WEXITSTATUS(rc), 0);
+  std::ifstream e(err);
+  std::string line;
+  while (std::getline(e, line))
+    EXPECT_TRUE(line.rfind("fulcrum-fit:", 0) == 0 || line.rfind("  excluded", 0) == 0 ||
+                line.rfind("  skipped", 0) == 0)
+        << "stray stderr line: " << line;
+  std::ifstream in(out + "/report.txt");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string rep = ss.str();
+  EXPECT_NE(rep.find("4 budgets for 3 constants (fewer than twice as many)"), std::string::npos);
+  EXPECT_NE(rep.find("\nExtrapolation error"), std::string::npos);
+  EXPECT_NE(rep.find("Law 3 [dense]: at C=1e+21 mean |error|"), std::string::npos);
+  EXPECT_NE(rep.find("held-out"), std::string::npos);
+  EXPECT_NE(rep.find("<- interval"), std::string::npos);  // some interval is named next to its constant
+  // laws.toml: the held-out error in the diagnostics
+  std::ifstream lt(out + "/laws.toml");
+  std::stringstream ls;
+  ls << lt.rdbuf();
+  EXPECT_NE(ls.str().find("holdout_error = "), std::string::npos);
+  EXPECT_NE(ls.str().find("fixed = []"), std::string::npos);
+}

@@ -3,10 +3,17 @@
 
 #include <cmath>
 #include <cstdio>
+#include <fcntl.h>
+#include <glog/logging.h>
+#include <unistd.h>
+
 #include <fstream>
+#include <iterator>
 
 #include "laws.hpp"
 #include "runs.hpp"
+#include "fitting.hpp"
+#include "synth.hpp"
 
 using namespace fulcrum::fit;
 
@@ -97,4 +104,30 @@ TEST(Advise, PicksLowestAAndInteriorG) {
   Advice b = advise(p, 1e22, 0.01, 0.5, 2, 6);
   EXPECT_NEAR(b.G, 6, 1e-6);
   EXPECT_THROW(advise(p, 1e22, 0.5, 0.1, 2, 6), FitError);
+}
+
+// Ceres logs through glog: after a fit, a glog warning (what Ceres emits on a
+// failed line search) must not reach stderr (doc/fit.md, "Fit quality").
+TEST(Quality, SolverLoggingStaysOffStderr) {
+  fulcrum::fit::SynthSpec s;
+  s.budgets = {1e18, 1e19, 1e20};
+  s.hp_runs = 0;
+  auto runs = fulcrum::fit::records_to_runs(fulcrum::fit::synth_campaign(fulcrum::fit::SynthTruth{}, s));
+  const std::string path = testing::TempDir() + "/fulcrum_fit_stderr.txt";
+  std::fflush(stderr);
+  const int saved = dup(2);
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  dup2(fd, 2);
+  close(fd);
+  fulcrum::fit::FitResult f = fulcrum::fit::fit_all(runs, fulcrum::fit::FitOptions{});
+  LOG(WARNING) << "probe: a solver warning";
+  LOG(ERROR) << "probe: a solver error";
+  std::fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_TRUE(text.empty()) << text;
+  EXPECT_TRUE(f.any());
 }
