@@ -2,7 +2,10 @@
 // identical model, loaded with the same initial weights via HDF5, on the same
 // batch. Logits, losses and every gradient agree (fp64: relative error
 // < 1e-6; fp32: < 1e-4; bf16 against torch.autocast: < 1e-2, gradients
-// < 6e-2), and so does a 10-step AdamW loss trajectory.
+// < 6e-2), and so does a 10-step AdamW loss trajectory. The routing options
+// are cross-checked too: sigmoid scores with route scale and bias balancing
+// (the trajectory includes the bias updates; the final bias agrees), and the
+// sequence and global balance-loss scopes (global over two micro-batches).
 #include <hdf5.h>
 #include <hdf5_hl.h>
 
@@ -71,11 +74,29 @@ double rel_error(const std::vector<double>& a, const std::vector<double>& b) {
   return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
 }
 
+// Routing options (doc/model.md "Routing options"); Routing{} is the paper's recipe.
+struct Routing {
+  bool sigmoid = false;
+  double route_scale = 1.0;
+  int scope = 0;             // 0 micro_batch, 1 sequence, 2 global
+  bool bias = false;         // bias balancing, starting from kBias0
+  double bias_rate = 1e-3;
+  int micro_batches = 1;     // gradient accumulation over the batch's sequences
+  std::string name = "";
+};
+const std::vector<double> kBias0 = {0.03, -0.02, 0.01, -0.02};
+
 template <class T>
-void crosscheck(bool moe, double tol, bool bf16 = false, double grad_tol = 0) {
+void crosscheck(bool moe, double tol, bool bf16 = false, double grad_tol = 0, const Routing& rt = Routing()) {
   if (grad_tol == 0) grad_tol = tol;
-  const ModelShape s = crosscheck_shape(moe);
-  const int B = 2, Tn = s.seq_len;
+  ModelShape s = crosscheck_shape(moe);
+  s.sigmoid_scores = rt.sigmoid;
+  s.route_scale = rt.route_scale;
+  s.balance_scope = rt.scope;
+  s.bias_balancing = rt.bias;
+  s.bias_update_rate = rt.bias_rate;
+  const int B = rt.micro_batches > 1 ? 2 * rt.micro_batches : 2, Tn = s.seq_len;
+  const int M = rt.micro_batches, Bm = B / M;
   // Weights in double; both sides start from exactly these values.
   Transformer<double> init(s, B);
   init.init_parameters(11, 0.2);
@@ -91,7 +112,7 @@ void crosscheck(bool moe, double tol, bool bf16 = false, double grad_tol = 0) {
   }
 
   const std::string dir = ::testing::TempDir() + "fulcrum_torch_" + (moe ? "moe_" : "dense_") +
-                          (sizeof(T) == 8 ? "f64" : bf16 ? "bf16" : "f32");
+                          (sizeof(T) == 8 ? "f64" : bf16 ? "bf16" : "f32") + rt.name;
   std::filesystem::create_directories(dir);
   const std::string in = dir + "/in.h5", out = dir + "/out.h5";
   {
@@ -124,7 +145,21 @@ void crosscheck(bool moe, double tol, bool bf16 = false, double grad_tol = 0) {
     set_attr(cfg, "eps", kEps);
     set_attr(cfg, "weight_decay", kWd);
     set_attr(cfg, "grad_clip", kClip);
+    if (rt.name != "") {  // absent: the reference's defaults (the paper's recipe)
+      set_attr_i(cfg, "sigmoid_scores", rt.sigmoid);
+      set_attr(cfg, "route_scale", rt.route_scale);
+      set_attr_i(cfg, "balance_scope", rt.scope);
+      set_attr_i(cfg, "bias_balancing", rt.bias);
+      set_attr(cfg, "bias_update_rate", rt.bias_rate);
+      set_attr_i(cfg, "micro_batches", rt.micro_batches);
+    }
     H5Gclose(cfg);
+    if (rt.bias) {
+      hsize_t bd[2] = {(hsize_t)s.n_moe_layers(), (hsize_t)s.num_experts};
+      std::vector<double> b;
+      for (int l = 0; l < s.n_moe_layers(); ++l) b.insert(b.end(), kBias0.begin(), kBias0.end());
+      H5LTmake_dataset_double(f, "router_bias", 2, bd, b.data());
+    }
     hid_t pg = H5Gcreate2(f, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     for (const auto& t : init.layout()) {
       std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
@@ -145,17 +180,37 @@ void crosscheck(bool moe, double tol, bool bf16 = false, double grad_tol = 0) {
   // C++ side in precision T (bf16: every product but the router's in bf16 operands)
   std::unique_ptr<ScopedGemm> gemm;
   if (bf16) gemm = std::make_unique<ScopedGemm>(resolve_gemm("auto", "bf16"));
-  Transformer<T> model(s, B);
+  Transformer<T> model(s, Bm);
   std::vector<T> pt(params.begin(), params.end());
   copy_to_device(model.params().data(), pt);
-  model.set_batch(tokens, targets, B);
+  std::vector<double> bias0;
+  if (rt.bias) {
+    for (int l = 0; l < s.n_moe_layers(); ++l) bias0.insert(bias0.end(), kBias0.begin(), kBias0.end());
+    model.set_routing_bias(bias0);
+  }
+  // M micro-batches of Bm sequences, gradients accumulated (the trainer's loop)
+  std::vector<double> logits;
+  auto run_step = [&]() {
+    ModelLosses mean;
+    logits.clear();
+    for (int m = 0; m < M; ++m) {
+      std::vector<int> tk(tokens.begin() + (long)m * Bm * Tn, tokens.begin() + (long)(m + 1) * Bm * Tn);
+      std::vector<int> tg(targets.begin() + (long)m * Bm * Tn, targets.begin() + (long)(m + 1) * Bm * Tn);
+      model.set_batch(tk, tg, Bm);
+      const ModelLosses lm = model.forward();
+      mean.lm += lm.lm / M;
+      mean.aux += lm.aux / M;
+      mean.z += lm.z / M;
+      auto lg = to_host(model.logits(), (long)Bm * Tn * s.vocab_size);
+      logits.insert(logits.end(), lg.begin(), lg.end());
+      model.backward(T(1) / T(M));
+    }
+    return mean;
+  };
   model.zero_grads();
-  const ModelLosses l = model.forward();
-  model.backward(T(1));
+  const ModelLosses l = run_step();
   hid_t f = H5Fopen(out.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   ASSERT_GE(f, 0);
-  auto logits_t = to_host(model.logits(), (long)B * Tn * s.vocab_size);
-  std::vector<double> logits(logits_t.begin(), logits_t.end());
   EXPECT_LT(rel_error(logits, read_ds(f, "/logits")), tol) << "logits";
   EXPECT_NEAR(l.lm, read_ds(f, "/lm_loss")[0], tol * std::abs(l.lm)) << "lm_loss";
   EXPECT_NEAR(l.total(), read_ds(f, "/loss")[0], tol * std::abs(l.total())) << "loss";
@@ -175,22 +230,36 @@ void crosscheck(bool moe, double tol, bool bf16 = false, double grad_tol = 0) {
   // 10 AdamW steps on the same batch, constant lr, clipping at 1.0
   auto ref_traj = read_ds(f, "/trajectory/loss");
   auto ref_norm = read_ds(f, "/trajectory/grad_norm");
+  std::vector<double> ref_bias;
+  if (rt.bias) ref_bias = read_ds(f, "/trajectory/router_bias");
   H5Fclose(f);
   ASSERT_EQ(ref_traj.size(), (std::size_t)kSteps);
   copy_to_device(model.params().data(), pt);
+  model.clear_routing_step();
+  if (rt.bias) model.set_routing_bias(bias0);
   AdamW<T> opt(model.layout(), model.num_parameters(), {kBeta1, kBeta2, kEps, kWd});
   std::vector<double> traj;
   for (int step = 0; step < kSteps; ++step) {
     model.zero_grads();
-    const double loss = model.forward().total();
+    const double loss = run_step().total();
     traj.push_back(loss);
-    model.backward(T(1));
     const double norm = std::sqrt(AdamW<T>::grad_sq_sum(model.grads()));
     opt.step(model.params(), model.grads(), kLr, AdamW<T>::clip_scale(norm, kClip));
+    model.end_routing_step(MPI_COMM_SELF);  // bias balancing update, counts cleared
     EXPECT_NEAR(loss, ref_traj[step], tol * std::abs(ref_traj[step])) << "trajectory step " << step;
     EXPECT_NEAR(norm, ref_norm[step], 10 * tol * std::abs(ref_norm[step])) << "grad norm step " << step;
   }
   EXPECT_LT(ref_traj.back(), ref_traj.front()) << "the trajectory should learn the batch";
+  if (rt.bias) {
+    const std::vector<double> bias = model.routing_bias();
+    ASSERT_EQ(bias.size(), ref_bias.size());
+    double moved = 0;
+    for (std::size_t i = 0; i < bias.size(); ++i) {
+      EXPECT_NEAR(bias[i], ref_bias[i], 1e-12) << "router bias after " << kSteps << " steps, entry " << i;
+      moved = std::max(moved, std::abs(bias[i] - bias0[i]));
+    }
+    EXPECT_GT(moved, 0.0) << "the bias should move";
+  }
   std::printf("  trajectory: loss %.6f -> %.6f over %d steps (PyTorch %.6f -> %.6f)\n", traj.front(),
               traj.back(), kSteps, ref_traj.front(), ref_traj.back());
 }
@@ -214,3 +283,36 @@ TEST(TorchCrosscheck, MoEBf16Autocast) {
 TEST(TorchCrosscheck, MoEFloat64) { crosscheck<double>(true, 1e-6); }
 TEST(TorchCrosscheck, DenseFloat32) { crosscheck<float>(false, 1e-4); }
 TEST(TorchCrosscheck, MoEFloat32) { crosscheck<float>(true, 1e-4); }
+
+// Routing options: sigmoid scores with route scale and bias balancing (the
+// 10-step trajectory includes the bias updates), and the sequence and global
+// balance-loss scopes (global: 2 micro-batches, the second's f counts both).
+Routing sigmoid_bias() {
+  Routing r;
+  r.sigmoid = true;
+  r.route_scale = 2.5;
+  r.bias = true;
+  r.bias_rate = 0.01;
+  r.name = "_sigmoid_bias";
+  return r;
+}
+TEST(TorchCrosscheck, MoESigmoidBiasFloat64) { crosscheck<double>(true, 1e-6, false, 0, sigmoid_bias()); }
+TEST(TorchCrosscheck, MoESigmoidBiasFloat32) { crosscheck<float>(true, 1e-4, false, 0, sigmoid_bias()); }
+TEST(TorchCrosscheck, MoESequenceScopeFloat64) {
+  Routing r;
+  r.scope = 1;
+  r.name = "_sequence";
+  crosscheck<double>(true, 1e-6, false, 0, r);
+}
+TEST(TorchCrosscheck, MoEGlobalScopeTwoMicroBatchesFloat64) {
+  Routing r;
+  r.scope = 2;
+  r.micro_batches = 2;
+  r.name = "_global";
+  crosscheck<double>(true, 1e-6, false, 0, r);
+  r.sigmoid = true;  // with sigmoid scores and bias balancing as well
+  r.bias = true;
+  r.bias_rate = 0.01;
+  r.name = "_global_sigmoid_bias";
+  crosscheck<double>(true, 1e-6, false, 0, r);
+}

@@ -19,13 +19,20 @@ IN.h5
             torch.autocast("cpu", bfloat16) except the router, whose products
             stay float32 as in Fulcrum's precision = "bf16", doc/model.md)
             steps lr beta1 beta2 eps weight_decay grad_clip
+            optional (routing options, doc/model.md "Routing options"; absent =
+            the paper's recipe): sigmoid_scores route_scale balance_scope
+            (0 micro_batch, 1 sequence, 2 global) bias_balancing
+            bias_update_rate micro_batches (the batch is split into this many
+            equal micro-batches per step, gradients accumulated, loss = their mean)
   /params/<name>   float64, one dataset per parameter, names as in doc/model.md
+  /router_bias     optional (n_moe_layers, E) float64: the initial selection bias
   /batch/inputs, /batch/targets   (B,T) int32
 
 OUT.h5 (everything float64)
   /logits (B,T,V); scalars /loss /lm_loss /aux_loss /z_loss
   /grads/<name>   gradient of `loss` (lm + aux + z) at the initial weights
   /trajectory/loss, /trajectory/grad_norm  (steps,)   only if steps > 0
+  /trajectory/router_bias (n_moe_layers, E)  the bias after the steps (bias balancing)
 
 Conventions fixed here where doc/model.md leaves a choice (see the comments at
 each place):
@@ -41,7 +48,10 @@ each place):
     probabilities, before capacity dropping; a dropped assignment simply
     contributes nothing (the other weights are not re-normalised);
   * capacity = ceil(capacity_factor * N * k / E) evaluated in double
-    precision; capacity_factor <= 0 means no capacity limit.
+    precision; capacity_factor <= 0 means no capacity limit;
+  * the selection bias is held in float64 and added in the model dtype;
+    the global balance scope counts this and the step's earlier
+    micro-batches (one rank here), as the C++ side does.
 """
 
 import math
@@ -61,6 +71,9 @@ CONFIG_FLOAT_KEYS = [
 ]
 TRAIN_INT_KEYS = ["steps"]
 TRAIN_FLOAT_KEYS = ["lr", "beta1", "beta2", "eps", "weight_decay", "grad_clip"]
+# optional keys with their defaults (the paper's recipe)
+ROUTING_INT_KEYS = {"sigmoid_scores": 0, "balance_scope": 0, "bias_balancing": 0, "micro_batches": 1}
+ROUTING_FLOAT_KEYS = {"route_scale": 1.0, "bias_update_rate": 1e-3}
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16_autocast": torch.float32}
 
@@ -206,8 +219,18 @@ class MoE(nn.Module):
     """Routed mixture of SwiGLU experts plus optional shared experts."""
 
     def __init__(self, d_model, num_experts, k, num_shared, d_expert,
-                 renormalize_topk, capacity_factor, aux_loss_coef, z_loss_coef):
+                 renormalize_topk, capacity_factor, aux_loss_coef, z_loss_coef,
+                 sigmoid_scores=0, route_scale=1.0, balance_scope=0, bias_balancing=0):
         super().__init__()
+        self.sigmoid = bool(sigmoid_scores)
+        self.route_scale = float(route_scale)
+        self.scope = int(balance_scope)
+        self.use_bias = bool(bias_balancing)
+        # not parameters: the selection bias and the step's counts, float64
+        self.bias = torch.zeros(num_experts, dtype=torch.float64)
+        self.step_counts = torch.zeros(num_experts, dtype=torch.float64)
+        self.global_counts = torch.zeros(num_experts, dtype=torch.float64)
+        self.global_tokens = 0
         E, C, De = num_experts, d_model, d_expert
         assert 1 <= k <= E
         self.num_experts = E
@@ -233,21 +256,47 @@ class MoE(nn.Module):
         # keeps its products fp32 in bf16 runs: top-k must not flip on rounding)
         with torch.autocast("cpu", enabled=False):
             logits_r = self.router(x.to(self.router.weight.dtype))  # (N,E)
-        p = torch.softmax(logits_r, dim=-1)                       # in the model dtype
-        topk_p, topk_idx = topk_lower_index_ties(p, self.k)       # (N,k)
-        w = topk_p / topk_p.sum(dim=-1, keepdim=True) if self.renormalize_topk else topk_p
+        if self.sigmoid:
+            s = torch.sigmoid(logits_r)                           # selection / combine scores
+            p = s / s.sum(dim=-1, keepdim=True)                   # the aux loss's distribution
+        else:
+            p = torch.softmax(logits_r, dim=-1)                   # in the model dtype
+            s = p
+        key = s + self.bias.to(s.dtype) if self.use_bias else s   # the bias only selects
+        _, topk_idx = topk_lower_index_ties(key.detach(), self.k)  # (N,k)
+        topk_p = s.gather(1, topk_idx)
+        if self.renormalize_topk or self.sigmoid:
+            w = topk_p / topk_p.sum(dim=-1, keepdim=True)
+        else:
+            w = topk_p
+        if self.route_scale != 1.0:
+            w = w * self.route_scale
         cap = moe_capacity(self.capacity_factor, N, self.k, self.num_experts)
         keep = capacity_keep_mask(topk_idx, self.num_experts, cap)
         return logits_r, p, topk_idx, w, keep
 
-    def aux_losses(self, logits_r, p, topk_idx):
+    def aux_losses(self, logits_r, p, topk_idx, seq_len):
         N, E, k = p.shape[0], self.num_experts, self.k
         # f_e: share of the N*k top-k assignments going to e, counted BEFORE
         # capacity dropping (the C++ side does the same).  No gradient.
         counts = torch.bincount(topk_idx.reshape(-1), minlength=E).to(p.dtype)
-        f = counts / (N * k)
-        P = p.mean(dim=0)
-        aux = self.aux_loss_coef * E * (f * P).sum()
+        self.step_counts += counts.double()
+        if self.scope == 1:      # per sequence, averaged over sequences
+            B = N // seq_len
+            cb = torch.stack([torch.bincount(topk_idx[b * seq_len:(b + 1) * seq_len].reshape(-1),
+                                             minlength=E) for b in range(B)]).to(p.dtype)
+            f = cb / (seq_len * k)                                  # (B,E)
+            P = p.view(B, seq_len, E).mean(dim=1)                   # (B,E)
+            aux = self.aux_loss_coef * E * (f * P).sum(dim=1).mean()
+        elif self.scope == 2:    # the step's counts so far (one rank)
+            self.global_counts += counts.double()
+            self.global_tokens += N
+            f = (self.global_counts / (self.global_tokens * k)).to(p.dtype)
+            aux = self.aux_loss_coef * E * (f * p.mean(dim=0)).sum()
+        else:
+            f = counts / (N * k)
+            P = p.mean(dim=0)
+            aux = self.aux_loss_coef * E * (f * P).sum()
         z = self.z_loss_coef * torch.logsumexp(logits_r, dim=-1).pow(2).mean()
         return aux, z
 
@@ -266,8 +315,18 @@ class MoE(nn.Module):
             y = y.index_add(0, tok, out.to(y.dtype))
         if self.shared is not None:
             y = y + self.shared(x)
-        aux, z = self.aux_losses(logits_r, p, topk_idx)
+        aux, z = self.aux_losses(logits_r, p, topk_idx, shape[1])
         return y.view(shape), aux, z
+
+    def end_step(self, rate):
+        """After an optimizer step: the bias update (bias balancing), counts cleared."""
+        if self.use_bias:
+            load = self.step_counts
+            self.bias = self.bias + rate * torch.sign(load.mean() - load)
+            self.bias = self.bias - self.bias.mean()
+        self.step_counts = torch.zeros_like(self.step_counts)
+        self.global_counts = torch.zeros_like(self.global_counts)
+        self.global_tokens = 0
 
 
 class Block(nn.Module):
@@ -283,7 +342,9 @@ class Block(nn.Module):
             self.ffn = MoE(C, cfg["num_experts"], cfg["num_active_experts"],
                            cfg["num_shared_experts"], cfg["d_expert"],
                            cfg["renormalize_topk"], cfg["capacity_factor"],
-                           cfg["aux_loss_coef"], cfg["z_loss_coef"])
+                           cfg["aux_loss_coef"], cfg["z_loss_coef"],
+                           cfg.get("sigmoid_scores", 0), cfg.get("route_scale", 1.0),
+                           cfg.get("balance_scope", 0), cfg.get("bias_balancing", 0))
         else:
             self.ffn = SwiGLU(C, cfg["d_ffn"])
 
@@ -325,6 +386,35 @@ class Model(nn.Module):
         loss = lm_loss + aux_total + z_total
         return dict(logits=logits, loss=loss, lm_loss=lm_loss,
                     aux_loss=aux_total, z_loss=z_total)
+
+    def moe_layers(self):
+        return [b.ffn for b in self.layers if b.is_moe]
+
+    def end_step(self):
+        """After an optimizer step: every MoE layer's bias update, counts cleared."""
+        for m in self.moe_layers():
+            m.end_step(self.cfg.get("bias_update_rate", 1e-3))
+
+
+def micro_batch_step(model, inputs, targets, micro_batches=1, autocast=False):
+    """Forward (under `autocast`) and backward of `micro_batches` equal
+    micro-batches in order, each loss scaled by 1/micro_batches (gradient
+    accumulation); returns the mean of each loss and the logits in batch order."""
+    B = inputs.shape[0]
+    if B % micro_batches != 0:
+        raise ValueError("the batch (%d) is not a multiple of micro_batches (%d)" % (B, micro_batches))
+    mb = B // micro_batches
+    sums = dict(loss=0.0, lm_loss=0.0, aux_loss=0.0, z_loss=0.0)
+    logits = []
+    for m in range(micro_batches):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(inputs[m * mb:(m + 1) * mb], targets[m * mb:(m + 1) * mb])
+        (out["loss"] / micro_batches if micro_batches > 1 else out["loss"]).backward()
+        for key in sums:
+            sums[key] += float(out[key]) / micro_batches
+        logits.append(out["logits"].detach())
+    sums["logits"] = torch.cat(logits, dim=0)
+    return sums
 
 
 # --------------------------------------------------------------------------
@@ -379,6 +469,10 @@ def build_model(cfg, params, dtype):
                 raise ValueError("%s: shape %s, expected %s"
                                  % (name, tuple(src.shape), tuple(p.shape)))
             p.copy_(src.to(dtype))
+    bias = cfg.get("router_bias")
+    if bias is not None:
+        for m, b in zip(model.moe_layers(), bias):
+            m.bias = torch.as_tensor(b, dtype=torch.float64).clone()
     return model
 
 
@@ -393,7 +487,7 @@ def make_adamw(model, lr, beta1, beta2, eps, weight_decay):
 
 
 def train_trajectory(model, inputs, targets, steps, lr, beta1, beta2, eps,
-                     weight_decay, grad_clip, autocast=False):
+                     weight_decay, grad_clip, autocast=False, micro_batches=1):
     """`steps` AdamW steps on the same batch; returns (losses, grad_norms).
 
     losses[i] is the loss computed before the i-th update; grad_norms[i] is the
@@ -404,14 +498,18 @@ def train_trajectory(model, inputs, targets, steps, lr, beta1, beta2, eps,
     losses, norms = [], []
     for _ in range(steps):
         opt.zero_grad(set_to_none=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(inputs, targets)["loss"]
-        loss.backward()
+        if micro_batches == 1:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(inputs, targets)["loss"]
+            loss.backward()
+        else:
+            loss = torch.tensor(micro_batch_step(model, inputs, targets, micro_batches, autocast)["loss"])
         for p in params:   # a parameter that got no gradient gets a zero one
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
+        model.end_step()   # bias balancing: the update from this step's counts
         losses.append(float(loss.detach()))
         norms.append(float(norm))
     return losses, norms
@@ -440,6 +538,11 @@ def read_input(path):
             cfg[key] = int(_attr(a, key))
         for key in CONFIG_FLOAT_KEYS + TRAIN_FLOAT_KEYS:
             cfg[key] = float(_attr(a, key))
+        for key, default in ROUTING_INT_KEYS.items():
+            cfg[key] = int(_attr(a, key)) if key in a else default
+        for key, default in ROUTING_FLOAT_KEYS.items():
+            cfg[key] = float(_attr(a, key)) if key in a else default
+        cfg["router_bias"] = f["router_bias"][()] if "router_bias" in f else None
         dt = _attr(a, "dtype")
         if isinstance(dt, bytes):
             dt = dt.decode()
@@ -465,13 +568,12 @@ def run(cfg, params, inputs, targets):
     dtype = DTYPES[cfg["dtype"]]
     model = build_model(cfg, params, dtype)
     named = named_doc_parameters(model)
-    with precision_context(cfg):
-        out = model(inputs, targets)
-    out["loss"].backward()
+    out = micro_batch_step(model, inputs, targets, cfg.get("micro_batches", 1),
+                           autocast=cfg.get("dtype") == "bfloat16_autocast")
     res = {
-        "logits": out["logits"].detach().double().numpy(),
-        "loss": float(out["loss"]), "lm_loss": float(out["lm_loss"]),
-        "aux_loss": float(out["aux_loss"]), "z_loss": float(out["z_loss"]),
+        "logits": out["logits"].double().numpy(),
+        "loss": out["loss"], "lm_loss": out["lm_loss"],
+        "aux_loss": out["aux_loss"], "z_loss": out["z_loss"],
         "grads": {n: (p.grad if p.grad is not None else torch.zeros_like(p))
                   .detach().double().numpy() for n, p in named.items()},
     }
@@ -480,8 +582,10 @@ def run(cfg, params, inputs, targets):
         losses, norms = train_trajectory(
             model, inputs, targets, cfg["steps"], cfg["lr"], cfg["beta1"], cfg["beta2"],
             cfg["eps"], cfg["weight_decay"], cfg["grad_clip"],
-            autocast=cfg["dtype"] == "bfloat16_autocast")
+            autocast=cfg["dtype"] == "bfloat16_autocast", micro_batches=cfg.get("micro_batches", 1))
         res["trajectory"] = {"loss": losses, "grad_norm": norms}
+        if cfg.get("bias_balancing", 0) and model.moe_layers():
+            res["trajectory"]["router_bias"] = torch.stack([m.bias for m in model.moe_layers()]).numpy()
     return res
 
 
@@ -497,8 +601,9 @@ def write_output(path, res):
             g.create_dataset(name, data=np.asarray(arr, dtype=np.float64))
         if "trajectory" in res:
             t = f.create_group("trajectory")
-            for key in ("loss", "grad_norm"):
-                t.create_dataset(key, data=np.asarray(res["trajectory"][key], dtype=np.float64))
+            for key in ("loss", "grad_norm", "router_bias"):
+                if key in res["trajectory"]:
+                    t.create_dataset(key, data=np.asarray(res["trajectory"][key], dtype=np.float64))
 
 
 def main(argv):
