@@ -155,7 +155,7 @@ int run_cli(int argc, char** argv) {
   FitOptions opt;
   LoadOptions lopt;
   bool no_plots = false;
-  fit->add_option("inputs", inputs, "run files, directories or sweep manifests");
+  fit->add_option("inputs", inputs, "run files, directories, sweep manifests or run tables (.csv, .tsv)");
   fit->add_option("--out", out, "output directory")->required();
   fit->add_option("--bootstrap", opt.bootstrap, "bootstrap resamples (0: no intervals)")->capture_default_str();
   fit->add_option("--seed", opt.seed, "bootstrap seed")->capture_default_str();
@@ -231,6 +231,13 @@ int run_cli(int argc, char** argv) {
       ->capture_default_str();
   wt->add_flag("--train-loss", lopt.use_train_loss, "use final_train_loss instead of final_val_loss");
 
+  auto* ex = app.add_subcommand("export", "write the usable runs of run files as a CSV run table (doc/fit.md)");
+  std::vector<std::string> ex_inputs;
+  std::string ex_out;
+  ex->add_option("inputs", ex_inputs, "run files, directories, sweep manifests or run tables");
+  ex->add_option("--out", ex_out, "the CSV file to write")->required();
+  ex->add_flag("--train-loss", lopt.use_train_loss, "export final_train_loss as the loss instead of final_val_loss");
+
   auto* syn = app.add_subcommand("synth", "write a synthetic campaign of run files (tests, demos)");
   std::string sdir;
   SynthSpec spec;
@@ -259,6 +266,19 @@ int run_cli(int argc, char** argv) {
       std::ofstream(wt_out + "/windtunnel.txt") << rep;
       std::ofstream(wt_out + "/windtunnel.csv") << wind_tunnel_csv(w);
       std::cout << rep;
+      return 0;
+    }
+    if (*ex) {
+      LoadResult L = load_runs(ex_inputs, lopt);
+      std::ofstream f(ex_out);
+      f << run_table_csv(L.runs);
+      f.close();
+      if (!f) throw FitError("cannot write " + ex_out, 1);
+      std::cout << "wrote " << L.runs.size() << " run(s) to " << ex_out;
+      if (!L.excluded.empty() || !L.unreadable.empty())
+        std::cout << " (" << L.excluded.size() << " excluded and " << L.unreadable.size()
+                  << " unreadable input(s) left out)";
+      std::cout << "\n";
       return 0;
     }
     if (*pred) {

@@ -128,7 +128,7 @@ void expand_one(const fs::path& p, std::vector<std::string>& out, std::vector<Sk
     out.insert(out.end(), found.begin(), found.end());
     return;
   }
-  if (has_ext(p) || H5Fis_hdf5(p.string().c_str()) > 0) {
+  if (has_ext(p) || is_run_table(p.string()) || H5Fis_hdf5(p.string().c_str()) > 0) {
     out.push_back(p.string());
     return;
   }
@@ -203,6 +203,7 @@ bool run_from_record(const RunRecord& rec, const LoadOptions& opt, Run& r, std::
   r.C_recorded = get(c, "compute_budget", 0.0);
   if (!(r.C_recorded > 0) || !std::isfinite(r.C_recorded)) r.C_recorded = 0;
   r.d_model = get(c, "d_model", 0.0);
+  r.n_active_experts = r.is_moe ? get(c, "num_active_experts", 0.0) : 0;
   r.C = r.C_recorded > 0 ? r.C_recorded : r.C_run;  // until group_budgets
   r.D = get(s, "tokens_seen", NAN);
   if (!(r.D > 0)) r.D = get(c, "tokens_target", NAN);
@@ -247,6 +248,11 @@ LoadResult load_runs(const std::vector<std::string>& inputs, const LoadOptions& 
   auto files = expand_inputs(inputs, res.unreadable);
   res.files_seen = static_cast<int>(files.size());
   for (auto& f : files) {
+    if (is_run_table(f)) {  // a table of runs (CSV/TSV): malformed cells are fatal (exit 2)
+      auto rs = read_run_table(f, opt, res.excluded);
+      for (auto& r : rs) res.runs.push_back(std::move(r));
+      continue;
+    }
     RunRecord rec;
     std::string why;
     if (!read_run_file(f, rec, why)) {
@@ -284,6 +290,217 @@ LoadResult load_runs(const std::vector<std::string>& inputs, const LoadOptions& 
     throw FitError(m.str(), 2);
   }
   return res;
+}
+
+}  // namespace fulcrum::fit
+
+// ---------------------------------------------------------------- run tables
+namespace fulcrum::fit {
+
+namespace {
+
+// Columns of a run table (doc/fit.md, "Runs from elsewhere").
+const std::vector<std::string> kTableColumns = {
+    "run", "status", "is_moe", "A", "G", "S", "M", "params", "tokens", "compute", "budget", "loss",
+    "lr", "batch", "N_total", "N_active", "n_active_experts", "d_model"};
+
+std::vector<std::string> split_row(const std::string& line, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  bool q = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    char c = line[i];
+    if (q) {
+      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') cur += '"', ++i;
+      else if (c == '"') q = false;
+      else cur += c;
+    } else if (c == '"') {
+      q = true;
+    } else if (c == sep) {
+      out.push_back(cur), cur.clear();
+    } else if (c != '\r') {
+      cur += c;
+    }
+  }
+  out.push_back(cur);
+  for (auto& f : out) {  // surrounding blanks
+    auto b = f.find_first_not_of(" \t"), e = f.find_last_not_of(" \t");
+    f = b == std::string::npos ? "" : f.substr(b, e - b + 1);
+  }
+  return out;
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string o = "\"";
+  for (char c : s) o += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return o + "\"";
+}
+
+std::string num17(double v) {
+  if (!std::isfinite(v)) return std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf";
+  char b[64];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+
+}  // namespace
+
+bool is_run_table(const std::string& path) {
+  auto e = fs::path(path).extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), ::tolower);
+  return e == ".csv" || e == ".tsv";
+}
+
+std::vector<Run> read_run_table(const std::string& path, const LoadOptions& opt, std::vector<Skipped>& excluded) {
+  std::ifstream in(path);
+  if (!in) throw FitError(path + ": cannot open the run table", 2);
+  std::string line;
+  int ln = 0;
+  std::map<std::string, size_t> col;
+  std::vector<std::string> header;
+  char sep = ',';
+  auto where = [&](int l, size_t c) {
+    std::string w = path + ": line " + std::to_string(l);
+    if (c != std::string::npos)
+      w += ", column " + std::to_string(c + 1) + (c < header.size() ? " (" + header[c] + ")" : "");
+    return w + ": ";
+  };
+  while (std::getline(in, line)) {  // the header: the first line that is not blank or a comment
+    ++ln;
+    auto b = line.find_first_not_of(" \t\r");
+    if (b == std::string::npos || line[b] == '#') continue;
+    sep = line.find('\t') != std::string::npos ? '\t' : ',';
+    header = split_row(line, sep);
+    break;
+  }
+  if (header.empty()) throw FitError(path + ": empty run table (no header line)", 2);
+  const int header_line = ln;
+  for (size_t c = 0; c < header.size(); ++c) {
+    const std::string& h = header[c];
+    if (h.empty()) throw FitError(where(header_line, c) + "empty column name", 2);
+    if (std::find(kTableColumns.begin(), kTableColumns.end(), h) == kTableColumns.end()) {
+      std::string known;
+      for (auto& k : kTableColumns) known += (known.empty() ? "" : ", ") + k;
+      throw FitError(where(header_line, c) + "unknown column \"" + h + "\" (known: " + known + ")", 2);
+    }
+    if (col.count(h))
+      throw FitError(where(header_line, c) + "duplicate column \"" + h + "\" (also column " +
+                         std::to_string(col[h] + 1) + ")", 2);
+    col[h] = c;
+  }
+  auto need = [&](const char* a, const char* b = nullptr) {
+    if (col.count(a) || (b && col.count(b))) return;
+    throw FitError(where(header_line, std::string::npos) + "missing column \"" + a + "\"" +
+                       (b ? std::string(" (or \"") + b + "\")" : std::string()), 2);
+  };
+  need("is_moe");
+  need("loss");
+  need("M", "params");
+  need("compute", "tokens");
+  std::vector<Run> runs;
+  while (std::getline(in, line)) {
+    ++ln;
+    auto b = line.find_first_not_of(" \t\r");
+    if (b == std::string::npos || line[b] == '#') continue;
+    auto f = split_row(line, sep);
+    if (f.size() != header.size())
+      throw FitError(where(ln, std::string::npos) + std::to_string(f.size()) + " cells, the header has " +
+                         std::to_string(header.size()), 2);
+    // a number, or NaN when the cell is empty or the column absent
+    auto get = [&](const char* k) -> double {
+      auto it = col.find(k);
+      if (it == col.end()) return NAN;
+      const std::string& s = f[it->second];
+      if (s.empty()) return NAN;
+      std::string low = s;
+      std::transform(low.begin(), low.end(), low.begin(), ::tolower);
+      if (low == "nan") return NAN;
+      char* end = nullptr;
+      double v = std::strtod(s.c_str(), &end);
+      if (end == s.c_str() || *end != '\0')
+        throw FitError(where(ln, it->second) + "\"" + s + "\" is not a number", 2);
+      return v;
+    };
+    auto positive = [&](const char* k, double v) {
+      if (std::isfinite(v) && v <= 0)
+        throw FitError(where(ln, col[k]) + k + " = " + f[col[k]] + " must be positive", 2);
+      if (std::isinf(v)) throw FitError(where(ln, col[k]) + k + " is infinite", 2);
+    };
+    Run r;
+    r.path = col.count("run") && !f[col["run"]].empty() ? f[col["run"]] : path + ":" + std::to_string(ln);
+    const std::string status = col.count("status") && !f[col["status"]].empty() ? f[col["status"]] : "completed";
+    const double moe = get("is_moe");
+    if (!(moe == 0 || moe == 1)) throw FitError(where(ln, col["is_moe"]) + "is_moe must be 0 or 1", 2);
+    r.is_moe = moe == 1;
+    double M = get("M"), params = get("params"), D = get("tokens"), C = get("compute"), budget = get("budget");
+    for (auto [k, v] : {std::pair<const char*, double>{"M", M}, {"params", params}, {"tokens", D},
+                        {"compute", C}, {"budget", budget}})
+      if (col.count(k)) positive(k, v);
+    if (!std::isfinite(M) && std::isfinite(params)) M = 6 * params;  // training FLOPs per token ~ 6 N
+    if (!std::isfinite(M))
+      throw FitError(where(ln, col.count("M") ? col["M"] : col["params"]) + "no M (or params) for this run", 2);
+    if (!std::isfinite(C) && std::isfinite(D)) C = M * D;
+    if (!std::isfinite(D) && std::isfinite(C)) D = C / M;
+    if (!std::isfinite(C))
+      throw FitError(where(ln, col.count("compute") ? col["compute"] : col["tokens"]) +
+                         "no compute (or tokens) for this run", 2);
+    r.M = M, r.D = D, r.C_run = C;
+    r.C_recorded = std::isfinite(budget) ? budget : 0;
+    r.C = r.C_recorded > 0 ? r.C_recorded : r.C_run;
+    if (r.is_moe) {
+      r.A = get("A"), r.G = get("G"), r.S = get("S");
+      if (!(r.A > 0 && r.A <= 1))
+        throw FitError(where(ln, col.count("A") ? col["A"] : std::string::npos) +
+                           "a MoE run needs an activation ratio A in (0, 1]", 2);
+      if (!(r.G > 0))
+        throw FitError(where(ln, col.count("G") ? col["G"] : std::string::npos) +
+                           "a MoE run needs a granularity G > 0 (2 d_model / d_expert)", 2);
+      if (!std::isfinite(r.S)) r.S = 0;
+      if (r.S < 0 || r.S > 1) throw FitError(where(ln, col["S"]) + "S must lie in [0, 1]", 2);
+    } else {
+      r.A = 1, r.G = 0, r.S = 0;
+    }
+    r.N = std::isfinite(get("N_total")) ? get("N_total") : 0;
+    r.N_active = std::isfinite(get("N_active")) ? get("N_active") : 0;
+    r.n_active_experts = std::isfinite(get("n_active_experts")) ? get("n_active_experts") : 0;
+    r.lr = std::isfinite(get("lr")) ? get("lr") : 0;
+    r.batch = std::isfinite(get("batch")) ? get("batch") : 0;
+    r.d_model = std::isfinite(get("d_model")) ? get("d_model") : 0;
+    r.loss = get("loss");
+    (void)opt;
+    r.family = family_key(r.is_moe, r.A, r.G, r.S);
+    if (status != "completed") {
+      excluded.push_back({r.path, status == "diverged" || status == "failed" ? status
+                                                                              : "unfinished (status \"" + status + "\")"});
+      continue;
+    }
+    if (std::isnan(r.loss)) {
+      excluded.push_back({r.path, "loss is NaN or empty"});
+      continue;
+    }
+    if (!std::isfinite(r.loss) || r.loss <= 0) {
+      excluded.push_back({r.path, "loss is not a positive finite number"});
+      continue;
+    }
+    runs.push_back(std::move(r));
+  }
+  return runs;
+}
+
+std::string run_table_csv(const std::vector<Run>& runs) {
+  std::string o =
+      "# fulcrum-fit run table (doc/fit.md): M = non-embedding training FLOPs per token, tokens, compute and "
+      "budget in FLOPs, batch in tokens, G = 2 d_model / d_expert\n"
+      "run,status,is_moe,A,G,S,M,tokens,compute,budget,loss,lr,batch,N_total,N_active,n_active_experts,d_model\n";
+  auto opt = [](double v) { return v > 0 ? num17(v) : std::string(); };
+  for (auto& r : runs) {
+    o += csv_field(r.path) + ",completed," + (r.is_moe ? "1" : "0") + "," + num17(r.A) + "," + num17(r.G) + "," +
+         num17(r.S) + "," + num17(r.M) + "," + num17(r.D) + "," + num17(r.C_run) + "," + opt(r.C_recorded) + "," +
+         num17(r.loss) + "," + opt(r.lr) + "," + opt(r.batch) + "," + opt(r.N) + "," + opt(r.N_active) + "," +
+         opt(r.n_active_experts) + "," + opt(r.d_model) + "\n";
+  }
+  return o;
 }
 
 }  // namespace fulcrum::fit

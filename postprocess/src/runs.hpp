@@ -33,6 +33,7 @@ struct Run {
   double N = 0, N_active = 0;
   double lr = 0, batch = 0;
   double loss = 0;        // final validation loss (or train, see LoadOptions)
+  double n_active_experts = 0;  // routed experts active per token (top-k; Zhao et al.'s "G"), 0 = unknown
 };
 
 struct Skipped {
@@ -66,6 +67,18 @@ bool run_from_record(const RunRecord& rec, const LoadOptions& opt, Run& out,
                      std::string& reason);
 
 std::string family_key(bool is_moe, double A, double G, double S);
+
+// Tables of runs from other trainers (doc/fit.md, "Runs from elsewhere"):
+// CSV (or TSV: tab-separated header) with the documented columns. An input
+// path ending in .csv or .tsv is read as such a table.
+bool is_run_table(const std::string& path);
+// Reads a table; rows whose status is not "completed" or whose loss is NaN
+// are appended to `excluded` with the reason. Throws FitError (code 2) naming
+// the file, line and column of the first malformed cell.
+std::vector<Run> read_run_table(const std::string& path, const LoadOptions& opt, std::vector<Skipped>& excluded);
+// Writes runs in the table format (CSV, every number to 17 digits), so that
+// a table read back gives the same runs.
+std::string run_table_csv(const std::vector<Run>& runs);
 
 // Budget key of a grouped budget C (runs of one budget have equal C; keys of
 // values equal to 1e-4 in log10 coincide).

@@ -260,3 +260,108 @@ TEST(Cli, ReportSaysFitQualityInPlainWords) {
   EXPECT_NE(ls.str().find("holdout_error = "), std::string::npos);
   EXPECT_NE(ls.str().find("fixed = []"), std::string::npos);
 }
+
+// ---------------------------------------------------------------- run tables (CSV)
+namespace {
+
+std::string slurp(const std::string& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void expect_same_laws(const std::string& a, const std::string& b) {
+  LawSet x = read_laws_toml(a), y = read_laws_toml(b);
+  auto same = [](double u, double v) { return std::abs(u - v) <= 1e-9 * std::max(std::abs(u), 1e-12); };
+  ASSERT_EQ(x.law3.size(), y.law3.size());
+  ASSERT_GE(x.law3.size(), 4u);  // dense and 3 MoE families
+  for (size_t i = 0; i < x.law3.size(); ++i) {
+    EXPECT_EQ(x.law3[i].family, y.law3[i].family);
+    EXPECT_TRUE(same(x.law3[i].beta.v, y.law3[i].beta.v)) << x.law3[i].beta.v << " " << y.law3[i].beta.v;
+    EXPECT_TRUE(same(x.law3[i].b.v, y.law3[i].b.v));
+  }
+  ASSERT_TRUE(x.el.ok());
+  ASSERT_TRUE(y.el.ok());
+  EXPECT_TRUE(same(x.el.a.v, y.el.a.v)) << x.el.a.v << " " << y.el.a.v;
+  EXPECT_TRUE(same(x.el.d.v, y.el.d.v));
+  EXPECT_TRUE(same(x.el.A_start.v, y.el.A_start.v));
+  EXPECT_EQ(x.el_fixed, y.el_fixed);
+  ASSERT_TRUE(x.law2_dense.ok());
+  EXPECT_TRUE(same(x.law2_dense.M_opt.a.v, y.law2_dense.M_opt.a.v));
+  EXPECT_TRUE(same(x.law1_dense.eta.a.v, y.law1_dense.eta.a.v));
+}
+
+}  // namespace
+
+TEST(Cli, CsvRunTableFitsLikeRunFiles) {
+  SynthSpec s = small();
+  s.el_A = {0.016, 0.0625, 0.25};
+  s.el_G = {8};  // with the reference family (0.0625, 8): dense + 3 MoE families
+  const std::string d = campaign("csv", s);
+  // the fixture, written here from the same records (not by `export`)
+  auto recs = synth_campaign(SynthTruth{}, s);
+  const std::string csv = testing::TempDir() + "/fulcrum_fit_cli_fixture.csv";
+  {
+    std::ofstream f(csv);
+    f << "# runs of another trainer\nrun,is_moe,A,G,S,M,tokens,compute,loss,lr,batch\n";
+    char b[1024];
+    for (size_t i = 0; i < recs.size(); ++i) {
+      auto& c = recs[i].config;
+      std::snprintf(b, sizeof b, "r%zu,%g,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g\n", i, c["is_moe"],
+                    c["activation_ratio"], c["granularity"], c["shared_ratio"], c["flops_per_token"],
+                    recs[i].summary["tokens_seen"], c["compute_target"], recs[i].summary["final_val_loss"],
+                    c["lr_peak"], c["batch_tokens"]);
+      f << b;
+    }
+  }
+  const std::string o1 = d + "_h5", o2 = d + "_csv", o3 = d + "_exp";
+  for (auto& o : {o1, o2, o3}) fs::remove_all(o);
+  Out f1 = run("fit " + d + " --out " + o1 + " --bootstrap 0 --no-plots");
+  ASSERT_EQ(f1.code, 0) << f1.text;
+  Out f2 = run("fit " + csv + " --out " + o2 + " --bootstrap 0 --no-plots");
+  ASSERT_EQ(f2.code, 0) << f2.text;
+  EXPECT_NE(f2.text.find(std::to_string(recs.size()) + " usable run(s) from 1 file(s)"), std::string::npos) << f2.text;
+  expect_same_laws(o1 + "/laws.toml", o2 + "/laws.toml");
+  // export: Fulcrum's own runs as a table, refitted from the table alone
+  const std::string exp = testing::TempDir() + "/fulcrum_fit_cli_export.csv";
+  Out e = run("export " + d + " --out " + exp);
+  ASSERT_EQ(e.code, 0) << e.text;
+  EXPECT_NE(e.text.find("wrote " + std::to_string(recs.size()) + " run(s)"), std::string::npos) << e.text;
+  Out f3 = run("fit " + exp + " --out " + o3 + " --bootstrap 0 --no-plots");
+  ASSERT_EQ(f3.code, 0) << f3.text;
+  expect_same_laws(o1 + "/laws.toml", o3 + "/laws.toml");
+  // TSV: the same table with tabs
+  std::string t = slurp(exp);
+  for (auto& ch : t) if (ch == ',') ch = '\t';
+  const std::string tsv = testing::TempDir() + "/fulcrum_fit_cli_export.tsv";
+  std::ofstream(tsv) << t;
+  Out f4 = run("fit " + tsv + " --out " + o3 + "_tsv --bootstrap 0 --no-plots");
+  ASSERT_EQ(f4.code, 0) << f4.text;
+  expect_same_laws(o1 + "/laws.toml", o3 + "_tsv/laws.toml");
+}
+
+TEST(Cli, MalformedCsvNamesLineAndColumn) {
+  auto bad = [](const std::string& name, const std::string& text) {
+    const std::string p = testing::TempDir() + "/fulcrum_fit_bad_" + name + ".csv";
+    std::ofstream(p) << text;
+    return run("fit " + p + " --out " + p + "_out --bootstrap 0 --no-plots");
+  };
+  const std::string ok1 = "0,1e9,1e10,1e19,3.1\n", ok2 = "0,2e9,5e9,1e19,3.0\n";
+  Out o = bad("missing", "is_moe,M,tokens,compute\n0,1e9,1e10,1e19\n");
+  EXPECT_EQ(o.code, 2) << o.text;
+  EXPECT_NE(o.text.find("line 1: missing column \"loss\""), std::string::npos) << o.text;
+  o = bad("nonnum", "is_moe,M,tokens,compute,loss\n" + ok1 + "0,2e9x,5e9,1e19,3.0\n");
+  EXPECT_EQ(o.code, 2) << o.text;
+  EXPECT_NE(o.text.find("line 3, column 2 (M): \"2e9x\" is not a number"), std::string::npos) << o.text;
+  o = bad("negative", "# comment\nis_moe,M,tokens,compute,loss\n" + ok1 + ok2 + "0,2e9,5e9,-1e19,3.0\n");
+  EXPECT_EQ(o.code, 2) << o.text;
+  EXPECT_NE(o.text.find("line 5, column 4 (compute): compute = -1e19 must be positive"), std::string::npos) << o.text;
+  o = bad("duplicate", "is_moe,M,tokens,loss,compute,loss\n0,1e9,1e10,3,1e19,3\n");
+  EXPECT_EQ(o.code, 2) << o.text;
+  EXPECT_NE(o.text.find("line 1, column 6 (loss): duplicate column \"loss\" (also column 4)"), std::string::npos)
+      << o.text;
+  o = bad("moe", "is_moe,A,G,M,tokens,compute,loss\n1,0,8,1e9,1e10,1e19,3\n");
+  EXPECT_EQ(o.code, 2) << o.text;
+  EXPECT_NE(o.text.find("line 2, column 2 (A): a MoE run needs an activation ratio"), std::string::npos) << o.text;
+}
