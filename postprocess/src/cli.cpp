@@ -26,7 +26,8 @@ namespace {
 LawSet load_laws(const std::string& file, const std::string& preset) {
   if (!file.empty() && !preset.empty()) throw FitError("give either --laws or --preset, not both", 1);
   if (!preset.empty()) {
-    if (preset != "paper") throw FitError("unknown preset \"" + preset + "\" (known: paper)", 1);
+    if (preset == "zhao") return zhao_preset();
+    if (preset != "paper") throw FitError("unknown preset \"" + preset + "\" (known: paper, zhao)", 1);
     return paper_preset();
   }
   if (file.empty()) throw FitError("no laws: give --laws FILE or --preset paper", 1);
@@ -195,12 +196,18 @@ int run_cli(int argc, char** argv) {
   auto* pred = app.add_subcommand("predict", "EL (and M, D, eta, B) for one configuration");
   auto law_opts = [&](CLI::App* s) {
     s->add_option("--laws", laws_file, "laws file written by `fit`");
-    s->add_option("--preset", preset, "built-in law set: paper");
+    s->add_option("--preset", preset, "built-in law set: paper (Tian et al.) or zhao (Zhao et al., predict only)");
   };
   law_opts(pred);
-  pred->add_option("--A", A, "activation ratio (0, 1]")->required();
-  pred->add_option("--G", G, "granularity 2 d_model / d_expert")->required();
-  pred->add_option("--C", C, "compute budget in FLOPs")->required();
+  pred->add_option("--A", A, "activation ratio (0, 1]");
+  pred->add_option("--G", G, "granularity 2 d_model / d_expert (Tian et al.)");
+  pred->add_option("--C", C, "compute budget in FLOPs");
+  double zN = NAN, zNa = NAN, zD = NAN, zGz = NAN, zS = 0;
+  pred->add_option("--N", zN, "Zhao et al. law: total parameters");
+  pred->add_option("--N-active", zNa, "Zhao et al. law: active parameters");
+  pred->add_option("--D", zD, "Zhao et al. law: training tokens");
+  pred->add_option("--active-experts", zGz, "Zhao et al. law: number of active experts (their \"G\", not --G)");
+  pred->add_option("--S", zS, "Zhao et al. law: shared ratio")->capture_default_str();
 
   auto* grid = app.add_subcommand("grid", "EL over a log-spaced grid of A and G at given budgets");
   law_opts(grid);
@@ -282,6 +289,20 @@ int run_cli(int argc, char** argv) {
       return 0;
     }
     if (*pred) {
+      if (preset == "zhao" || std::isfinite(zN)) {  // the competing law (Zhao et al.)
+        LawSet Lz = load_laws(laws_file, preset);
+        if (!Lz.zhao.ok()) throw FitError("the laws have no Zhao et al. law ([zhao])", 3);
+        if (!(zN > 0) || !(zNa > 0) || !(zNa <= zN) || !(zD > 0) || !(zGz > 0) || !(zS >= 0 && zS <= 1))
+          throw FitError("predict (Zhao et al.): need --N > 0, 0 < --N-active <= N, --D > 0, --active-experts > 0, "
+                         "0 <= --S <= 1", 1);
+        const ZhaoLaw& z = Lz.zhao;
+        std::printf("Zhao et al. law (%s): N = %s  N_active = %s  D = %s  active experts G_z = %s  S = %s  loss = %.4f\n",
+                    Lz.source.c_str(), format_number(zN).c_str(), format_number(zNa).c_str(), format_number(zD).c_str(),
+                    format_number(zGz).c_str(), format_number(zS).c_str(), z(zN, zNa, zD, zGz, zS));
+        std::printf("  optimal number of active experts G_z* = sqrt(f/e) = %s, optimal shared ratio S* = -n/(2m) = %s\n",
+                    format_number(z.optimal_Gz()).c_str(), format_number(z.optimal_S()).c_str());
+        return 0;
+      }
       if (!(A > 0 && A <= 1) || !(G > 0) || !(C > 0))
         throw FitError("predict: need 0 < A <= 1, G > 0, C > 0", 1);
       print_prediction(load_laws(laws_file, preset), A, G, C);

@@ -11,6 +11,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
 
 namespace fulcrum::fit {
@@ -1021,6 +1022,111 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
   }
 }
 
+// ------------------------------------------------------------ Zhao et al.
+struct ZhaoRes {  // ln L of Zhao et al.'s law; positive constants as logs, n as is
+  double lN, lNa, lD, Gz, S, lL;
+  bool fix_G, fix_S;         // not identified: held at the start values below
+  double e0, f0, m0, n0;
+  template <class T> bool operator()(const T* p, T* r) const {
+    using std::exp;
+    using std::log;
+    T e = fix_G ? T(e0) : exp(p[0]), f = fix_G ? T(f0) : exp(p[1]);
+    T m = fix_S ? T(m0) : exp(p[2]), n = fix_S ? T(n0) : p[3];
+    T al = exp(p[7]);
+    T na = exp(-al * lN), naa = exp(-al * lNa);
+    T pre = e * Gz + f / Gz + m * S * S + n * S;
+    T L = pre * (na + exp(p[4]) * naa + exp(p[5]) * exp(lNa - lN)) + exp(p[6]) * na +
+          exp(p[8]) * exp(-exp(p[9]) * lD) + exp(p[10]) * naa + exp(p[11]);
+    if (!(L > T(0))) return false;
+    r[0] = log(L) - lL;
+    return true;
+  }
+};
+
+// Zhao et al.'s law on the MoE runs that carry N, N_a, D, G_z (active
+// experts) and S: the best run per family, budget and size (the frontier, as
+// the parametric fit), Huber on ln L, started from the published constants.
+void fit_zhao(const std::vector<Run>& runs, const FitOptions& opt, const FitResult* warm, FitResult& R) {
+  std::map<std::tuple<std::string, long long, long long>, const Run*> best;
+  int moe = 0;
+  for (auto& r : runs) {
+    if (!r.is_moe) continue;
+    ++moe;
+    if (!(r.N > 0 && r.N_active > 0 && r.D > 0 && r.n_active_experts > 0)) continue;
+    auto& b = best[{r.family, budget_key(r.C), key3(r.M)}];
+    if (!b || r.loss < b->loss) b = &r;
+  }
+  if (moe == 0) return;
+  if (best.empty()) {
+    R.notes.push_back("Zhao law: no MoE run carries N_total, N_active, tokens and the number of active experts "
+                      "(params_total, params_active, num_active_experts)");
+    return;
+  }
+  std::set<long long> dG, dS;
+  for (auto& [k, r] : best) dG.insert(key3(r->n_active_experts)), dS.insert(std::llround(r->S * 1e4));
+  const bool fix_G = dG.size() < 2, fix_S = dS.size() < 3;
+  const int nfree = 12 - 2 * fix_G - 2 * fix_S;
+  if (static_cast<int>(best.size()) < 2 * nfree) {
+    R.notes.push_back("Zhao law: " + std::to_string(best.size()) + " frontier MoE runs for " + std::to_string(nfree) +
+                      " free constants; needs twice as many");
+    return;
+  }
+  const ZhaoLaw pub = zhao_preset().zhao;
+  const ZhaoLaw& w0 = warm && warm->laws.zhao.ok() ? warm->laws.zhao : pub;
+  auto to_p = [](const ZhaoLaw& z) {
+    return std::array<double, 12>{std::log(z.e.v), std::log(z.f.v), std::log(z.m.v), z.n.v,
+                                  std::log(z.k.v), std::log(z.h.v), std::log(z.a.v), std::log(z.alpha.v),
+                                  std::log(z.b.v), std::log(z.beta.v), std::log(z.c.v), std::log(z.eps.v)};
+  };
+  std::vector<ZhaoRes> res;
+  for (auto& [k, r] : best)
+    res.push_back({std::log(r->N), std::log(r->N_active), std::log(r->D), r->n_active_experts, r->S, std::log(r->loss),
+                   fix_G, fix_S, pub.e.v, pub.f.v, pub.m.v, pub.n.v});
+  std::array<double, 12> p = to_p(w0);
+  double cost;
+  if (warm && warm->laws.zhao.ok()) {
+    cost = huber_fit<ZhaoRes, 12>(res, p, opt.huber_loss);
+  } else {
+    std::vector<std::array<double, 12>> starts;
+    double lmin = INFINITY;
+    for (auto& r : res) lmin = std::min(lmin, std::exp(r.lL));
+    for (double se : {1.0, 0.5, 0.8})
+      for (double sa : {1.0, 0.7, 1.4})
+        for (double sb : {1.0, 0.7, 1.4}) {
+          auto q = to_p(pub);
+          q[11] = std::log(std::min(pub.eps.v, se * lmin));
+          q[7] += std::log(sa), q[9] += std::log(sb);
+          starts.push_back(q);
+        }
+    cost = multistart<ZhaoRes, 12>(res, starts, p, opt.huber_loss, 4);
+  }
+  if (!std::isfinite(cost)) {
+    R.notes.push_back("Zhao law: the fit did not converge");
+    return;
+  }
+  ZhaoLaw z;
+  z.e = V(fix_G ? pub.e.v : std::exp(p[0])), z.f = V(fix_G ? pub.f.v : std::exp(p[1]));
+  z.m = V(fix_S ? pub.m.v : std::exp(p[2])), z.n = V(fix_S ? pub.n.v : p[3]);
+  z.k = V(std::exp(p[4])), z.h = V(std::exp(p[5])), z.a = V(std::exp(p[6])), z.alpha = V(std::exp(p[7]));
+  z.b = V(std::exp(p[8])), z.beta = V(std::exp(p[9])), z.c = V(std::exp(p[10])), z.eps = V(std::exp(p[11]));
+  LawSet& L = R.laws;
+  L.zhao = z;
+  L.zhao_fixed.clear();
+  if (fix_G) L.zhao_fixed.push_back("e"), L.zhao_fixed.push_back("f");
+  if (fix_S) L.zhao_fixed.push_back("m"), L.zhao_fixed.push_back("n");
+  std::vector<double> o, pr, ol, pl;
+  for (auto& [k, r] : best) {
+    const double q = z(r->N, r->N_active, r->D, r->n_active_experts, r->S);
+    o.push_back(std::log(r->loss)), pr.push_back(std::log(q)), ol.push_back(r->loss), pl.push_back(q);
+  }
+  L.zhao_n = static_cast<int>(best.size());
+  L.zhao_r2 = r2(o, pr), L.zhao_mape = mape(ol, pl);
+  if (fix_G || fix_S)
+    R.notes.push_back(std::string("Zhao law: ") + (fix_G ? "one number of active experts: e, f held at the published values" : "") +
+                      (fix_G && fix_S ? "; " : "") +
+                      (fix_S ? "fewer than 3 shared ratios: m, n held at the published values" : ""));
+}
+
 void choose_main_laws(FitResult& R) {
   LawSet& L = R.laws;
   L.law1_dense = Law1{}, L.law1_moe = Law1{}, L.law2_dense = Law2{}, L.law2_moe = Law2{};
@@ -1083,6 +1189,7 @@ FitResult fit_all(const std::vector<Run>& runs_in, const FitOptions& opt, const 
   fit_law2(runs, opt, warm, R);
   fit_law3(runs, opt, warm, R);
   fit_el(runs, opt, warm, R);
+  if (opt.fit_zhao) fit_zhao(runs, opt, warm, R);
   choose_main_laws(R);
   return R;
 }
@@ -1164,6 +1271,8 @@ void bootstrap(const std::vector<Run>& runs_in, const FitOptions& opt, FitResult
   std::unordered_map<std::string, std::vector<double>> samples;
   for (auto& [n, v] : target) samples[n].reserve(opt.bootstrap);
   std::mt19937_64 rng(opt.seed);
+  FitOptions bopt = opt;
+  bopt.fit_zhao = false;  // the competing law is compared by held-out error, without intervals
   std::vector<Run> rs;
   rs.reserve(runs.size());
   for (int b = 0; b < opt.bootstrap; ++b) {
@@ -1172,7 +1281,7 @@ void bootstrap(const std::vector<Run>& runs_in, const FitOptions& opt, FitResult
       std::uniform_int_distribution<size_t> u(0, idx.size() - 1);
       for (size_t j = 0; j < idx.size(); ++j) rs.push_back(runs[idx[u(rng)]]);
     }
-    FitResult r = fit_all(rs, opt, &res);
+    FitResult r = fit_all(rs, bopt, &res);
     auto got = constants(r.laws, &r.law1_all, &r.law2_all, &r.law1_alt);
     if (got.empty()) {
       ++res.bootstrap_failed;
@@ -1261,7 +1370,7 @@ void diagnose(FitResult& R, const std::vector<Run>& runs, const FitOptions& opt)
   // notes that concern every law (e.g. a single budget)
   std::vector<std::string> global;
   for (auto& n : R.notes)
-    if (n.rfind("Law ", 0) != 0 && n.rfind("EL", 0) != 0) global.push_back(n);
+    if (n.rfind("Law ", 0) != 0 && n.rfind("EL", 0) != 0 && n.rfind("Zhao", 0) != 0) global.push_back(n);
   auto notes_of = [&](const std::string& prefix, const std::string& fam) {
     std::vector<std::string> v;
     const std::string a = prefix + " (" + fam + "): ", b = prefix + " (" + fam + ", ",

@@ -43,6 +43,7 @@ struct FitOptions {
   double max_holdout_el = 0.25;    // EL laws: relative error of EL
   double max_holdout_loss = 0.05;  // Law 3: relative error of the loss (worst)
   double max_holdout_M = 1.0;      // Law 2: relative error of M_opt (a factor 2)
+  bool fit_zhao = true;            // fit the competing law (Zhao et al.); not in bootstrap resamples
 };
 
 // A reason that a fitted law should not be trusted (law: "law1", "law2",
@@ -99,7 +100,9 @@ struct ELPoint {
 // The error of a law refitted without the largest budget, at that budget
 // (the wind tunnel inside `fit`; doc/fit.md, "Extrapolation error").
 struct HoldOut {
-  std::string law;      // "law2" (M_opt), "law3" (loss), "el" (joint EL), "el.compute"
+  std::string law;      // "law2" (M_opt), "law3" (loss), "el" (joint EL), "el.compute", and the
+                        // held-out loss of MoE runs by "zhao" (Zhao et al.) and "el.loss" (the EL
+                        // law through the dense Law 3), on the same runs
   std::string family;   // "" for the EL laws
   double C = 0;         // the held-out budget
   double error = NAN;   // mean |relative error| over the points of the law at C

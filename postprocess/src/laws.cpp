@@ -58,6 +58,16 @@ LawSet paper_preset() {
   return L;
 }
 
+LawSet zhao_preset() {
+  LawSet L;
+  L.source = "preset:zhao";
+  auto V = [](double v) { Value x; x.v = v; return x; };
+  ZhaoLaw& z = L.zhao;
+  z.e = V(0.1577), z.f = V(7.2446), z.m = V(5.1395), z.n = V(-3.2363), z.k = V(0.0013), z.h = V(0.0450);
+  z.a = V(38.051), z.alpha = V(0.2383), z.b = V(27129.05), z.beta = V(0.4694), z.c = V(31.096), z.eps = V(1.8182);
+  return L;
+}
+
 // ---------------------------------------------------------------- TOML out
 namespace {
 
@@ -203,6 +213,18 @@ void write_laws_toml(const std::string& path, const LawSet& L) {
     put(o, "c_C", L.el_C.c_C);
     o << "A = " << num(L.el_C.A) << "\nG = " << num(L.el_C.G) << "\n";
   }
+  if (L.zhao.ok()) {
+    const ZhaoLaw& z = L.zhao;
+    o << "\n[zhao]\n# Zhao et al. 2025: L = (e G_z + f/G_z + m S^2 + n S)(1/N^alpha + k/N_a^alpha + h N_a/N)"
+         " + a/N^alpha + b/D^beta + c/N_a^alpha + eps\n# N, N_a: total and active parameters, D: tokens, G_z: NUMBER"
+         " OF ACTIVE EXPERTS (not the granularity G), S: shared ratio\n";
+    put(o, "e", z.e), put(o, "f", z.f), put(o, "m", z.m), put(o, "n", z.n), put(o, "k", z.k), put(o, "h", z.h);
+    put(o, "a", z.a), put(o, "alpha", z.alpha), put(o, "b", z.b), put(o, "beta", z.beta), put(o, "c", z.c);
+    put(o, "eps", z.eps);
+    o << "n_runs = " << L.zhao_n << "\nr2_lnL = " << num(L.zhao_r2) << "\nmape = " << num(L.zhao_mape) << "\nfixed = [";
+    for (size_t i = 0; i < L.zhao_fixed.size(); ++i) o << (i ? ", " : "") << quote(L.zhao_fixed[i]);
+    o << "]\n";
+  }
   std::ofstream f(path);
   if (!f) throw FitError("cannot write " + path, 1);
   f << o.str();
@@ -269,6 +291,13 @@ LawSet read_laws_toml(const std::string& path) {
       if (x->contains(k) && x->at(k).is_array())
         for (auto& e : x->at(k).as_array())
           if (e.is_string()) (k[5] ? L.el_fixed_why : L.el_fixed).push_back(e.as_string());
+  }
+  if (auto* x = sub(t, "zhao")) {
+    ZhaoLaw& z = L.zhao;
+    z.e = get(*x, "e"), z.f = get(*x, "f"), z.m = get(*x, "m"), z.n = get(*x, "n"), z.k = get(*x, "k");
+    z.h = get(*x, "h"), z.a = get(*x, "a"), z.alpha = get(*x, "alpha"), z.b = get(*x, "b");
+    z.beta = get(*x, "beta"), z.c = get(*x, "c"), z.eps = get(*x, "eps");
+    L.zhao_r2 = get(*x, "r2_lnL").v, L.zhao_mape = get(*x, "mape").v;
   }
   if (auto* x = sub(t, "el", "activation")) {
     L.el_A.a_A = get(*x, "a_A"), L.el_A.A_start = get(*x, "A_start");

@@ -75,6 +75,32 @@ struct ELCompute {      // ln EL = a_C log10 C + c_C   (fixed A, G)
   bool ok() const { return a_C.ok() && c_C.ok(); }
 };
 
+// The competing law of Zhao et al. 2025 ("Towards a Comprehensive Scaling
+// Law of Mixture-of-Experts", arXiv 2509.23678; constants from
+// ../shared/reference/el-method.md). Raw counts: N total parameters, N_a
+// active parameters, D tokens; G_z is the NUMBER OF ACTIVE EXPERTS (Zhao et
+// al.'s "G"), not Tian et al.'s granularity G = 2 d_model / d_expert; S the
+// shared-expert ratio.
+//   L = (e G_z + f/G_z + m S^2 + n S)(1/N^alpha + k/N_a^alpha + h N_a/N)
+//       + a/N^alpha + b/D^beta + c/N_a^alpha + eps
+struct ZhaoLaw {
+  Value e, f, m, n, k, h, a, alpha, b, beta, c, eps;
+  bool ok() const {
+    for (const Value* v : {&e, &f, &m, &n, &k, &h, &a, &alpha, &b, &beta, &c, &eps})
+      if (!v->ok()) return false;
+    return true;
+  }
+  double operator()(double N, double Na, double D, double Gz, double S) const {
+    const double pre = e.v * Gz + f.v / Gz + m.v * S * S + n.v * S;
+    const double na = std::pow(N, -alpha.v), naa = std::pow(Na, -alpha.v);
+    return pre * (na + k.v * naa + h.v * Na / N) + a.v * na + b.v * std::pow(D, -beta.v) + c.v * naa + eps.v;
+  }
+  // optimal number of active experts sqrt(f/e) and shared ratio -n/(2m)
+  // (the prefactor of the positive bracket is smallest there)
+  double optimal_Gz() const { return e.v > 0 && f.v > 0 ? std::sqrt(f.v / e.v) : NAN; }
+  double optimal_S() const { return m.v > 0 ? -n.v / (2 * m.v) : NAN; }
+};
+
 struct LawSet {
   std::string source = "fit";  // "fit" or "preset:paper"
   Law1 law1_dense, law1_moe;
@@ -92,6 +118,13 @@ struct LawSet {
   // terms of the joint law fixed because the data do not identify them
   // (e.g. "gamma" with a single granularity), and why (same order)
   std::vector<std::string> el_fixed, el_fixed_why;
+  // the competing law (Zhao et al.), fitted to MoE runs that carry N, N_a,
+  // D, G_z and S, or the preset; terms not identified are held at the
+  // published constants (zhao_fixed)
+  ZhaoLaw zhao;
+  int zhao_n = 0;
+  double zhao_r2 = NAN, zhao_mape = NAN;  // on ln L / in %, over the fitted runs
+  std::vector<std::string> zhao_fixed;
   bool el_term_fixed(const std::string& n) const {
     for (auto& f : el_fixed) if (f == n) return true;
     return false;
@@ -104,6 +137,8 @@ double el_joint(const ELJoint& j, double A, double G, double C);
 double el_optimal_G(const ELJoint& j);
 
 LawSet paper_preset();
+// Zhao et al.'s published constants (only `zhao` is set; source "preset:zhao").
+LawSet zhao_preset();
 
 void write_laws_toml(const std::string& path, const LawSet& laws);
 LawSet read_laws_toml(const std::string& path);  // throws FitError

@@ -158,7 +158,9 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
       << format_number(100 * opt.max_holdout_el) << "% mean, Law 3 loss " << format_number(100 * opt.max_holdout_loss)
       << "%, Law 2 M_opt " << format_number(100 * opt.max_holdout_M) << "%):\n";
     for (auto& h : R.holdout) {
-      std::string name = h.law == "el" ? "EL joint law" : h.law == "el.compute" ? "EL compute law" : law_title(h.law);
+      std::string name = h.law == "el" ? "EL joint law" : h.law == "el.compute" ? "EL compute law"
+                       : h.law == "zhao" ? "Zhao et al. law, MoE loss"
+                       : h.law == "el.loss" ? "EL law via dense Law 3, MoE loss" : law_title(h.law);
       o << "  " << name << (h.family.empty() ? "" : " [" + h.family + "]") << ": at C=" << format_number(h.C)
         << " mean |error| " << format_number(100 * h.error, "%.3g") << "%, worst " << format_number(100 * h.worst, "%.3g")
         << "% (" << h.n << " point" << (h.n == 1 ? "" : "s") << ")\n";
@@ -356,6 +358,34 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     row(o, "c_C", S.el_C.c_C, "el.compute.c_C");
     if (const HoldOut* h = R.holdout_of("el.compute", ""))
       o << "  held-out error at C=" << format_number(h->C) << ": " << format_number(100 * h->error, "%.3g") << "%\n";
+  }
+  if (S.zhao.ok()) {
+    const ZhaoLaw& z = S.zhao;
+    o << "\nCompeting law (Zhao et al. 2025, arXiv 2509.23678), fitted to the MoE runs that carry N, N_a, D, G_z, S:\n"
+         " L = (e G_z + f/G_z + m S^2 + n S)(1/N^alpha + k/N_a^alpha + h N_a/N) + a/N^alpha + b/D^beta + c/N_a^alpha + eps\n"
+         " N, N_a: total and active parameters; D: tokens; G_z: the NUMBER OF ACTIVE EXPERTS (not Tian et al.'s "
+         "granularity G = 2 d_model / d_expert); S: shared ratio\n";
+    for (auto [n, v] : {std::pair<const char*, const Value*>{"e", &z.e}, {"f", &z.f}, {"m", &z.m}, {"n", &z.n},
+                        {"k", &z.k}, {"h", &z.h}, {"a", &z.a}, {"alpha", &z.alpha}, {"b", &z.b}, {"beta", &z.beta},
+                        {"c", &z.c}, {"eps", &z.eps}}) {
+      const bool fixed = std::find(S.zhao_fixed.begin(), S.zhao_fixed.end(), n) != S.zhao_fixed.end();
+      char zb[256];
+      std::snprintf(zb, sizeof zb, "  %-28s %s%s\n", n, format_number(v->v).c_str(),
+                    fixed ? "  (held at the published value: not identified by these runs)" : "");
+      o << zb;
+    }
+    o << "  " << S.zhao_n << " frontier MoE runs: R^2 (ln L) = " << format_number(S.zhao_r2, "%.4f")
+      << ", MAPE = " << format_number(S.zhao_mape, "%.3g") << "%; optimal G_z* = sqrt(f/e) = "
+      << format_number(z.optimal_Gz()) << ", S* = -n/(2m) = " << format_number(z.optimal_S()) << "\n";
+    const HoldOut *hz = R.holdout_of("zhao", ""), *he = R.holdout_of("el.loss", "");
+    if (hz) {
+      o << "  held-out MoE loss (refitted without the largest budget, C=" << format_number(hz->C) << ", " << hz->n
+        << " run(s)): Zhao law mean |error| " << format_number(100 * hz->error, "%.3g") << "%";
+      if (he)
+        o << ", EL law through the dense Law 3 " << format_number(100 * he->error, "%.3g") << "% on the same runs: "
+          << (hz->error < he->error ? "the Zhao law" : "the EL law") << " extrapolates better here";
+      o << "\n";
+    }
   }
   if (!R.el.empty()) {
     o << "\n  EL points:\n";

@@ -129,6 +129,33 @@ std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full
     push("el", "", aj);
     push("el.compute", "", ac);
   }
+  // The competing law (Zhao et al.) against the EL law on the same held-out
+  // MoE runs (each family's best run at the held-out budget(s) that carries
+  // N, N_a, D and G_z): Zhao's L(N, N_a, D, G_z, S) against the EL route,
+  // the refitted dense Law 3 at the dense-equivalent compute C EL(A, G, C).
+  if (full.laws.zhao.ok()) {
+    const Law3* dense = by_family(W.laws.law3, "dense");
+    std::map<std::pair<std::string, long long>, const Run*> hb;
+    for (auto& r : runs)
+      if (r.is_moe && r.C >= cut && r.N > 0 && r.N_active > 0 && r.D > 0 && r.n_active_experts > 0) {
+        auto& b = hb[{r.family, budget_key(r.C)}];
+        if (!b || r.loss < b->loss) b = &r;
+      }
+    Acc az, ae;
+    const bool el = W.laws.el.ok() && dense;
+    if (!W.laws.zhao.ok())
+      notes.push_back("extrapolation error: the Zhao law cannot be fitted without the largest budget");
+    else if (!el)
+      notes.push_back("extrapolation error: no EL law (or dense Law 3) without the largest budget to compare the "
+                      "Zhao law with");
+    if (W.laws.zhao.ok())
+      for (auto& [k, r] : hb) {
+        az.add(W.laws.zhao(r->N, r->N_active, r->D, r->n_active_experts, r->S), r->loss);
+        if (el) ae.add((*dense)(r->C * el_joint(W.laws.el, r->A, r->G, r->C)), r->loss);
+      }
+    push("zhao", "", az);
+    push("el.loss", "", ae);
+  }
   return out;
 }
 

@@ -365,3 +365,13 @@ TEST(Cli, MalformedCsvNamesLineAndColumn) {
   EXPECT_EQ(o.code, 2) << o.text;
   EXPECT_NE(o.text.find("line 2, column 2 (A): a MoE run needs an activation ratio"), std::string::npos) << o.text;
 }
+
+TEST(Cli, PredictZhaoPreset) {
+  Out o = run("predict --preset zhao --N 1e9 --N-active 3e8 --D 1e10 --active-experts 8 --S 0.5");
+  ASSERT_EQ(o.code, 0) << o.text;
+  EXPECT_NE(o.text.find("loss = 2.9745"), std::string::npos) << o.text;
+  EXPECT_NE(o.text.find("G_z* = sqrt(f/e) = 6.778"), std::string::npos) << o.text;
+  EXPECT_NE(o.text.find("S* = -n/(2m) = 0.3148"), std::string::npos) << o.text;
+  EXPECT_EQ(run("predict --preset zhao --N 1e9 --N-active 3e9 --D 1e10 --active-experts 8").code, 1);
+  EXPECT_EQ(run("predict --preset paper --N 1e9 --N-active 3e8 --D 1e10 --active-experts 8").code, 3);
+}

@@ -131,3 +131,36 @@ TEST(Quality, SolverLoggingStaysOffStderr) {
   EXPECT_TRUE(text.empty()) << text;
   EXPECT_TRUE(f.any());
 }
+
+// Zhao et al.'s published constants (el-method.md): their own optima and a
+// loss computed by hand.
+TEST(ZhaoPreset, ReproducesItsPublishedOptimaAndAHandComputedLoss) {
+  const ZhaoLaw z = zhao_preset().zhao;
+  ASSERT_TRUE(z.ok());
+  EXPECT_NEAR(z.optimal_Gz(), 6.78, 0.01);   // sqrt(7.2446 / 0.1577); the paper: about 7
+  EXPECT_NEAR(z.optimal_S(), 0.315, 0.001);  // 3.2363 / (2 * 5.1395); the paper: about 0.3
+  // N = 1e9, N_a = 3e8, D = 1e10, G_z = 8 active experts, S = 0.5, by hand:
+  //   prefactor  0.1577*8 + 7.2446/8 + 5.1395*0.25 - 3.2363*0.5      = 1.841100
+  //   bracket    1e9^-0.2383 + 0.0013 * 3e8^-0.2383 + 0.045 * 0.3    = 0.0135194..
+  //   a/N^alpha  38.051 * 1e9^-0.2383 = 0.27088..; b/D^beta 27129.05 * 1e10^-0.4694 = 0.53963..
+  //   c/N_a^alpha 31.096 * 3e8^-0.2383 = 0.29734..; eps 1.8182
+  const double pre = 0.1577 * 8 + 7.2446 / 8 + 5.1395 * 0.25 - 3.2363 * 0.5;
+  const double bracket = std::pow(1e9, -0.2383) + 0.0013 * std::pow(3e8, -0.2383) + 0.0450 * 0.3;
+  const double hand = pre * bracket + 38.051 * std::pow(1e9, -0.2383) + 27129.05 * std::pow(1e10, -0.4694) +
+                      31.096 * std::pow(3e8, -0.2383) + 1.8182;
+  EXPECT_NEAR(hand, 2.97453, 1e-4);
+  EXPECT_NEAR(z(1e9, 3e8, 1e10, 8, 0.5), hand, 1e-12);
+  // at its optima the loss of that model is about 2.97 (el-method.md)
+  EXPECT_NEAR(z(1e9, 3e8, 1e10, z.optimal_Gz(), z.optimal_S()), 2.970, 0.002);
+  // and the loss is smallest there
+  EXPECT_LT(z(1e9, 3e8, 1e10, 6.78, 0.315), z(1e9, 3e8, 1e10, 4, 0.315));
+  EXPECT_LT(z(1e9, 3e8, 1e10, 6.78, 0.315), z(1e9, 3e8, 1e10, 12, 0.315));
+  EXPECT_LT(z(1e9, 3e8, 1e10, 6.78, 0.315), z(1e9, 3e8, 1e10, 6.78, 0.6));
+  // the laws file keeps it
+  LawSet L = zhao_preset();
+  const std::string p = testing::TempDir() + "/zhao_laws.toml";
+  write_laws_toml(p, L);
+  LawSet R = read_laws_toml(p);
+  ASSERT_TRUE(R.zhao.ok());
+  EXPECT_NEAR(R.zhao(1e9, 3e8, 1e10, 8, 0.5), hand, 1e-9);
+}

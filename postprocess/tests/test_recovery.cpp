@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <random>
 #include <set>
 
 #include "fitting.hpp"
@@ -502,4 +503,70 @@ TEST(Recovery, LeaveLargestBudgetOutKnownTruth) {
   EXPECT_TRUE(holdout_errors(two, fit_all(two, o), o, n2).empty());
   ASSERT_FALSE(n2.empty());
   EXPECT_NE(n2[0].find("needs 3 or more"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- the competing law (Zhao et al.)
+TEST(Recovery, ZhaoLawFromItsOwnCampaign) {
+  // Runs planted from Zhao et al.'s law with other exponents and floor than
+  // the published ones (alpha 0.26, beta 0.44, eps 1.9), 0.1% noise: the fit
+  // (started from the published constants) finds them and the optima.
+  ZhaoLaw t = zhao_preset().zhao;
+  t.alpha.v = 0.26, t.beta.v = 0.44, t.eps.v = 1.9;
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> nrm(0, 1e-3);
+  std::vector<fulcrum::fit::Run> runs;
+  for (double Na : {1e8, 3e8, 1e9})
+    for (double ratio : {2.0, 4.0, 8.0})
+      for (double Gz : {1.0, 2.0, 4.0, 8.0, 16.0})
+        for (double S : {0.0, 0.25, 0.5})
+          for (double D : {1e10, 2.5e10, 6e10}) {
+            fulcrum::fit::Run r;
+            r.is_moe = true;
+            r.N_active = Na, r.N = Na * ratio, r.D = D, r.n_active_experts = Gz, r.S = S;
+            r.A = 1 / ratio, r.G = 2 * Gz;
+            r.family = family_key(true, r.A, r.G, r.S);
+            r.M = 6 * Na, r.C = r.C_run = r.M * D;
+            r.loss = t(r.N, Na, D, Gz, S) * std::exp(nrm(rng));
+            r.path = "zhao/" + std::to_string(runs.size());
+            runs.push_back(r);
+          }
+  FitResult f = fit_all(runs, FitOptions{});
+  const ZhaoLaw& z = f.laws.zhao;
+  ASSERT_TRUE(z.ok());
+  EXPECT_TRUE(f.laws.zhao_fixed.empty());
+  EXPECT_LT(rel(z.alpha.v, 0.26), 0.05) << z.alpha.v;
+  EXPECT_LT(rel(z.beta.v, 0.44), 0.05) << z.beta.v;
+  EXPECT_LT(rel(z.eps.v, 1.9), 0.03) << z.eps.v;
+  EXPECT_LT(rel(z.optimal_Gz(), t.optimal_Gz()), 0.10) << z.optimal_Gz();
+  EXPECT_LT(rel(z.optimal_S(), t.optimal_S()), 0.10) << z.optimal_S();
+  EXPECT_LT(f.laws.zhao_mape, 0.3);
+}
+
+TEST(Recovery, ZhaoLawComparedWithTheELLawByHeldOutError) {
+  // A Tian et al. campaign (the EL law is the truth; one number of active
+  // experts and one S, so e, f, m, n are held): both laws predict the
+  // held-out MoE losses at 1e21 on the same runs; the EL law is within 1%.
+  Campaign c(0, 0.0);
+  const LawSet& L = c.fit.laws;
+  ASSERT_TRUE(L.zhao.ok());
+  EXPECT_EQ(L.zhao_fixed.size(), 4u);
+  std::vector<std::string> notes;
+  auto h = holdout_errors(c.runs, c.fit, FitOptions{}, notes);
+  const HoldOut *hz = nullptr, *he = nullptr;
+  for (auto& x : h) {
+    if (x.law == "zhao") hz = &x;
+    if (x.law == "el.loss") he = &x;
+  }
+  ASSERT_NE(hz, nullptr);
+  ASSERT_NE(he, nullptr);
+  EXPECT_EQ(hz->n, he->n);
+  EXPECT_EQ(hz->n, 35);
+  EXPECT_LT(he->error, 0.01) << he->error;
+  EXPECT_TRUE(std::isfinite(hz->error));
+  // the bootstrap does not refit it (no intervals, and no cost)
+  FitOptions o;
+  o.bootstrap = 5;
+  bootstrap(c.runs, o, c.fit);
+  EXPECT_FALSE(std::isfinite(c.fit.laws.zhao.alpha.lo));
+  EXPECT_TRUE(c.fit.laws.zhao.ok());
 }
