@@ -1,9 +1,12 @@
 #include "cli.hpp"
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -37,6 +40,40 @@ LawSet load_laws(const std::string& file, const std::string& preset) {
 void check_range(const std::vector<double>& r, const char* name) {
   if (r.size() != 2 || !(r[0] > 0) || !(r[1] >= r[0]))
     throw FitError(std::string(name) + " must be lo,hi with 0 < lo <= hi", 1);
+}
+
+// Runs f with stderr (fd 2) sent to a temporary file; returns what was written there.
+template <class F>
+std::string capture_stderr(F&& f) {
+  std::fflush(stderr);
+  char name[] = "/tmp/fulcrum-fit-stderr-XXXXXX";
+  const int fd = mkstemp(name);
+  if (fd < 0) {
+    f();
+    return "";
+  }
+  unlink(name);
+  const int saved = dup(2);
+  dup2(fd, 2);
+  auto restore = [&] {
+    std::fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+  };
+  try {
+    f();
+  } catch (...) {
+    restore();
+    close(fd);
+    throw;
+  }
+  restore();
+  std::string text;
+  lseek(fd, 0, SEEK_SET);
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return text;
 }
 
 // Exit status when a requested law is missing or not trustworthy (--strict,
@@ -76,12 +113,19 @@ int cmd_fit(const std::vector<std::string>& inputs, const std::string& out, cons
     if (!f) throw FitError("cannot write " + out + "/laws.toml", 1);
   }
   write_fit_h5(out + "/fit.h5", R, L);
+  std::vector<std::string> pngs;
+  if (plots) {
+    // plplot warns on stderr: keep it there only through the report
+    std::string w = capture_stderr([&] { pngs = write_plots(out, R); });
+    std::string one;
+    for (char c : w) one += c == '\n' ? ' ' : c;
+    while (one.find("  ") != std::string::npos) one.erase(one.find("  "), 1);
+    if (one.find_first_not_of(' ') != std::string::npos) R.notes.push_back("plots: plplot warned: " + one);
+  }
   {
     std::ofstream f(out + "/report.txt");
     write_report(f, R, L, opt);
   }
-  std::vector<std::string> pngs;
-  if (plots) pngs = write_plots(out, R);
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::cout << "wrote " << out << "/laws.toml, fit.h5, report.txt and " << pngs.size()
             << " plot(s) in " << format_number(s) << " s\n";

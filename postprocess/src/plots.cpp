@@ -61,11 +61,12 @@ void line(const std::vector<double>& x, const std::vector<double>& y, int c, dou
   plwidth(1);
 }
 
-void legend_text(int i, int c, const std::string& s, double x0 = 0.03) {
-  // small legend in the upper left of the current viewport
+void legend_text(int i, int c, const std::string& s, double x0 = 0.03, bool right = false) {
+  // small legend in the upper left (right) of the current viewport
   plcol0(c);
   plschr(0, 0.65);
-  plmtex("lv", -1.0, 1.0 - 0.05 * (i + 1) - x0 + 0.03, 0.0, s.c_str());
+  if (right) plmtex("rv", -1.0, 1.0 - 0.05 * (i + 1) - x0 + 0.03, 1.0, s.c_str());
+  else plmtex("lv", -1.0, 1.0 - 0.05 * (i + 1) - x0 + 0.03, 0.0, s.c_str());
   plschr(0, 0.9);
 }
 
@@ -241,8 +242,9 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
       line(lx, ly, c, l.family == "dense" ? 3 : 1);
       // legend: one line per family (A, G, S); long lists end with a count
       const int li = static_cast<int>(&l - R.laws.law3.data());
-      if (li < 18) legend_text(li, c, l.family == "dense" ? "dense (thick black)" : l.family);
-      else if (li == 18) legend_text(li, 1, "... and " + std::to_string(R.laws.law3.size() - 18) + " more families");
+      if (li < 18) legend_text(li, c, l.family == "dense" ? "dense (thick black)" : l.family, 0.03, true);
+      else if (li == 18)
+        legend_text(li, 1, "... and " + std::to_string(R.laws.law3.size() - 18) + " more families", 0.03, true);
     }
     out.push_back(f);
   }
@@ -320,7 +322,11 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
       std::vector<const ELPoint*> pts;
       for (auto& e : R.el) if (budget_key(e.C) == budget_key(Cmax)) pts.push_back(&e);
       std::string f = dir + "/el_contour.png";
-      if (plot_el_map(f, L, Cmax, *As.begin(), *As.rbegin(), std::max(1.0, *Gs.begin()), *Gs.rbegin(), pts))
+      // one A or one G in the data: a range around it (plplot needs a window)
+      double a0 = *As.begin(), a1 = *As.rbegin(), g0 = std::max(1.0, *Gs.begin()), g1 = std::max(g0, *Gs.rbegin());
+      if (!(a1 > a0 * 1.001)) a0 /= 2, a1 = std::min(1.0, a1 * 2);
+      if (!(g1 > g0 * 1.001)) g0 = std::max(1.0, g0 / 2), g1 *= 2;
+      if (plot_el_map(f, L, Cmax, a0, a1, g0, g1, pts))
         out.push_back(f);
     }
   }

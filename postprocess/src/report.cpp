@@ -153,15 +153,17 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     o << diagnostics_text(R);
   }
   if (!R.holdout.empty() || !R.holdout_notes.empty()) {
-    o << "\nExtrapolation error (leave-largest-budget-out: each law refitted without the largest budget, its "
-         "prediction there against what the full fit found; limits: EL laws "
+    o << "\nExtrapolation error (leave-largest-budget-out: every law refitted without each family's largest budget "
+         "(the campaign's largest where budgets are shared), its prediction there against what was found there; "
+         "limits: EL laws "
       << format_number(100 * opt.max_holdout_el) << "% mean, Law 3 loss " << format_number(100 * opt.max_holdout_loss)
       << "%, Law 2 M_opt " << format_number(100 * opt.max_holdout_M) << "%):\n";
     for (auto& h : R.holdout) {
       std::string name = h.law == "el" ? "EL joint law" : h.law == "el.compute" ? "EL compute law"
                        : h.law == "zhao" ? "Zhao et al. law, MoE loss"
                        : h.law == "el.loss" ? "EL law via dense Law 3, MoE loss" : law_title(h.law);
-      o << "  " << name << (h.family.empty() ? "" : " [" + h.family + "]") << ": at C=" << format_number(h.C)
+      o << "  " << name << (h.family.empty() ? ": at each family's largest budget (up to C=" + format_number(h.C) + ")"
+                                             : " [" + h.family + "]: at C=" + format_number(h.C))
         << " mean |error| " << format_number(100 * h.error, "%.3g") << "%, worst " << format_number(100 * h.worst, "%.3g")
         << "% (" << h.n << " point" << (h.n == 1 ? "" : "s") << ")\n";
     }
@@ -332,7 +334,7 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
     o << "  validation (EL >= " << format_number(S.el_threshold) << "): n=" << S.n_val << "  R^2=" << format_number(S.r2_val, "%.4f")
       << "  MAPE=" << format_number(S.mape_val, "%.2f") << "%\n";
     if (const HoldOut* h = R.holdout_of("el", ""))
-      o << "  held-out (refitted without the largest budget, predicted at C=" << format_number(h->C) << "): n=" << h->n
+      o << "  held-out (refitted without each family's largest budget, up to C=" << format_number(h->C) << "): n=" << h->n
         << "  mean |error|=" << format_number(100 * h->error, "%.3g") << "%  worst=" << format_number(100 * h->worst, "%.3g")
         << "%\n";
     double Go = el_optimal_G(S.el);
@@ -379,7 +381,7 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
       << format_number(z.optimal_Gz()) << ", S* = -n/(2m) = " << format_number(z.optimal_S()) << "\n";
     const HoldOut *hz = R.holdout_of("zhao", ""), *he = R.holdout_of("el.loss", "");
     if (hz) {
-      o << "  held-out MoE loss (refitted without the largest budget, C=" << format_number(hz->C) << ", " << hz->n
+      o << "  held-out MoE loss (refitted without each family's largest budget, up to C=" << format_number(hz->C) << ", " << hz->n
         << " run(s)): Zhao law mean |error| " << format_number(100 * hz->error, "%.3g") << "%";
       if (he)
         o << ", EL law through the dense Law 3 " << format_number(100 * he->error, "%.3g") << "% on the same runs: "

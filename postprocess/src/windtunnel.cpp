@@ -43,12 +43,12 @@ std::pair<double, size_t> top_group(const std::vector<Run>& runs, double tol) {
 }
 
 struct Acc {
-  double sum = 0, worst = 0;
+  double sum = 0, worst = 0, C = 0;  // C: the largest budget compared
   int n = 0;
-  void add(double pred, double obs) {
+  void add(double pred, double obs, double at) {
     const double e = std::fabs(pred / obs - 1);
     if (!std::isfinite(e)) return;
-    sum += e, worst = std::max(worst, e), ++n;
+    sum += e, worst = std::max(worst, e), ++n, C = std::max(C, at);
   }
 };
 
@@ -60,36 +60,45 @@ std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full
   opt.bootstrap = 0;
   std::vector<HoldOut> out;
   ensure_grouped(runs, opt.budget_tolerance);
-  auto [lo, n] = top_group(runs, opt.budget_tolerance);
-  if (n < 3) {
-    notes.push_back("extrapolation error: " + std::to_string(n) +
-                    " budget(s); leaving the largest out needs 3 or more");
+  // each family's largest budget (with the budgets within the tolerance
+  // below it) is held out, where the family has 3+ budgets: with shared
+  // budgets that is the largest budget of the campaign; with budgets that
+  // differ per family (runs from elsewhere) every family is tested at its own
+  std::map<std::string, std::vector<Run>> byfam;
+  for (auto& r : runs) byfam[r.family].push_back(r);
+  std::map<std::string, double> cut;  // family -> lowest held-out budget
+  for (auto& [fam, rs] : byfam) {
+    auto [lo, n] = top_group(rs, opt.budget_tolerance);
+    if (n >= 3) cut[fam] = lo * (1 - 1e-9);
+  }
+  if (cut.empty()) {
+    notes.push_back("extrapolation error: no family has 3 or more budgets; leaving the largest out needs 3 or more");
     return out;
   }
-  const double cut = lo * (1 - 1e-9);
+  auto held = [&](const std::string& fam, double C) {
+    auto it = cut.find(fam);
+    return it != cut.end() && C >= it->second;
+  };
   std::vector<Run> train;
-  double C_held = 0;
-  for (auto& r : runs) {
-    if (r.C >= cut) C_held = std::max(C_held, r.C);
-    else train.push_back(r);
-  }
+  for (auto& r : runs)
+    if (!held(r.family, r.C)) train.push_back(r);
   const FitResult W = fit_all(train, opt);
   auto push = [&](const std::string& law, const std::string& fam, const Acc& a) {
     if (a.n == 0) return;
     HoldOut h;
-    h.law = law, h.family = fam, h.C = C_held, h.error = a.sum / a.n, h.worst = a.worst, h.n = a.n;
+    h.law = law, h.family = fam, h.C = a.C, h.error = a.sum / a.n, h.worst = a.worst, h.n = a.n;
     out.push_back(h);
   };
   for (auto& l : full.laws.law3) {
     Acc a;
     const Law3* w = by_family(W.laws.law3, l.family);
     for (auto& c : full.curve)
-      if (c.family == l.family && c.C >= cut) {
+      if (c.family == l.family && held(c.family, c.C)) {
         if (!w) {
           notes.push_back("extrapolation error: Law 3 [" + l.family + "] cannot be fitted without the largest budget");
           break;
         }
-        a.add((*w)(c.C), c.loss);
+        a.add((*w)(c.C), c.loss, c.C);
       }
     push("law3", l.family, a);
   }
@@ -97,12 +106,12 @@ std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full
     Acc a;
     const Law2* w = by_family(W.law2_all, l.family);
     for (auto& f : full.isofits)
-      if (f.family == l.family && f.C >= cut) {
+      if (f.family == l.family && held(f.family, f.C)) {
         if (!w || !w->ok()) {
           notes.push_back("extrapolation error: Law 2 [" + l.family + "] cannot be fitted without the largest budget");
           break;
         }
-        a.add(w->M_opt(f.C), f.M_opt);
+        a.add(w->M_opt(f.C), f.M_opt, f.C);
       }
     push("law2", l.family, a);
   }
@@ -113,12 +122,12 @@ std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full
   if (full.laws.el.ok() || full.laws.el_C.ok()) {
     Acc aj, ac;
     for (auto& e : full.el_raw) {
-      if (e.other_S || e.C < cut || !(e.EL > 0)) continue;
-      if (full.laws.el.ok() && W.laws.el.ok()) aj.add(el_joint(W.laws.el, e.A, e.G, e.C), e.EL);
+      if (e.other_S || !held(e.family, e.C) || !(e.EL > 0)) continue;
+      if (full.laws.el.ok() && W.laws.el.ok()) aj.add(el_joint(W.laws.el, e.A, e.G, e.C), e.EL, e.C);
       const ELCompute& c = W.laws.el_C;
       if (full.laws.el_C.ok() && c.ok() && std::fabs(std::log(e.A / c.A)) < 1e-3 &&
           std::fabs(std::log(e.G / c.G)) < 1e-3)
-        ac.add(std::exp(c.a_C.v * std::log10(e.C) + c.c_C.v), e.EL);
+        ac.add(std::exp(c.a_C.v * std::log10(e.C) + c.c_C.v), e.EL, e.C);
     }
     if (full.laws.el.ok() && !W.laws.el.ok())
       notes.push_back("extrapolation error: the joint EL law cannot be fitted without the largest budget");
@@ -137,7 +146,7 @@ std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full
     const Law3* dense = by_family(W.laws.law3, "dense");
     std::map<std::pair<std::string, long long>, const Run*> hb;
     for (auto& r : runs)
-      if (r.is_moe && r.C >= cut && r.N > 0 && r.N_active > 0 && r.D > 0 && r.n_active_experts > 0) {
+      if (r.is_moe && held(r.family, r.C) && r.N > 0 && r.N_active > 0 && r.D > 0 && r.n_active_experts > 0) {
         auto& b = hb[{r.family, budget_key(r.C)}];
         if (!b || r.loss < b->loss) b = &r;
       }
@@ -150,8 +159,8 @@ std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full
                       "Zhao law with");
     if (W.laws.zhao.ok())
       for (auto& [k, r] : hb) {
-        az.add(W.laws.zhao(r->N, r->N_active, r->D, r->n_active_experts, r->S), r->loss);
-        if (el) ae.add((*dense)(r->C * el_joint(W.laws.el, r->A, r->G, r->C)), r->loss);
+        az.add(W.laws.zhao(r->N, r->N_active, r->D, r->n_active_experts, r->S), r->loss, r->C);
+        if (el) ae.add((*dense)(r->C * el_joint(W.laws.el, r->A, r->G, r->C)), r->loss, r->C);
       }
     push("zhao", "", az);
     push("el.loss", "", ae);

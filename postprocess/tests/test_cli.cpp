@@ -375,3 +375,28 @@ TEST(Cli, PredictZhaoPreset) {
   EXPECT_EQ(run("predict --preset zhao --N 1e9 --N-active 3e9 --D 1e10 --active-experts 8").code, 1);
   EXPECT_EQ(run("predict --preset paper --N 1e9 --N-active 3e8 --D 1e10 --active-experts 8").code, 3);
 }
+
+// One granularity (a published campaign's typical shape): the joint EL law is
+// fitted with gamma = beta = 0 fixed and says so in the report and the laws
+// file; the plots (EL map over a range around the one G) keep stderr clean.
+TEST(Cli, OneGranularityCampaignEndToEnd) {
+  SynthSpec s = small();
+  s.el_G = {8};
+  const std::string d = campaign("oneG", s);
+  const std::string out = d + "_out";
+  fs::remove_all(out);
+  const std::string err = testing::TempDir() + "/fulcrum_fit_cli_oneG.err";
+  int rc = std::system((bin() + " fit " + d + " --out " + out + " --bootstrap 20 > /dev/null 2> " + err).c_str());
+  ASSERT_TRUE(WIFEXITED(rc));
+  EXPECT_EQ(WEXITSTATUS(rc), 0);
+  std::ifstream e(err);
+  std::string line;
+  while (std::getline(e, line)) EXPECT_EQ(line.rfind("fulcrum-fit:", 0), 0u) << "stray stderr line: " << line;
+  EXPECT_TRUE(fs::exists(out + "/el_contour.png"));
+  const std::string rep = slurp(out + "/report.txt");
+  EXPECT_NE(rep.find("gamma                        0 (fixed: one granularity (G = 8)"), std::string::npos) << rep;
+  LawSet L = read_laws_toml(out + "/laws.toml");
+  ASSERT_TRUE(L.el.ok());
+  EXPECT_EQ(L.el_fixed, (std::vector<std::string>{"gamma", "beta"}));
+  ASSERT_EQ(L.el_fixed_why.size(), 2u);
+}
