@@ -299,10 +299,17 @@ namespace fulcrum::fit {
 
 namespace {
 
-// Columns of a run table (doc/fit.md, "Runs from elsewhere").
+// Columns of a run table (doc/fit.md, "Runs from elsewhere"), and the names
+// of the run file's /config and /summary (and of `fulcrum-sweep status --csv`
+// and a study's runs.csv) accepted for them.
 const std::vector<std::string> kTableColumns = {
     "run", "status", "is_moe", "A", "G", "S", "M", "params", "tokens", "compute", "budget", "loss",
-    "lr", "batch", "N_total", "N_active", "n_active_experts", "d_model"};
+    "lr", "batch", "N_total", "N_active", "n_active_experts", "d_model", "final_val_loss", "final_train_loss"};
+const std::map<std::string, std::string> kColumnAlias = {
+    {"id", "run"}, {"activation_ratio", "A"}, {"granularity", "G"}, {"shared_ratio", "S"},
+    {"flops_per_token", "M"}, {"params_total", "N_total"}, {"params_active", "N_active"},
+    {"batch_tokens", "batch"}, {"lr_peak", "lr"}, {"num_active_experts", "n_active_experts"},
+    {"compute_budget", "budget"}, {"tokens_seen", "tokens"}};
 
 std::vector<std::string> split_row(const std::string& line, char sep) {
   std::vector<std::string> out;
@@ -377,17 +384,24 @@ std::vector<Run> read_run_table(const std::string& path, const LoadOptions& opt,
   if (header.empty()) throw FitError(path + ": empty run table (no header line)", 2);
   const int header_line = ln;
   for (size_t c = 0; c < header.size(); ++c) {
-    const std::string& h = header[c];
-    if (h.empty()) throw FitError(where(header_line, c) + "empty column name", 2);
-    if (std::find(kTableColumns.begin(), kTableColumns.end(), h) == kTableColumns.end()) {
-      std::string known;
-      for (auto& k : kTableColumns) known += (known.empty() ? "" : ", ") + k;
-      throw FitError(where(header_line, c) + "unknown column \"" + h + "\" (known: " + known + ")", 2);
-    }
+    const std::string& h0 = header[c];
+    if (h0.empty()) throw FitError(where(header_line, c) + "empty column name", 2);
+    auto al = kColumnAlias.find(h0);
+    const std::string h = al == kColumnAlias.end() ? h0 : al->second;
+    // other columns (a trainer's extras, a study's stage, sweep, wall_time_s, ...) are ignored
+    if (std::find(kTableColumns.begin(), kTableColumns.end(), h) == kTableColumns.end()) continue;
     if (col.count(h))
-      throw FitError(where(header_line, c) + "duplicate column \"" + h + "\" (also column " +
-                         std::to_string(col[h] + 1) + ")", 2);
+      throw FitError(where(header_line, c) + "duplicate column \"" + h0 + "\" (also column " +
+                         std::to_string(col[h] + 1) + (header[col[h]] != h0 ? ", \"" + header[col[h]] + "\"" : "") +
+                         ")", 2);
     col[h] = c;
+  }
+  // the loss: `loss`, else the run file's final_val_loss (final_train_loss
+  // with --train-loss, or when there is no validation loss)
+  if (!col.count("loss")) {
+    const char* pick = opt.use_train_loss ? "final_train_loss" : "final_val_loss";
+    if (!col.count(pick)) pick = "final_train_loss";
+    if (col.count(pick)) col["loss"] = col[pick];
   }
   auto need = [&](const char* a, const char* b = nullptr) {
     if (col.count(a) || (b && col.count(b))) return;
@@ -395,7 +409,8 @@ std::vector<Run> read_run_table(const std::string& path, const LoadOptions& opt,
                        (b ? std::string(" (or \"") + b + "\")" : std::string()), 2);
   };
   need("is_moe");
-  need("loss");
+  if (!col.count("loss"))
+    throw FitError(where(header_line, std::string::npos) + "missing column \"loss\" (or final_val_loss)", 2);
   need("M", "params");
   need("compute", "tokens");
   std::vector<Run> runs;
@@ -468,7 +483,6 @@ std::vector<Run> read_run_table(const std::string& path, const LoadOptions& opt,
     r.batch = std::isfinite(get("batch")) ? get("batch") : 0;
     r.d_model = std::isfinite(get("d_model")) ? get("d_model") : 0;
     r.loss = get("loss");
-    (void)opt;
     r.family = family_key(r.is_moe, r.A, r.G, r.S);
     if (status != "completed") {
       excluded.push_back({r.path, status == "diverged" || status == "failed" ? status

@@ -271,9 +271,9 @@ std::string slurp(const std::string& p) {
   return ss.str();
 }
 
-void expect_same_laws(const std::string& a, const std::string& b) {
+void expect_same_laws(const std::string& a, const std::string& b, double tol = 1e-9) {
   LawSet x = read_laws_toml(a), y = read_laws_toml(b);
-  auto same = [](double u, double v) { return std::abs(u - v) <= 1e-9 * std::max(std::abs(u), 1e-12); };
+  auto same = [tol](double u, double v) { return std::abs(u - v) <= tol * std::max(std::abs(u), 1e-12); };
   ASSERT_EQ(x.law3.size(), y.law3.size());
   ASSERT_GE(x.law3.size(), 4u);  // dense and 3 MoE families
   for (size_t i = 0; i < x.law3.size(); ++i) {
@@ -399,4 +399,43 @@ TEST(Cli, OneGranularityCampaignEndToEnd) {
   ASSERT_TRUE(L.el.ok());
   EXPECT_EQ(L.el_fixed, (std::vector<std::string>{"gamma", "beta"}));
   ASSERT_EQ(L.el_fixed_why.size(), 2u);
+}
+
+// A study's runs.csv (`fulcrum-sweep status --csv`: run-file column names,
+// 10 digits, extra columns) refits to the laws of its run files.
+TEST(Cli, StudyRunsCsvRefits) {
+  SynthSpec s = small();
+  s.el_A = {0.016, 0.0625, 0.25};
+  s.el_G = {8};
+  const std::string d = campaign("studycsv", s);
+  auto recs = synth_campaign(SynthTruth{}, s);
+  const std::string csv = testing::TempDir() + "/fulcrum_fit_cli_study_runs.csv";
+  {
+    std::ofstream f(csv);
+    f << "stage,sweep,id,status,is_moe,d_model,n_layers,num_experts,activation_ratio,granularity,shared_ratio,"
+         "params_total,params_active,flops_per_token,lr,batch_tokens,budget,compute,tokens,"
+         "final_train_loss,final_val_loss,tokens_per_second,wall_time_s\n";
+    char b[2048];
+    for (size_t i = 0; i < recs.size(); ++i) {
+      auto& c = recs[i].config;
+      auto& m = recs[i].summary;
+      std::snprintf(b, sizeof b,
+                    "st,sw,r%zu,completed,%g,%g,12,%g,%.10g,%.10g,%.10g,%.10g,%.10g,%.10g,%.10g,%.10g,,%.10g,%.10g,"
+                    "%.10g,%.10g,1000,%.10g\n",
+                    i, c["is_moe"], c["d_model"], c["num_experts"], c["activation_ratio"], c["granularity"],
+                    c["shared_ratio"], c["params_total"], c["params_active"], c["flops_per_token"], c["lr_peak"],
+                    c["batch_tokens"], c["compute_target"], m["tokens_seen"], m["final_train_loss"],
+                    m["final_val_loss"], m["wall_time_s"]);
+      f << b;
+    }
+    f << "st,sw,pending1,pending,0,64,12,0,1,0,0,1e6,1e6,6e6,1e-3,8192,,1e18,1e11,,,,\n";
+  }
+  const std::string o1 = d + "_h5", o2 = d + "_studycsv";
+  for (auto& o : {o1, o2}) fs::remove_all(o);
+  Out f1 = run("fit " + d + " --out " + o1 + " --bootstrap 0 --no-plots");
+  ASSERT_EQ(f1.code, 0) << f1.text;
+  Out f2 = run("fit " + csv + " --out " + o2 + " --bootstrap 0 --no-plots");
+  ASSERT_EQ(f2.code, 0) << f2.text;
+  EXPECT_NE(f2.text.find("1 excluded"), std::string::npos) << f2.text;  // the pending run
+  expect_same_laws(o1 + "/laws.toml", o2 + "/laws.toml", 1e-5);
 }
