@@ -805,6 +805,21 @@ void fit_el(const std::vector<Run>& runs, const FitOptions& opt, const FitResult
   if (unreachable)
     R.notes.push_back("EL: " + std::to_string(unreachable) +
                       " MoE point(s) have a loss below the dense family's asymptote b; left out");
+  // C_dense outside the dense family's observed budgets: the dense Law 3 is
+  // extrapolated there (inherent in EL > 1 at the largest budgets): marked
+  if (range.count("dense")) {
+    const double dlo = range["dense"].first * (1 - tol), dhi = range["dense"].second * (1 + tol);
+    int nx = 0;
+    for (auto* v : {&R.el, &R.el_raw})
+      for (auto& e : *v) {
+        e.dense_extrapolated = e.C_dense < dlo || e.C_dense > dhi;
+        if (v == &R.el) nx += e.dense_extrapolated;
+      }
+    if (nx)
+      R.notes.push_back("EL: " + std::to_string(nx) + " point(s) read the dense Law 3 outside its observed budgets (" +
+                        fmt(range["dense"].first) + ".." + fmt(range["dense"].second) +
+                        "): C_dense is extrapolated (marked \"dense extrap.\" in the EL table)");
+  }
   // The EL laws (Eq. 13 and the separable laws) have no shared-ratio term, so
   // they are fitted at one S: the one with the most EL points (ties: the
   // smaller S). Points at other S (a shared-expert ablation) are reported

@@ -95,6 +95,7 @@ struct ELPoint {
   bool train = true;    // EL below the threshold: fitted (else held out for validation)
   bool other_S = false; // S differs from the reference S of the EL laws: shown, neither fitted nor validated
   bool from_curve = false; // EL(C) = C_dense(L_moe(C)) / C from the family's Law 3 fit (else from its runs)
+  bool dense_extrapolated = false;  // C_dense lies outside the dense family's observed budgets (marked)
 };
 
 // The error of a law refitted without the largest budget, at that budget

@@ -274,9 +274,12 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
       double x0 = INFINITY, x1 = -INFINITY;
       mm(xs, x0, x1);
       const char* xl = var == 0 ? "activation ratio A" : var == 1 ? "log#d2#u granularity G" : "compute C (FLOPs)";
-      std::string t = var == 0 ? "EL vs A (C = " + g(Cmax) + ", one colour per G)"
-                    : var == 1 ? "EL vs G (C = " + g(Cmax) + ", one colour per A)"
-                               : "EL vs C (one colour per A, G = " + g(L.el_C.ok() ? L.el_C.G : *Gs.rbegin()) + ")";
+      std::string Ss;  // the shared ratio of the EL laws' points
+      for (auto& e : R.el)
+        if (!e.other_S) { Ss = ", S = " + g(e.S); break; }
+      std::string t = var == 0 ? "EL vs A (C = " + g(Cmax) + Ss + ", one colour per G)"
+                    : var == 1 ? "EL vs G (C = " + g(Cmax) + Ss + ", one colour per A)"
+                               : "EL vs C (one colour per A, G = " + g(L.el_C.ok() ? L.el_C.G : *Gs.rbegin()) + Ss + ")";
       frame(x0, x1, 0, ymax, var == 1 ? 0 : 10, xl, "efficiency leverage EL", t.c_str());
       plcol0(10);
       pllsty(2);

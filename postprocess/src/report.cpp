@@ -398,7 +398,9 @@ void write_report(std::ostream& o, const FitResult& R, const LoadResult& L, cons
       std::snprintf(b, sizeof b, "  %-10s %-6s %-6s %-10s %-10s %-10s %-10s %-6s %s\n", format_number(e.A).c_str(),
                     format_number(e.G).c_str(), format_number(e.S).c_str(), format_number(e.C).c_str(),
                     format_number(e.loss, "%.5f").c_str(), format_number(e.EL).c_str(), format_number(e.EL_pred).c_str(),
-                    e.from_curve ? "curve" : "runs", e.other_S ? "other S" : e.train ? "train" : "validation");
+                    e.from_curve ? "curve" : "runs",
+                    (std::string(e.other_S ? "other S" : e.train ? "train" : "validation") +
+                     (e.dense_extrapolated ? " (dense extrap.)" : "")).c_str());
       o << b;
     }
   }
@@ -509,6 +511,9 @@ void write_fit_h5(const std::string& path, const FitResult& R, const LoadResult&
     std::vector<double> fc;
     for (auto& e : R.el) fc.push_back(e.from_curve);
     w.dataset("/el/from_curve", fc);
+    std::vector<double> dx;
+    for (auto& e : R.el) dx.push_back(e.dense_extrapolated);
+    w.dataset("/el/dense_extrapolated", dx);
     w.dataset("/el/reference_budgets", R.el_grid);
     w.attr("/el", "family_per_point", fams);
     w.attr("/el", "definition", std::string("EL(C) = C_dense(L_moe(C)) / C on the fitted Law 3 curves (from_curve = 1), "

@@ -390,6 +390,13 @@ TEST(Recovery, JointELLawFromCurvesWithStaggeredBudgets) {
   int most = 0;
   for (auto& [k, n] : per) most = std::max(most, n);
   EXPECT_EQ(most, nf);  // every EL family (the reference MoE family is one of them)
+  // EL at the largest budgets reads the dense curve beyond 1e21: marked
+  int nx = 0;
+  for (auto& p : f.el) {
+    EXPECT_EQ(p.dense_extrapolated, p.C_dense > 1.1e21 || p.C_dense < 0.9e18) << p.C_dense;
+    nx += p.dense_extrapolated;
+  }
+  EXPECT_GT(nx, 0);
   // no point beyond a family's observed budgets (+ the 10% tolerance)
   bool refused = false;
   for (auto& n : f.notes) refused |= n.find("not evaluated, Law 3 is not extrapolated") != std::string::npos;
