@@ -89,13 +89,14 @@ std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full
     h.law = law, h.family = fam, h.C = a.C, h.error = a.sum / a.n, h.worst = a.worst, h.n = a.n;
     out.push_back(h);
   };
+  std::vector<std::string> lost3, lost2;  // families whose law cannot be refitted
   for (auto& l : full.laws.law3) {
     Acc a;
     const Law3* w = by_family(W.laws.law3, l.family);
     for (auto& c : full.curve)
       if (c.family == l.family && held(c.family, c.C)) {
         if (!w) {
-          notes.push_back("extrapolation error: Law 3 [" + l.family + "] cannot be fitted without the largest budget");
+          lost3.push_back(l.family);
           break;
         }
         a.add((*w)(c.C), c.loss, c.C);
@@ -108,12 +109,21 @@ std::vector<HoldOut> holdout_errors(std::vector<Run> runs, const FitResult& full
     for (auto& f : full.isofits)
       if (f.family == l.family && held(f.family, f.C)) {
         if (!w || !w->ok()) {
-          notes.push_back("extrapolation error: Law 2 [" + l.family + "] cannot be fitted without the largest budget");
+          lost2.push_back(l.family);
           break;
         }
         a.add(w->M_opt(f.C), f.M_opt, f.C);
       }
     push("law2", l.family, a);
+  }
+  for (auto [law, v] : {std::pair<const char*, std::vector<std::string>*>{"Law 3", &lost3}, {"Law 2", &lost2}}) {
+    if (v->empty()) continue;
+    std::string list;
+    for (size_t i = 0; i < v->size() && i < 3; ++i) list += (i ? ", " : "") + (*v)[i];
+    if (v->size() > 3) list += " and " + std::to_string(v->size() - 3) + " more";
+    notes.push_back(std::string("extrapolation error: ") + law + " cannot be refitted without the largest budget for " +
+                    std::to_string(v->size()) + " famil" + (v->size() == 1 ? "y" : "ies") + " (" + list +
+                    "): too few budgets left");
   }
   // EL laws: the EL observed at the held-out budgets (each MoE family's best
   // run or IsoFLOP minimum there, through the full fit's dense Law 3: the
