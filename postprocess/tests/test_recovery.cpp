@@ -577,3 +577,26 @@ TEST(Recovery, ZhaoLawComparedWithTheELLawByHeldOutError) {
   EXPECT_FALSE(std::isfinite(c.fit.laws.zhao.alpha.lo));
   EXPECT_TRUE(c.fit.laws.zhao.ok());
 }
+
+TEST(Recovery, JointELLawMoEAtOneBudgetFixesD) {
+  // The MoE runs at one budget only (1e20; the dense family at all 7): no
+  // MoE family has a Law 3, so EL comes from their runs at 1e20 (noted), d is
+  // fixed at 0 and the activation and granularity part is recovered.
+  Campaign c(0, 3e-4);
+  std::vector<fulcrum::fit::Run> runs;
+  for (auto& r : c.runs)
+    if (!r.is_moe || budget_key(r.C) == budget_key(1e20)) runs.push_back(r);
+  FitResult f = fit_all(runs, FitOptions{});
+  const ELJoint& e = f.laws.el;
+  const ELJoint& t = c.truth.el;
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(f.laws.el_fixed, (std::vector<std::string>{"d"}));
+  EXPECT_LT(rel(e.a.v, t.a.v + 20 * t.d.v), 0.05) << e.a.v;
+  EXPECT_LT(rel(e.gamma.v, t.gamma.v), 0.05) << e.gamma.v;
+  EXPECT_LT(rel(e.beta.v, t.beta.v), 0.05) << e.beta.v;
+  EXPECT_LT(rel(e.A_start.v, t.A_start.v), 0.10) << e.A_start.v;
+  for (auto& p : f.el) EXPECT_FALSE(p.from_curve);
+  bool noted = false;
+  for (auto& n : f.notes) noted |= n.find("without a Law 3 fit") != std::string::npos;
+  EXPECT_TRUE(noted);
+}
