@@ -224,7 +224,8 @@ int run_cli(int argc, char** argv) {
   fit->add_option("--el-budgets", opt.el_budgets,
                   "reference budgets (FLOPs, comma separated) at which EL is computed from the fitted Law 3 "
                   "curves (default: the budgets of the runs); a family is not extrapolated beyond its observed budgets")
-      ->delimiter(',');
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
   std::string law1_method = "vertex";
   fit->add_option("--law1-method", law1_method,
                   "Law 1 estimator: vertex (per-budget quadratic surface, default) or near-optimal "
