@@ -266,6 +266,11 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
     }
     double ymax = 0;
     for (auto& e : R.el) ymax = std::max(ymax, e.EL);
+    {
+      const double cap = 2 * ymax;  // the runs' EL (EL vs C) within reason
+      for (auto& e : R.el_raw)
+        if (!e.other_S && e.EL <= cap) ymax = std::max(ymax, e.EL);
+    }
     auto elplot = [&](const std::string& name, int var) {
       std::string f = dir + "/" + name;
       Png p(f);
@@ -279,7 +284,8 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
         if (!e.other_S) { Ss = ", S = " + g(e.S); break; }
       std::string t = var == 0 ? "EL vs A (C = " + g(Cmax) + Ss + ", one colour per G)"
                     : var == 1 ? "EL vs G (C = " + g(Cmax) + Ss + ", one colour per A)"
-                               : "EL vs C (one colour per A, G = " + g(L.el_C.ok() ? L.el_C.G : *Gs.rbegin()) + Ss + ")";
+                               : "EL vs C (one colour per A, G = " + g(L.el_C.ok() ? L.el_C.G : *Gs.rbegin()) + Ss +
+                                     "; open circles: EL of the runs)";
       frame(x0, x1, 0, ymax, var == 1 ? 0 : 10, xl, "efficiency leverage EL", t.c_str());
       plcol0(10);
       pllsty(2);
@@ -303,6 +309,12 @@ std::vector<std::string> write_plots(const std::string& dir, const FitResult& R)
         if (px.empty() && vx.empty()) continue;
         points(px, py, col(i), 17);
         points(vx, vy, col(i), 5);
+        if (var == 2) {  // the EL of the runs themselves (fit.h5:/el/raw), open circles
+          std::vector<double> rx, ry;
+          for (auto& e : R.el_raw)
+            if (!e.other_S && e.A == groups[i] && e.G == Gfix) rx.push_back(std::log10(e.C)), ry.push_back(e.EL);
+          points(rx, ry, col(i), 4);
+        }
         if (L.el.ok()) {
           std::vector<double> lx, ly;
           for (int t2 = 0; t2 <= 60; ++t2) {
