@@ -600,3 +600,23 @@ TEST(Recovery, JointELLawMoEAtOneBudgetFixesD) {
   for (auto& n : f.notes) noted |= n.find("without a Law 3 fit") != std::string::npos;
   EXPECT_TRUE(noted);
 }
+
+TEST(Recovery, JointELLawTwoGranularitiesFixGammaOnly) {
+  // Two granularities (4 and 8, the reference family's): beta is identified,
+  // the quadratic term is not; gamma = 0 and the rest is fitted.
+  Campaign c(0, 3e-4);
+  SynthSpec s = c.spec;
+  s.el_G = {4, 8};
+  auto runs = records_to_runs(synth_campaign(c.truth, s));
+  FitResult f = fit_all(runs, FitOptions{});
+  ASSERT_TRUE(f.laws.el.ok());
+  EXPECT_EQ(f.laws.el_fixed, (std::vector<std::string>{"gamma"}));
+  ASSERT_EQ(f.laws.el_fixed_why.size(), 1u);
+  EXPECT_NE(f.laws.el_fixed_why[0].find("two granularities"), std::string::npos);
+  EXPECT_EQ(f.laws.el.gamma.v, 0.0);
+  EXPECT_NE(f.laws.el.beta.v, 0.0);
+  EXPECT_LT(rel(f.laws.el.d.v, c.truth.el.d.v), 0.05) << f.laws.el.d.v;
+  // the law through log2 G = 2 and 3 matches the planted one at those G
+  for (double G : {4.0, 8.0})
+    EXPECT_LT(rel(el_joint(f.laws.el, 0.031, G, 1e20), el_joint(c.truth.el, 0.031, G, 1e20)), 0.05) << G;
+}
