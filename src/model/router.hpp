@@ -167,7 +167,7 @@ class Router {
     // d aux / d p_{t,e} = aux_coef * E * f_{g(t),e} / (S * tokens of g(t))
     std::vector<T> weight((std::size_t)S * E);
     double fp_sum = 0;
-    if (opt_.scope == RouterOptions::Global && training) {
+    if (opt_.scope == RouterOptions::Global && training && aux_coef_ != 0) {
       // counts of this and the step's earlier micro-batches, all ranks (Megatron-Core's global_aux_loss)
       std::vector<double> mine(local);
       mine.push_back(N);

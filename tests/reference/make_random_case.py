@@ -4,6 +4,8 @@
     /usr/bin/python3 tests/reference/make_random_case.py OUT.h5 [--moe|--dense]
         [--dtype float32|float64] [--steps N] [--seed S] [--capacity-factor C]
         [--renormalize-topk 0|1] [--aux-loss-coef A] [--z-loss-coef Z]
+        [--sigmoid-scores 0|1] [--route-scale R] [--balance-scope 0|1|2]
+        [--bias-balancing 0|1] [--bias-update-rate U] [--micro-batches M]
 
 Default shapes: V=37, C=16, nh=4, nkv=2, T=8, B=2, F=24, E=4, k=2, Es=1,
 De=8, first_k_dense=1, n_layers=2.  Weights ~ Normal(0, init_std), norm
@@ -58,6 +60,12 @@ def write_case(path, cfg, params, inputs, targets):
             c.attrs[key] = np.int64(cfg[key])
         for key in ref.CONFIG_FLOAT_KEYS + ref.TRAIN_FLOAT_KEYS:
             c.attrs[key] = np.float64(cfg[key])
+        for key in ref.ROUTING_INT_KEYS:
+            if key in cfg:
+                c.attrs[key] = np.int64(cfg[key])
+        for key in ref.ROUTING_FLOAT_KEYS:
+            if key in cfg:
+                c.attrs[key] = np.float64(cfg[key])
         c.attrs["dtype"] = cfg["dtype"]
         p = f.create_group("params")
         for name, arr in params.items():
@@ -83,10 +91,19 @@ def main(argv):
     ap.add_argument("--renormalize-topk", type=int, choices=[0, 1], default=1)
     ap.add_argument("--aux-loss-coef", type=float, default=0.01)
     ap.add_argument("--z-loss-coef", type=float, default=0.001)
+    ap.add_argument("--sigmoid-scores", type=int, choices=[0, 1], default=0)
+    ap.add_argument("--route-scale", type=float, default=1.0)
+    ap.add_argument("--balance-scope", type=int, choices=[0, 1, 2], default=0)
+    ap.add_argument("--bias-balancing", type=int, choices=[0, 1], default=0)
+    ap.add_argument("--bias-update-rate", type=float, default=1e-3)
+    ap.add_argument("--micro-batches", type=int, default=1)
     a = ap.parse_args(argv[1:])
     cfg = default_config(a.moe, a.dtype, a.steps)
     cfg.update(capacity_factor=a.capacity_factor, renormalize_topk=a.renormalize_topk,
-               aux_loss_coef=a.aux_loss_coef, z_loss_coef=a.z_loss_coef)
+               aux_loss_coef=a.aux_loss_coef, z_loss_coef=a.z_loss_coef,
+               sigmoid_scores=a.sigmoid_scores, route_scale=a.route_scale,
+               balance_scope=a.balance_scope, bias_balancing=a.bias_balancing,
+               bias_update_rate=a.bias_update_rate, micro_batches=a.micro_batches)
     rng = np.random.default_rng(a.seed)
     params = random_params(cfg, rng, a.init_std)
     inputs, targets = random_batch(cfg, rng, a.batch)
