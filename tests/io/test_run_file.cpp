@@ -303,3 +303,70 @@ TEST(RunFile, KilledRunIsReadableAfterFlush) {
   EXPECT_EQ(loss[1499], train_row(1499).lm_loss);
   EXPECT_EQ(read_dataset_1d(path, "/eval/val_loss"), std::vector<double>{3.5});
 }
+
+// The routing diagnostics added with the routing options: written when given
+// (tokens per expert, min load, top-k margin, the bias), wrong sizes refused,
+// absent datasets for a run without them (e.g. no bias balancing).
+TEST(RunFile, RoutingDiagnostics) {
+  TempDir d;
+  std::string path;
+  const int L = 2, E = 3;
+  {
+    RunFile rf = RunFile::create(d.path(), false);
+    path = rf.path();
+    for (int s = 0; s < 2; ++s) {
+      RunFile::RoutingSnapshot snap;
+      snap.step = 10 * (s + 1);
+      snap.n_moe_layers = L;
+      snap.n_experts = E;
+      for (int l = 0; l < L; ++l) {
+        for (int e = 0; e < E; ++e) {
+          snap.expert_share.push_back(1.0 / E);
+          snap.tokens_per_expert.push_back(100 * s + 10 * l + e);
+          snap.router_bias.push_back(0.001 * (e - 1) * (s + 1));
+        }
+        snap.max_violation.push_back(0.1 * l);
+        snap.router_entropy.push_back(1.0);
+        snap.dropped_fraction.push_back(0.0);
+        snap.moe_layer_index.push_back(l + 1);
+        snap.min_load.push_back(0.9 - 0.1 * l);
+        snap.topk_margin.push_back(0.05 * (s + 1));
+      }
+      if (s == 1) {
+        RunFile::RoutingSnapshot bad = snap;
+        bad.router_bias.pop_back();
+        EXPECT_THROW(rf.append_routing(bad), RunFileError);
+        bad = snap;
+        bad.min_load.push_back(1.0);
+        EXPECT_THROW(rf.append_routing(bad), RunFileError);
+      }
+      rf.append_routing(snap);
+    }
+  }
+  EXPECT_EQ(read_dataset_dims(path, "/routing/tokens_per_expert"), (std::vector<std::uint64_t>{2, L, E}));
+  EXPECT_EQ(read_dataset_dims(path, "/routing/router_bias"), (std::vector<std::uint64_t>{2, L, E}));
+  EXPECT_EQ(read_dataset_1d(path, "/routing/min_load"), (std::vector<double>{0.9, 0.8, 0.9, 0.8}));
+  EXPECT_EQ(read_dataset_1d(path, "/routing/topk_margin"), (std::vector<double>{0.05, 0.05, 0.1, 0.1}));
+  const auto tpe = read_dataset_1d(path, "/routing/tokens_per_expert");
+  EXPECT_EQ(tpe[0], 0.0);
+  EXPECT_EQ(tpe[L * E + E + 2], 112.0);  // snapshot 1, layer 1, expert 2
+  const auto bias = read_dataset_1d(path, "/routing/router_bias");
+  EXPECT_DOUBLE_EQ(bias[L * E + 2], 0.002);
+  // a run without the bias has no bias dataset
+  TempDir d2;
+  std::string path2;
+  {
+    RunFile rf = RunFile::create(d2.path(), false);
+    path2 = rf.path();
+    RunFile::RoutingSnapshot s;
+    s.n_moe_layers = 1;
+    s.n_experts = 2;
+    s.expert_share = {0.5, 0.5};
+    s.max_violation = s.router_entropy = s.dropped_fraction = s.min_load = s.topk_margin = {0.0};
+    s.moe_layer_index = {0};
+    s.tokens_per_expert = {4, 4};
+    rf.append_routing(s);
+  }
+  EXPECT_THROW(read_dataset_dims(path2, "/routing/router_bias"), RunFileError);
+  EXPECT_EQ(read_dataset_1d(path2, "/routing/tokens_per_expert"), (std::vector<double>{4, 4}));
+}
