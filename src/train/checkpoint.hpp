@@ -32,8 +32,8 @@ struct TrainerState {
   double first_loss = 0;           // reference for the divergence test
   double last_val_loss = 0;
   std::vector<double> logged_lm;   // per-step lm loss (summary smoothing)
-  std::vector<double> routing;     // per MoE layer: E assignments, dropped, routed, entropy_sum, token_count, margin_sum
-  std::vector<double> router_bias; // per MoE layer: E selection biases (bias balancing); empty for dense models
+  std::vector<double> routing;     // per MoE layer: E assignments, dropped, routed, entropy_sum, token_count; then each layer's margin_sum
+  std::vector<double> router_bias; // per MoE layer: E selection biases; empty without bias balancing
   std::string fingerprint;         // deck without [parallel]/[output]: must match on resume
 };
 

@@ -35,33 +35,39 @@ using Clock = std::chrono::steady_clock;
 volatile std::sig_atomic_t g_stop_requested = 0;
 extern "C" void request_stop(int) { g_stop_requested = 1; }
 
+// Per MoE layer: E assignments, dropped, routed, entropy_sum, token_count;
+// then every layer's margin_sum (appended after the blocks earlier versions
+// wrote, so they still read what they know).
 std::vector<double> pack_routing(Transformer<float>& model) {
-  std::vector<double> out;
+  std::vector<double> out, margins;
   for (int l = 0; l < model.shape().n_layers; ++l)
     if (MoeLayer<float>* moe = model.moe_layer(l)) {
       const RoutingAccumulator& a = moe->stats;
       out.insert(out.end(), a.assignments.begin(), a.assignments.end());
-      out.insert(out.end(), {a.dropped, a.routed, a.entropy_sum, a.token_count, a.margin_sum});
+      out.insert(out.end(), {a.dropped, a.routed, a.entropy_sum, a.token_count});
+      margins.push_back(a.margin_sum);
     }
+  out.insert(out.end(), margins.begin(), margins.end());
   return out;
 }
 void unpack_routing(Transformer<float>& model, const std::vector<double>& in, bool keep) {
-  std::size_t i = 0;
-  // checkpoints of earlier versions hold 4 scalars per layer (no margin_sum)
+  std::size_t i = 0, layer = 0;
+  // checkpoints of earlier versions have no margins at the end
   const std::size_t L = static_cast<std::size_t>(model.shape().n_moe_layers());
   const std::size_t E = static_cast<std::size_t>(model.shape().num_experts);
-  const std::size_t scalars = L > 0 && in.size() == L * (E + 4) ? 4 : 5;
+  const bool margins = in.size() == L * (E + 4) + L;
   for (int l = 0; l < model.shape().n_layers; ++l)
     if (MoeLayer<float>* moe = model.moe_layer(l)) {
       RoutingAccumulator& a = moe->stats;
       a.reset(model.shape().num_experts);
-      if (!keep || i + a.assignments.size() + scalars > in.size()) continue;
+      if (!keep || i + a.assignments.size() + 4 > in.size()) continue;
       for (auto& v : a.assignments) v = in[i++];
       a.dropped = in[i++];
       a.routed = in[i++];
       a.entropy_sum = in[i++];
       a.token_count = in[i++];
-      if (scalars == 5) a.margin_sum = in[i++];
+      if (margins) a.margin_sum = in[L * (E + 4) + layer];
+      ++layer;
     }
 }
 using Real = float;  // the model trains in float; tests instantiate double
@@ -395,7 +401,8 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
       st.last_val_loss = last_val;
       st.logged_lm = logged_lm;
       st.routing = pack_routing(model);
-      st.router_bias = model.routing_bias();
+      // only with bias balancing: otherwise the checkpoint is the earlier versions' format
+      if (plan.shape.bias_balancing) st.router_bias = model.routing_bias();
       st.fingerprint = fingerprint;
       return st;
     };
