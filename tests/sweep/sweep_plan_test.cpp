@@ -312,3 +312,32 @@ micro_batch_size = 4
     EXPECT_EQ(w.find("syntax"), std::string::npos) << w;
   }
 }
+
+// The routing options are sweep axes like any key: strings, booleans and
+// floats, and every run's deck reads back with its values.
+TEST(SweepPlan, RoutingOptionsAreAxes) {
+  const std::string s =
+      "[sweep.grid]\nmoe.balance_loss_scope = [\"micro_batch\", \"sequence\", \"global\"]\n"
+      "moe.bias_balancing = [false, true]\nmoe.score_function = [\"softmax\", \"sigmoid\"]\n";
+  const SweepPlan a = plan(s, "routing");
+  ASSERT_EQ(a.runs.size(), 12u);
+  std::set<std::string> ids, combos;
+  for (const auto& r : a.runs) {
+    ids.insert(r.id);
+    const fulcrum::RunConfig c = fulcrum::read_deck_text(r.deck_text, "x").config;
+    EXPECT_EQ(c.moe.balance_loss_scope, r.config.moe.balance_loss_scope);
+    EXPECT_EQ(c.moe.bias_balancing, r.config.moe.bias_balancing);
+    EXPECT_EQ(c.moe.score_function, r.config.moe.score_function);
+    combos.insert(c.moe.balance_loss_scope + "/" + (c.moe.bias_balancing ? "bias" : "-") + "/" +
+                  c.moe.score_function);
+  }
+  EXPECT_EQ(ids.size(), 12u);
+  EXPECT_EQ(combos.size(), 12u);
+  // a bad value is refused at planning, naming the key
+  try {
+    plan("[sweep.grid]\nmoe.score_function = [\"softmax\", \"sigmiod\"]\n", "routing-bad");
+    FAIL() << "expected an error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("score_function"), std::string::npos) << e.what();
+  }
+}
