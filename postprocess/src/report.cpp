@@ -486,58 +486,37 @@ void write_fit_h5(const std::string& path, const FitResult& R, const LoadResult&
     w.dataset("/law3/residual", res);
     w.attr("/law3", "family_per_point", fams);
   }
-  {
-    std::vector<double> A, G, S, C, loss, Cd, EL, pr, tr, os;
-    std::string fams;
-    for (auto& e : R.el) {
-      A.push_back(e.A), G.push_back(e.G), S.push_back(e.S), C.push_back(e.C), loss.push_back(e.loss);
-      Cd.push_back(e.C_dense), EL.push_back(e.EL), pr.push_back(e.EL_pred), tr.push_back(e.train);
-      os.push_back(e.other_S);
-      fams += e.family + "\n";
-    }
-    w.dataset("/el/A", A);
-    w.dataset("/el/G", G);
-    w.dataset("/el/S", S);
-    w.dataset("/el/other_S", os);
-    w.dataset("/el/C", C);
-    w.dataset("/el/loss", loss);
-    w.dataset("/el/C_dense", Cd);
-    w.dataset("/el/EL", EL);
-    w.dataset("/el/EL_pred_joint", pr);
-    std::vector<double> res;
-    for (size_t i = 0; i < EL.size(); ++i) res.push_back(std::log(EL[i]) - std::log(pr[i]));
-    w.dataset("/el/residual_lnEL", res);
-    w.dataset("/el/train", tr);
-    std::vector<double> fc;
-    for (auto& e : R.el) fc.push_back(e.from_curve);
-    w.dataset("/el/from_curve", fc);
-    std::vector<double> dx;
-    for (auto& e : R.el) dx.push_back(e.dense_extrapolated);
-    w.dataset("/el/dense_extrapolated", dx);
-    w.dataset("/el/reference_budgets", R.el_grid);
-    w.attr("/el", "family_per_point", fams);
-    w.attr("/el", "definition", std::string("EL(C) = C_dense(L_moe(C)) / C on the fitted Law 3 curves (from_curve = 1), "
-                                            "else from the family's best run per budget"));
-  }
-  {  // raw per-run EL: the best run (or IsoFLOP minimum) of each MoE family and budget
+  // The columns shared by the EL points of the laws (/el) and the raw per-run
+  // EL points (/el/raw); returns EL and the joint law's prediction.
+  auto write_el_points = [&w](const std::string& g, const std::vector<ELPoint>& pts) {
     std::vector<double> A, G, S, C, loss, Cd, EL, pr, os;
     std::string fams;
-    for (auto& e : R.el_raw) {
+    for (auto& e : pts) {
       A.push_back(e.A), G.push_back(e.G), S.push_back(e.S), C.push_back(e.C), loss.push_back(e.loss);
       Cd.push_back(e.C_dense), EL.push_back(e.EL), pr.push_back(e.EL_pred), os.push_back(e.other_S);
       fams += e.family + "\n";
     }
-    w.dataset("/el/raw/A", A);
-    w.dataset("/el/raw/G", G);
-    w.dataset("/el/raw/S", S);
-    w.dataset("/el/raw/other_S", os);
-    w.dataset("/el/raw/C", C);
-    w.dataset("/el/raw/loss", loss);
-    w.dataset("/el/raw/C_dense", Cd);
-    w.dataset("/el/raw/EL", EL);
-    w.dataset("/el/raw/EL_pred_joint", pr);
-    w.attr("/el/raw", "family_per_point", fams);
+    for (auto& [name, v] : std::vector<std::pair<const char*, const std::vector<double>*>>{
+             {"A", &A}, {"G", &G}, {"S", &S}, {"other_S", &os}, {"C", &C}, {"loss", &loss},
+             {"C_dense", &Cd}, {"EL", &EL}, {"EL_pred_joint", &pr}})
+      w.dataset(g + "/" + name, *v);
+    w.attr(g, "family_per_point", fams);
+    return std::make_pair(EL, pr);
+  };
+  {
+    const auto [EL, pr] = write_el_points("/el", R.el);
+    std::vector<double> res, tr, fc, dx;
+    for (size_t i = 0; i < EL.size(); ++i) res.push_back(std::log(EL[i]) - std::log(pr[i]));
+    for (auto& e : R.el) tr.push_back(e.train), fc.push_back(e.from_curve), dx.push_back(e.dense_extrapolated);
+    w.dataset("/el/residual_lnEL", res);
+    w.dataset("/el/train", tr);
+    w.dataset("/el/from_curve", fc);
+    w.dataset("/el/dense_extrapolated", dx);
+    w.dataset("/el/reference_budgets", R.el_grid);
+    w.attr("/el", "definition", std::string("EL(C) = C_dense(L_moe(C)) / C on the fitted Law 3 curves (from_curve = 1), "
+                                            "else from the family's best run per budget"));
   }
+  write_el_points("/el/raw", R.el_raw);  // raw per-run EL: the best run (or IsoFLOP minimum) of each MoE family and budget
   std::string ex;
   for (auto& e : L.excluded) ex += e.path + ": " + e.reason + "\n";
   for (auto& e : L.unreadable) ex += e.path + ": unreadable: " + e.reason + "\n";
