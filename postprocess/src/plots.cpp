@@ -36,6 +36,26 @@ struct Png {
   ~Png() { plend(); }
 };
 
+// plplot numbers a log axis at whole decades only, so an axis inside one or
+// two decades (the learning rates, batches and budgets of one study) showed
+// no number at all: label 2 and 5 x 10^k inside [lo, hi] (log10 units) too.
+void label_log_axis(bool x_axis, double lo, double hi) {
+  if (!(hi - lo < 2.5)) return;
+  plschr(0, 0.75);
+  for (int k = static_cast<int>(std::floor(lo)); k <= static_cast<int>(std::ceil(hi)); ++k)
+    for (int m : {2, 5}) {
+      const double v = std::log10(static_cast<double>(m)) + k;
+      if (v < lo || v > hi) continue;
+      char b[48];
+      if (k >= -3 && k <= 4) std::snprintf(b, sizeof b, "%g", m * std::pow(10.0, k));
+      else std::snprintf(b, sizeof b, "%dx10#u%d#d", m, k);
+      const double pos = (v - lo) / (hi - lo);
+      if (x_axis) plmtex("b", 1.6, pos, 0.5, b);
+      else plmtex("lv", 0.6, pos, 1.0, b);
+    }
+  plschr(0, 0.9);
+}
+
 void frame(double x0, double x1, double y0, double y1, int axis, const char* xl, const char* yl,
            const char* title) {
   if (x1 <= x0) x0 -= 0.5, x1 += 0.5;
@@ -44,6 +64,8 @@ void frame(double x0, double x1, double y0, double y1, int axis, const char* xl,
   plcol0(1);
   plschr(0, 0.9);
   plenv(x0 - dx, x1 + dx, y0 - dy, y1 + dy, 0, axis);
+  if (axis == 10 || axis == 30) label_log_axis(true, x0 - dx, x1 + dx);
+  if (axis == 20 || axis == 30) label_log_axis(false, y0 - dy, y1 + dy);
   pllab(xl, yl, title);
 }
 
