@@ -16,6 +16,7 @@
 #include <dnnl.hpp>
 
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <set>
@@ -50,9 +51,21 @@ memory::desc operand_desc(char trans, memory::dim r, memory::dim c, dt type) {
   return trans == 'N' ? memory::desc({r, c}, type, {c, 1}) : memory::desc({r, c}, type, {1, r});
 }
 
+// oneDNN marks every primitive execution for Intel VTune (ITT tasks, with a
+// processor-trace write each time) unless told otherwise; a training step runs
+// thousands of small products (per expert, per head group), where that costs
+// a few percent. Off unless the user set the variable (to profile with VTune).
+// Must run before oneDNN's first primitive: it reads the variable once.
+void disable_itt_tasks_unless_asked() {
+  if (!std::getenv("ONEDNN_ITT_TASK_LEVEL") && !std::getenv("DNNL_ITT_TASK_LEVEL"))
+    setenv("DNNL_ITT_TASK_LEVEL", "0", 0);
+}
+
 class OnednnGemm final : public GemmBackend {
  public:
-  explicit OnednnGemm(Precision p) : precision_(p), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
+  explicit OnednnGemm(Precision p)
+      : precision_(p), engine_((disable_itt_tasks_unless_asked(), dnnl::engine(dnnl::engine::kind::cpu, 0))),
+        stream_(engine_) {
     // A trial product: fails here (clearly) rather than in the first step, and
     // names the kernel oneDNN picked for the run file.
     std::vector<float> a(64 * 64, 1.0f), b(64 * 64, 1.0f), c(64 * 64, 0.0f);
