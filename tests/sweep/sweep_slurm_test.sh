@@ -4,7 +4,9 @@
 # packages), submits a tiny sweep as a job array (fulcrum-sweep submit) with
 # the chained postprocessing job, plus a 2-task MPI run from
 # jobscripts/ep-run.sbatch, waits (with a timeout), checks every run file and
-# the postprocessing output, and tears the cluster down by PID.
+# the postprocessing output; then submits the tiny study (fulcrum-sweep study
+# submit: each stage an array, the fit and the next stage a dependent job)
+# and waits for its final laws; tears the cluster down by PID.
 #
 #   sweep_slurm_test.sh SOURCE_DIR WORK_DIR FULCRUM_SWEEP FULCRUM_TRAIN [FULCRUM_FIT]
 #
@@ -149,6 +151,37 @@ else
     grep -q "trains on one rank only" "$ep_log" && echo "FAIL: fulcrum-train refuses 2 ranks (expert parallelism, issue 3, not in this build); the 2-task srun launch itself worked"
     echo "FAIL: MPI run over 2 tasks did not complete"; rc=1
 fi
+
+# ---- a whole study through Slurm (doc/studies.md, "Slurm"): `study submit`
+# submits stage 1's arrays and a dependent job; each such job fits, gates and
+# submits the next stage with another, the last writes the final laws.
+if [ -z "$FIT" ]; then
+    echo "FAIL: the study part needs fulcrum-fit (FULCRUM_ENABLE_FIT)"; rc=1
+elif [ ! -f "$SRC/data/default/train.tok" ]; then
+    echo "FAIL: no $SRC/data/default/train.tok: run scripts/prepare-default-data.sh first"; rc=1
+else
+    sed -e "s#\"data/default/#\"$SRC/data/default/#" -e "s#^dir = \"runs/studies/tiny\"#dir = \"$WORK/study\"#" \
+        "$SRC/input_decks/studies/tiny.toml" >study.toml
+    out=$("$SWEEP" study submit study.toml --throttle 4 --train "$TRAIN" --fit "$FIT" 2>&1) || { echo "$out"; fail "study submit"; }
+    echo "$out"
+    grep -q '^FULCRUM_STUDY_SUBMIT study=tiny stage=hparams arrays=[0-9,]* next=[0-9]*$' <<<"$out" || fail "study submit line"
+    deadline=$((SECONDS + ${FULCRUM_SLURM_STUDY_TIMEOUT:-480}))
+    # the chain keeps a job queued until the last one has written the final laws
+    while [ -n "$(squeue -h -o %i 2>/dev/null)" ]; do
+        if ((SECONDS > deadline)); then squeue; "$SWEEP" study status study.toml --brief; fail "study jobs still queued after ${FULCRUM_SLURM_STUDY_TIMEOUT:-480}s"; fi
+        sleep 1
+    done
+    st=$("$SWEEP" study status study.toml --brief)
+    echo "$st"
+    if [ "$(grep -c 'fitted, gate passed' <<<"$st")" = 3 ] && grep -q '^final laws .*: complete' <<<"$st" &&
+       grep -q '^\[el.joint\]' study/laws.toml && [ -f study/windtunnel/windtunnel.txt ]; then
+        ok "tiny study through Slurm: 3 stages chained by dependent jobs, final laws with the EL joint law, wind tunnel ($((SECONDS - T0)) s)"
+    else
+        echo "FAIL: the study did not complete through Slurm"; tail -n 20 study/slurm/logs/*.out; rc=1
+    fi
+    [ "$(grep -c ',completed,' study/runs.csv)" = 34 ] || { echo "FAIL: study/runs.csv: expected 34 completed runs"; rc=1; }
+fi
+
 echo "total $((SECONDS - T0)) s"
 [ $rc = 0 ] && echo "PASSED" || echo "FAILED"
 exit $rc
