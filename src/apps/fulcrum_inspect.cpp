@@ -110,8 +110,14 @@ void curve_plot(const std::string& png, const std::vector<std::vector<double>>& 
   for (std::size_t i = 0; i < xs.size(); ++i) {
     plcol0(2 + (int)(i % 4));
     plwidth(2);
-    if (xs[i].size() >= 2) plline((PLINT)xs[i].size(), xs[i].data(), ys[i].data());
-    if (xs[i].size() < 30) plpoin((PLINT)xs[i].size(), xs[i].data(), ys[i].data(), 17);
+    // a few points (e.g. evaluations only at the start and the end) are
+    // markers: a line between them would draw a curve nobody measured
+    if (xs[i].size() >= 5) plline((PLINT)xs[i].size(), xs[i].data(), ys[i].data());
+    if (xs[i].size() < 30) {
+      plssym(0, xs[i].size() < 5 ? 1.5 : 1.0);
+      plpoin((PLINT)xs[i].size(), xs[i].data(), ys[i].data(), xs[i].size() < 5 ? 4 : 17);
+      plssym(0, 1.0);
+    }
     plwidth(1);
     plschr(0, 0.7);
     plmtex("rv", -12.0, 0.95 - 0.05 * i, 0.0, names[i].c_str());
@@ -141,7 +147,9 @@ void heatmap(const std::string& png, const Routing& r, std::size_t l) {
   plspal1("cmap1_blue_red.pal", 1);
   plimage(rows.data(), (PLINT)S, (PLINT)E, x0, x1, 0, (double)E, 0.0, zmax, x0, x1, 0, (double)E);
   plcol0(1);
-  plbox("bcnst", 0, 0, "bcnst", 1, 0);
+  double expert_tick = 1;  // at most about 10 expert labels (32 labels overlapped)
+  while (E / expert_tick > 10) expert_tick *= 2;
+  plbox("bcnst", 0, 0, "bcnst", expert_tick, 0);
   const std::string t = "expert load / mean load, MoE layer " + std::to_string((int)r.layer_index[l]) +
                         " (0 .. " + std::to_string(zmax).substr(0, 4) + ")";
   pllab("step", "expert", t.c_str());
