@@ -47,8 +47,6 @@ std::string join(const std::vector<std::string>& v) {
 
 }  // namespace
 
-std::vector<std::string> gemm_backend_names() { return {"kokkos", "onednn", "cublas"}; }
-
 std::vector<std::string> available_gemm_backends() {
   std::vector<std::string> out{"kokkos"};
 #ifdef FULCRUM_HAVE_ONEDNN
@@ -122,7 +120,7 @@ GemmChoice resolve_gemm(const std::string& backend, const std::string& precision
                                 "); use precision = \"auto\" or \"fp32\"");
     c.precision = Precision::bf16;
   } else {
-    throw GemmConfigError("train.precision", "'" + precision + "' is not a precision (valid: auto, fp32, bf16)");
+    throw GemmConfigError("train.precision", "'" + precision + "' is not a precision (valid: " + join(precision_names()) + ")");
   }
   return c;
 }

@@ -75,8 +75,13 @@ struct GemmChoice {
   std::string requested_precision;  // the deck's string ("auto" allowed)
 };
 
-// Every backend name the registry knows, compiled in or not (for messages).
-std::vector<std::string> gemm_backend_names();
+// Every backend name the registry knows, compiled in or not (for messages and
+// the deck schema's allowed values of train.gemm_backend, besides "auto").
+// Inline: the deck reader (no Kokkos) reads the registry's own list.
+inline std::vector<std::string> gemm_backend_names() { return {"kokkos", "onednn", "cublas"}; }
+// The deck spellings of a precision that resolve_gemm() accepts ("auto":
+// bf16 where the backend has native bf16, else fp32).
+inline std::vector<std::string> precision_names() { return {"auto", "fp32", "bf16"}; }
 // The backends compiled into this build.
 std::vector<std::string> available_gemm_backends();
 // The instruction set the host matrix products can use, e.g.

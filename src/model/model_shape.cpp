@@ -1,5 +1,7 @@
 #include "model/model_shape.hpp"
 
+#include <algorithm>
+
 namespace fulcrum {
 
 ModelShape model_shape_from_config(const RunConfig& config) {
@@ -27,9 +29,12 @@ ModelShape model_shape_from_config(const RunConfig& config) {
     s.capacity_factor = e.capacity_factor;
     s.aux_loss_coef = e.aux_loss_coef;
     s.z_loss_coef = e.z_loss_coef;
-    s.sigmoid_scores = e.score_function == "sigmoid";
+    s.sigmoid_scores = e.score_function == score_function_names()[1];
     s.route_scale = e.route_scale;
-    s.balance_scope = e.balance_loss_scope == "sequence" ? 1 : e.balance_loss_scope == "global" ? 2 : 0;
+    // The deck reader admits only these names; anything else is the default scope.
+    const auto& scopes = balance_loss_scope_names();
+    const auto scope = std::find(scopes.begin(), scopes.end(), e.balance_loss_scope);
+    s.balance_scope = scope == scopes.end() ? 0 : static_cast<int>(scope - scopes.begin());
     s.bias_balancing = e.bias_balancing;
     s.bias_update_rate = e.bias_update_rate;
   }

@@ -10,6 +10,19 @@
 
 namespace fulcrum {
 
+// The router's score functions and balance-loss scopes by deck name
+// ([moe] score_function, balance_loss_scope); model_shape_from_config maps
+// them to ModelShape codes, and the deck schema takes its allowed values
+// from here.
+inline const std::vector<std::string>& score_function_names() {
+  static const std::vector<std::string> names = {"softmax", "sigmoid"};
+  return names;
+}
+inline const std::vector<std::string>& balance_loss_scope_names() {  // index = ModelShape::balance_scope
+  static const std::vector<std::string> names = {"micro_batch", "sequence", "global"};
+  return names;
+}
+
 struct ModelShape {
   int vocab_size = 0;   // V
   int d_model = 0;      // C
@@ -33,9 +46,9 @@ struct ModelShape {
   double aux_loss_coef = 0.0;
   double z_loss_coef = 0.0;
   // Routing options (doc/model.md "Routing options"); defaults: the paper's recipe.
-  bool sigmoid_scores = false;        // score_function = "sigmoid"
+  bool sigmoid_scores = false;        // score_function = "sigmoid" (score_function_names()[1])
   double route_scale = 1.0;           // combine weights x route_scale
-  int balance_scope = 0;              // 0 micro_batch, 1 sequence, 2 global (RouterOptions::Scope)
+  int balance_scope = 0;              // index into balance_loss_scope_names() (RouterOptions::Scope)
   bool bias_balancing = false;        // aux-loss-free balancing bias
   double bias_update_rate = 1e-3;     // u
 

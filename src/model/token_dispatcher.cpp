@@ -10,11 +10,14 @@
 namespace fulcrum {
 
 std::vector<std::string> token_dispatcher_names() {
-  return {"local", "mpi_alltoall"
-#ifdef FULCRUM_HAVE_NCCL
-          , "nccl"
+  std::vector<std::string> built;
+  for (const auto& name : known_token_dispatcher_names()) {
+#ifndef FULCRUM_HAVE_NCCL
+    if (name == "nccl") continue;
 #endif
-  };
+    built.push_back(name);
+  }
+  return built;
 }
 
 template <class T>

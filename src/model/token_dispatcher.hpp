@@ -15,6 +15,7 @@
 #include <mpi.h>
 
 #include "model/kokkos_types.hpp"
+#include "model/token_dispatcher_names.hpp"
 
 namespace fulcrum {
 
@@ -196,6 +197,7 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
 // Registry of dispatchers keyed by the deck string [parallel] dispatcher:
 // "local" (EP = 1), "mpi_alltoall", and "nccl" in builds with NCCL. An
 // unknown name throws std::invalid_argument listing the valid ones.
+// The dispatchers of known_token_dispatcher_names() compiled into this build.
 std::vector<std::string> token_dispatcher_names();
 
 template <class T>

@@ -6,8 +6,6 @@
 
 namespace fulcrum {
 
-std::vector<std::string> lr_schedule_names() { return {"wsd", "cosine"}; }
-
 std::int64_t LrSchedule::warmup_steps() const {
   return std::llround(warmup_fraction * static_cast<double>(total_steps));
 }
@@ -33,7 +31,9 @@ double LrSchedule::at(std::int64_t step) const {
     const double floor = final_fraction * peak;
     return floor + (peak - floor) * 0.5 * (1.0 + std::cos(3.141592653589793 * progress));
   }
-  throw std::invalid_argument("unknown lr_schedule '" + kind + "' (valid: wsd, cosine)");
+  std::string valid;
+  for (const auto& n : lr_schedule_names()) valid += (valid.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("unknown lr_schedule '" + kind + "' (valid: " + valid + ")");
 }
 
 }  // namespace fulcrum

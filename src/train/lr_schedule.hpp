@@ -21,6 +21,8 @@ struct LrSchedule {
   double at(std::int64_t step) const;
 };
 
-std::vector<std::string> lr_schedule_names();
+// The schedules LrSchedule::at implements, by [train] lr_schedule name.
+// Inline: the deck reader (no Kokkos) takes its allowed values from here.
+inline std::vector<std::string> lr_schedule_names() { return {"wsd", "cosine"}; }
 
 }  // namespace fulcrum
