@@ -1,0 +1,110 @@
+// deck_schema.hpp: the one description of the input deck. Every key with its
+// section, type, default (read from a default-constructed RunConfig), range,
+// allowed values (from the registries that implement them), whether it is a
+// path, and a one-line doc; and the cross-key rules as data (keys, predicate,
+// message). The reader (deck_reader.cpp), the resolved-deck writer
+// (deck_writer.cpp), `fulcrum-train --describe-keys`, doc/input-decks.md's key
+// tables, the deck fuzz test and the sweep planner all read this table.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "config/run_config.hpp"
+
+namespace fulcrum {
+
+// Weights: a table of group name -> number (data.weights).
+enum class KeyType { Integer, Float, String, Boolean, Weights };
+
+// A key's value, whatever its type.
+struct KeyValue {
+  KeyType type = KeyType::Integer;
+  std::int64_t integer = 0;
+  double number = 0.0;
+  std::string text;
+  bool boolean = false;
+  std::map<std::string, double> weights;
+};
+
+// An interval of numbers; open ends exclude the bound.
+struct NumberRange {
+  double lo = -std::numeric_limits<double>::infinity();
+  double hi = std::numeric_limits<double>::infinity();
+  bool lo_open = false, hi_open = false;
+  bool contains(double x) const {
+    return (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi);
+  }
+};
+
+// data.weights limits (the corpus builder allows 1-64 characters of
+// a-z 0-9 _ -; the trainer checks the names against the manifest).
+inline constexpr std::size_t kMaxWeightGroups = 64;
+inline constexpr std::size_t kMaxGroupNameBytes = 64;
+
+struct KeySpec {
+  std::string section;
+  std::string name;          // deck spelling
+  std::string field;         // RunConfig field name when it differs (suggested for it)
+  KeyType type = KeyType::Integer;
+  std::int64_t int_min = 0, int_max = 0;   // Integer
+  NumberRange range;                       // Float; Weights: each weight
+  bool zero_allowed = false;               // Float: 0 is allowed besides the range (0 = off)
+  std::vector<std::string> allowed;        // String: the registry's names; empty = a name or path
+  bool is_path = false;                    // a file or directory (made absolute by the sweep planner)
+  std::string requirement;                 // "" = has a default; else when it is required (docs)
+  bool written_at_default = true;          // false: the resolved deck leaves it out while at its default
+  std::string doc;                         // one line
+  std::function<void(RunConfig&, const KeyValue&)> set;
+  std::function<KeyValue(const RunConfig&)> get;
+
+  std::string dotted() const { return section + "." + name; }
+  // "in [1, 1024]", ">= 1", "0 or in [1, 1000]": the range in messages.
+  std::string range_text() const;
+  // The error for a value of the right type, "" if it is valid; `written`
+  // (the value as the deck wrote it) is quoted for an out-of-range float.
+  std::string value_error(const KeyValue& v, const std::string& written = "") const;
+  // Weights: the error for one group (its name, its weight), "" if valid.
+  std::string weight_error(const std::string& group, double weight, const std::string& written = "") const;
+};
+
+// Sections in deck order.
+const std::vector<std::string>& deck_sections();
+// Every key, in section order then deck order.
+const std::vector<KeySpec>& deck_keys();
+const KeySpec* find_deck_key(const std::string& section, const std::string& name);
+const KeySpec* find_deck_key(const std::string& dotted);
+std::vector<std::string> deck_key_names(const std::string& section);
+
+// A rule between keys, checked after every key and override is applied.
+struct CrossKeyRule {
+  std::vector<std::string> keys;  // dotted; an error names the first the deck gave
+  std::function<bool(const RunConfig&)> holds;
+  std::function<std::string(const RunConfig&)> message;  // why it does not hold
+  std::string doc;                // one line (markdown)
+};
+const std::vector<CrossKeyRule>& cross_key_rules();
+// The first rule `config` breaks, nullptr if none.
+const CrossKeyRule* first_broken_rule(const RunConfig& config);
+
+// Text of values as the resolved deck writes them.
+std::string toml_value_text(const KeySpec& key, const KeyValue& value);
+// Shortest text that reads back as the same double, in TOML float syntax.
+std::string shortest_double_text(double d);
+// A TOML basic string: quotes, backslashes and every control character escaped.
+std::string toml_quoted(const std::string& s);
+// A TOML key: bare where TOML allows it, else quoted.
+std::string toml_key_text(const std::string& name);
+
+// doc/input-decks.md's generated part (the key tables and the cross-key
+// rules) in markdown, and the markers around it in the doc.
+std::string deck_keys_markdown();
+inline constexpr const char* kGeneratedDocBegin =
+    "<!-- BEGIN generated by `fulcrum-deck-doc` from src/deck/deck_schema.cpp: do not edit -->";
+inline constexpr const char* kGeneratedDocEnd = "<!-- END generated -->";
+
+}  // namespace fulcrum
