@@ -229,9 +229,13 @@ void check_run_inputs(const LoadedDeck& deck, int world_size, bool resuming) {
   if (world_size % ep != 0)
     throw deck.error("parallel.expert_parallel", "is " + std::to_string(ep) + ", which does not divide the " +
                                                      std::to_string(world_size) + " launched ranks");
-  if (c.moe.enabled && c.moe.num_experts % ep != 0)
-    throw deck.error("parallel.expert_parallel", "is " + std::to_string(ep) + ", which does not divide " +
-                                                     "num_experts = " + std::to_string(c.moe.num_experts));
+  {
+    // The deck schema's cross-key rules (EP against num_experts, the world
+    // size and the dispatcher), on the world size this job was launched with.
+    RunConfig launched = c;
+    launched.parallel.world_size = world_size;
+    check_cross_key_rules(deck, launched);
+  }
   {
     const auto valid = token_dispatcher_names();
     if (std::find(valid.begin(), valid.end(), c.parallel.dispatcher) == valid.end()) {
@@ -241,8 +245,6 @@ void check_run_inputs(const LoadedDeck& deck, int world_size, bool resuming) {
                                                   list + ")");
     }
   }
-  if (ep > 1 && c.parallel.dispatcher == "local")
-    throw deck.error("parallel.dispatcher", "is 'local', which needs expert_parallel = 1; use mpi_alltoall");
   try {
     (void)resolve_gemm(c.train.gemm_backend, c.train.precision);
   } catch (const GemmConfigError& e) {
