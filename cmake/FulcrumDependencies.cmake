@@ -8,13 +8,27 @@ target_include_directories(fulcrum_hdf5 INTERFACE ${HDF5_INCLUDE_DIRS})
 target_link_libraries(fulcrum_hdf5 INTERFACE ${HDF5_HL_LIBRARIES} ${HDF5_LIBRARIES})
 target_compile_definitions(fulcrum_hdf5 INTERFACE ${HDF5_DEFINITIONS})
 
-# toml11 (libtoml11-dev, header-only) and CLI11 (libcli11-dev, header-only)
-find_package(toml11 QUIET)
+# toml11 (libtoml11-dev, header-only) and CLI11 (libcli11-dev, header-only).
+# toml11 3.x from 3.7 (Debian 12: 3.7.1): the deck reader relies on 3.7's
+# API, error texts and integer parsing (src/deck/toml_input.hpp); toml11 4
+# changed all three and is not supported.
+find_package(toml11 3.7 QUIET)
 if(NOT toml11_FOUND)
   find_path(TOML11_INCLUDE_DIR toml.hpp REQUIRED)
+  file(STRINGS ${TOML11_INCLUDE_DIR}/toml.hpp _toml11_version_lines REGEX "define TOML11_VERSION_(MAJOR|MINOR)")
+  string(REGEX MATCH "MAJOR ([0-9]+)" _m "${_toml11_version_lines}")
+  set(_toml11_major ${CMAKE_MATCH_1})
+  string(REGEX MATCH "MINOR ([0-9]+)" _m "${_toml11_version_lines}")
+  set(_toml11_minor ${CMAKE_MATCH_1})
+  if(NOT _toml11_major STREQUAL "3" OR _toml11_minor LESS 7)
+    message(FATAL_ERROR "toml11 3.7 or a later 3.x is required (found '${_toml11_major}.${_toml11_minor}' in "
+                        "${TOML11_INCLUDE_DIR}; Debian: apt-get install libtoml11-dev)")
+  endif()
+  set(toml11_VERSION ${_toml11_major}.${_toml11_minor})
   add_library(toml11::toml11 INTERFACE IMPORTED)
   target_include_directories(toml11::toml11 INTERFACE ${TOML11_INCLUDE_DIR})
 endif()
+message(STATUS "toml11 ${toml11_VERSION} (3.x from 3.7 required)")
 find_package(CLI11 QUIET)
 if(NOT CLI11_FOUND)
   find_path(CLI11_INCLUDE_DIR CLI/CLI.hpp REQUIRED)

@@ -1,6 +1,7 @@
 // fulcrum-train: trains one dense or MoE model from an input deck.
 //
 //   fulcrum-train DECK [--set section.key=value]... [--describe] [--quiet] [--resume]
+//   fulcrum-train --describe-keys markdown   (every deck key, from the deck schema)
 //   fulcrum-train RUN.h5 --set output.dir=...   (re-run the deck stored in a run file)
 //
 // Exit codes: 0 completed, 1 failed, 2 bad input (deck, data, command line),
@@ -13,6 +14,7 @@
 #include <cstdio>
 
 #include "deck/deck_reader.hpp"
+#include "deck/deck_schema.hpp"
 #include "io/run_file.hpp"
 #include "fulcrum_version.hpp"
 #include "train/run_plan.hpp"
@@ -43,11 +45,15 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   CLI::App app{"fulcrum-train: train a dense or MoE transformer from an input deck"};
   std::string deck_path;
   std::vector<std::string> overrides;
+  std::string describe_keys;
   bool describe = false, quiet = false, resume = false;
   app.add_option("deck", deck_path,
                  "input deck (TOML, see doc/input-decks.md), or a run file (*.h5) to re-run the "
-                 "resolved deck stored in it")
-      ->required();
+                 "resolved deck stored in it");
+  app.add_option("--describe-keys", describe_keys,
+                 "print every deck key (type, default, range, meaning) and the cross-key rules "
+                 "from the deck schema, as the tables of doc/input-decks.md, and exit")
+      ->check(CLI::IsMember({"markdown"}));
   app.add_option("--set", overrides, "override a deck key: section.key=value (TOML value)");
   app.add_flag("--describe", describe, "print parameter counts, FLOPs per token, A, G, S and exit");
   app.add_flag("--quiet", quiet, "no progress lines");
@@ -61,6 +67,14 @@ int run(int argc, char** argv, int world_rank, int world_size) {
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : fulcrum::kExitBadInput;
+  }
+  if (!describe_keys.empty()) {
+    if (world_rank == 0) std::fputs(fulcrum::deck_keys_markdown().c_str(), stdout);
+    return fulcrum::kExitCompleted;
+  }
+  if (deck_path.empty()) {
+    if (world_rank == 0) std::fprintf(stderr, "deck is required\nRun with --help for more information.\n");
+    return fulcrum::kExitBadInput;
   }
   try {
     const fulcrum::LoadedDeck deck = load_deck_or_run_file(deck_path, overrides, world_rank);

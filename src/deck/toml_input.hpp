@@ -13,6 +13,9 @@
 #include <toml.hpp>
 
 #include <cstdint>
+
+static_assert(TOML11_VERSION_MAJOR == 3 && TOML11_VERSION_MINOR >= 7,
+              "the deck reader needs toml11 3.x from 3.7 (cmake/FulcrumDependencies.cmake)");
 #include <string>
 
 namespace fulcrum {

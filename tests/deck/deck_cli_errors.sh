@@ -69,6 +69,17 @@ check kv_heads      "deck.toml:9:"  "[model] n_kv_heads:"   ""           ""     
 check bad_enum      "deck.toml:15:" "[train] lr_schedule:"  ""           'lr_schedule = "linear"'   4 2
 check bad_override  "--set:"        "[model] n_heads:"      ""           ""                         4 2 --set model.n_heads=3
 
+# --describe-keys prints the schema's key tables: every section, and the
+# allowed values of a registry-backed key.
+keys=$("$bin" --describe-keys markdown 2>&1)
+rc=$?
+if [[ $rc -ne 0 || "$keys" != *"### [parallel]"* || "$keys" != *'`mpi_alltoall`'* || "$keys" != *"### Cross-key rules"* ]]; then
+  echo "FAIL describe_keys: exit code $rc; output: ${keys:0:300}"
+  failures=$((failures + 1))
+else
+  echo "ok   describe_keys: $(printf '%s\n' "$keys" | grep -c '^| `') key rows"
+fi
+
 if [[ $failures -ne 0 ]]; then
   echo "$failures case(s) failed"
   exit 1
