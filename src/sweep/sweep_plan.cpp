@@ -14,12 +14,19 @@
 #include <toml.hpp>
 
 #include "deck/deck_reader.hpp"
+#include "deck/deck_schema.hpp"
+#include "deck/toml_input.hpp"
 #include "model/model_shape.hpp"
 #include "sweep/sweep_manifest.hpp"
 
 namespace fs = std::filesystem;
 
 namespace fulcrum::sweep {
+
+using fulcrum::DeckError;
+using fulcrum::DeckLayer;
+using fulcrum::DeckSetting;
+using fulcrum::LoadedDeck;
 
 double PowerLaw::operator()(double C) const { return k * std::pow(C, a); }
 
@@ -50,19 +57,6 @@ std::string id_num(double x) {
   return out;
 }
 
-// TOML text of a value (what a --set override takes, and the right-hand side
-// of a key in a deck): toml11's own serialiser, on one line (infinite width:
-// strings are single-line basic strings with every control character
-// escaped, tables are inline tables), floats with 17 significant digits.
-std::string toml_text(const toml::value& v) {
-  return toml::visit(toml::serializer<toml::value>((std::numeric_limits<std::size_t>::max)(),
-                                                   std::numeric_limits<double>::max_digits10,
-                                                   /*can_be_inlined=*/true, /*no_comment=*/true),
-                     v);
-}
-std::string int_text(long long x) { return std::to_string(x); }
-std::string float_text(double x) { return toml_text(toml::value(x)); }
-std::string str_text(const std::string& x) { return toml_text(toml::value(x)); }
 
 std::string id_value(const toml::value& v) {
   if (v.is_integer()) return std::to_string(v.as_integer());
@@ -76,19 +70,27 @@ std::string id_value(const toml::value& v) {
   return "x";
 }
 
+// A number of a laws table (a laws file or [sweep.laws]), its errors located
+// in the file the value was read from.
 double as_number(const toml::value& v, const std::string& what) {
   if (v.is_integer()) return static_cast<double>(v.as_integer());
   if (v.is_floating()) return v.as_floating();
-  throw SweepError(what + ": expected a number");
+  throw SweepError(fulcrum::format_message(v.location().file_name(), line_of(v), "",
+                                           what + ": wrong type: expected a number, got " + toml_type_with_text(v)));
 }
 
-// Flattens nested tables into dotted keys ("train" = {lr = [..]} -> "train.lr").
+// Flattens nested tables into dotted keys ("train" = {lr = [..]} -> "train.lr"),
+// in key order, pointing into the parsed deck (whose values keep their lines).
 void flatten(const toml::value& t, const std::string& prefix,
-             std::map<std::string, toml::value>& out) {
-  for (const auto& [k, v] : t.as_table()) {
+             std::vector<std::pair<std::string, const toml::value*>>& out) {
+  std::vector<std::string> keys;
+  for (const auto& kv : t.as_table()) keys.push_back(kv.first);
+  std::sort(keys.begin(), keys.end());
+  for (const auto& k : keys) {
+    const toml::value& v = t.at(k);
     const std::string key = prefix.empty() ? k : prefix + "." + k;
     if (v.is_table()) flatten(v, key, out);
-    else out[key] = v;
+    else out.emplace_back(key, &v);
   }
 }
 
@@ -119,8 +121,16 @@ Laws laws_from_table(const toml::value& root, const std::string& source) {
 }
 
 // ------------------------------------------------------------------ sweep spec
-struct Axis {                       // one list-valued dimension of the plan
-  std::string name;                 // id prefix
+// A sweep deck is read by the deck machinery (src/deck): parsed with the
+// input decks' limits and located syntax errors, its deck sections read as a
+// layer over the base deck, grid values applied as settings located where they
+// were written; every error names file, line and key.
+
+struct GridAxis {
+  std::string key;                  // dotted deck key
+  std::vector<toml::value> values;  // final values (log2_grid already raised)
+  std::vector<int> lines;           // where each value was written
+  std::string label;                // id prefix
   std::vector<std::string> labels;  // id value per entry
 };
 
@@ -128,7 +138,7 @@ struct Spec {
   std::string path;
   std::string name;
   std::string dir;
-  std::string base_text;            // merged base + inline sections, as TOML
+  std::vector<DeckLayer> layers;    // the base deck, then the sweep deck's own sections
   int ranks = 0;
   // IsoFLOP
   std::vector<double> budgets;
@@ -139,43 +149,58 @@ struct Spec {
   std::vector<int> act_E;           // activation: E values
   std::vector<double> gran_G;       // granularity: G values
   std::vector<int> shared_Es;       // shared: E_s values
-  // grids
-  std::vector<std::pair<std::string, std::vector<toml::value>>> grid;  // key -> values (already final)
-  std::vector<std::pair<std::string, std::vector<std::string>>> grid_labels;
+  std::vector<GridAxis> grid;       // ordered by key
   std::set<std::string> grid_keys;
   double token_multiplier = 0;
   std::optional<Laws> laws;
+  // Lines of the [sweep] keys that planned values come from (0: none).
+  int line_name = 0, line_dir = 0, line_budgets = 0, line_ladder = 0, line_act = 0, line_gran = 0,
+      line_shared = 0, line_laws = 0, line_multiplier = 0;
 };
 
-[[noreturn]] void fail(const Spec& s, const std::string& msg) {
-  throw SweepError(s.path + ": " + msg);
+[[noreturn]] void bad(const std::string& file, int line, const std::string& key, const std::string& msg) {
+  throw SweepError(fulcrum::format_message(file, line, key, msg));
+}
+// An error about value `at` of the sweep deck, keyed "sweep.<key>".
+[[noreturn]] void bad(const Spec& s, const toml::value& at, const std::string& key, const std::string& msg) {
+  bad(s.path, line_of(at), key, msg);
 }
 
-const std::set<std::string> kSweepKeys = {
+const std::vector<std::string> kSweepKeys = {
     "name", "base", "dir", "ranks", "laws", "token_multiplier", "grid", "log2_grid",
     "isoflop", "activation", "granularity", "shared", "budget_tolerance"};
 
-std::string serialize_sections(const std::map<std::string, std::map<std::string, toml::value>>& secs) {
-  std::ostringstream o;
-  for (const auto& [sec, keys] : secs) {
-    o << "[" << toml::format_key(sec) << "]\n";
-    for (const auto& [k, v] : keys) o << toml::format_key(k) << " = " << toml_text(v) << "\n";
-  }
-  return o.str();
+void known_keys(const Spec& s, const toml::value& t, const std::vector<std::string>& allowed,
+                const std::string& prefix) {
+  for (const auto& [k, v] : t.as_table())
+    if (std::find(allowed.begin(), allowed.end(), k) == allowed.end())
+      bad(s, v, prefix + k, fulcrum::unknown_name_message("key", k, allowed));
+}
+
+double number(const Spec& s, const toml::value& v, const std::string& key) {
+  if (v.is_floating()) return v.as_floating();
+  std::int64_t i = 0;
+  if (!v.is_integer()) bad(s, v, key, "wrong type: expected a number, got " + toml_type_with_text(v));
+  if (!exact_integer(v, &i)) bad(s, v, key, "integer " + written_text(v) + " does not fit in 64 bits");
+  return static_cast<double>(i);
 }
 
 template <class T>
-std::vector<T> number_list(const Spec& s, const toml::value& t, const std::string& key,
-                           bool integers) {
+std::vector<T> number_list(const Spec& s, const toml::value& t, const std::string& key, const std::string& dotted,
+                           bool integers, int* line) {
   std::vector<T> out;
   if (!t.contains(key)) return out;
   const auto& v = t.at(key);
-  if (!v.is_array()) fail(s, "[sweep] " + key + ": expected an array");
+  *line = line_of(v);
+  if (!v.is_array()) bad(s, v, dotted, "wrong type: expected an array of numbers, got " + toml_type_with_text(v));
   for (const auto& e : v.as_array()) {
-    if (integers && !e.is_integer()) fail(s, "[sweep] " + key + ": expected integers");
-    out.push_back(static_cast<T>(as_number(e, "[sweep] " + key)));
+    if (integers && !e.is_integer())
+      bad(s, e, dotted, "wrong type: expected integers, got " + toml_type_with_text(e));
+    const double x = number(s, e, dotted);
+    if (integers && (x < 1 || x > (1 << 30))) bad(s, e, dotted, "out of range: " + written_text(e) + "; must be in [1, 2^30]");
+    out.push_back(static_cast<T>(x));
   }
-  if (out.empty()) fail(s, "[sweep] " + key + ": empty list");
+  if (out.empty()) bad(s, v, dotted, "empty list");
   return out;
 }
 
@@ -184,159 +209,195 @@ Spec parse_spec(const std::string& text, const std::string& path, const PlanOpti
   s.path = path;
   toml::value root;
   try {
-    std::istringstream is(text);
-    root = toml::parse(is, path);
-  } catch (const std::exception& e) {
-    throw SweepError(path + ": TOML syntax error: " + std::string(e.what()));
+    root = parse_toml_deck(text, path);
+  } catch (const DeckError& e) {
+    throw SweepError(e.what());
   }
-  if (!root.contains("sweep") || !root.at("sweep").is_table())
-    fail(s, "no [sweep] section (doc/sweeps.md)");
+  if (!root.contains("sweep")) bad(path, 0, "sweep", "missing section: a sweep deck needs a [sweep] section (doc/sweeps.md)");
   const auto& sw = root.at("sweep");
-  for (const auto& [k, v] : sw.as_table()) {
-    (void)v;
-    if (!kSweepKeys.count(k)) {
-      std::vector<std::string> cands(kSweepKeys.begin(), kSweepKeys.end());
-      const std::string near = nearest_name(k, cands);
-      fail(s, "[sweep] " + k + ": unknown key" + (near.empty() ? "" : "; did you mean '" + near + "'?"));
-    }
-  }
-  auto get_str = [&](const char* k, const std::string& dflt) {
+  if (!sw.is_table()) bad(s, sw, "sweep", "expected a section (table), got " + toml_type_with_text(sw));
+  known_keys(s, sw, kSweepKeys, "sweep.");
+  auto get_str = [&](const char* k, const std::string& dflt, int* line) {
     if (!sw.contains(k)) return dflt;
-    if (!sw.at(k).is_string()) fail(s, std::string("[sweep] ") + k + ": expected a string");
-    return std::string(sw.at(k).as_string());
+    const auto& v = sw.at(k);
+    *line = line_of(v);
+    if (!v.is_string()) bad(s, v, std::string("sweep.") + k, "wrong type: expected a string, got " + toml_type_with_text(v));
+    return std::string(v.as_string());
   };
-  s.name = get_str("name", fs::path(path).stem().string());
-  if (s.name.empty()) fail(s, "[sweep] name: empty");
+  s.name = get_str("name", fs::path(path).stem().string(), &s.line_name);
+  if (s.name.empty()) bad(path, s.line_name, "sweep.name", "must not be empty");
   for (char c : s.name)
     if (!(std::isalnum((unsigned char)c) || c == '-' || c == '_' || c == '.'))
-      fail(s, "[sweep] name: '" + s.name + "' may contain only letters, digits, '-', '_', '.'");
-  s.dir = opt.dir.empty() ? get_str("dir", "runs/sweeps/" + s.name) : opt.dir;
+      bad(path, s.line_name, "sweep.name", "'" + fulcrum::excerpt(s.name) + "' may contain only letters, digits, '-', '_', '.'");
+  s.dir = opt.dir.empty() ? get_str("dir", "runs/sweeps/" + s.name, &s.line_dir) : opt.dir;
   if (sw.contains("ranks")) {
-    if (!sw.at("ranks").is_integer() || sw.at("ranks").as_integer() < 1)
-      fail(s, "[sweep] ranks: expected an integer >= 1");
-    s.ranks = static_cast<int>(sw.at("ranks").as_integer());
+    const auto& v = sw.at("ranks");
+    std::int64_t r = 0;
+    if (!v.is_integer()) bad(s, v, "sweep.ranks", "wrong type: expected an integer, got " + toml_type_with_text(v));
+    if (!exact_integer(v, &r) || r < 1 || r > (1 << 20)) bad(s, v, "sweep.ranks", "out of range: " + written_text(v) + "; must be in [1, 1048576]");
+    s.ranks = static_cast<int>(r);
   }
-  if (sw.contains("budget_tolerance")) s.tolerance = as_number(sw.at("budget_tolerance"), "[sweep] budget_tolerance");
+  if (sw.contains("budget_tolerance")) {
+    s.tolerance = number(s, sw.at("budget_tolerance"), "sweep.budget_tolerance");
+    if (!(s.tolerance > 0 && s.tolerance < 1))
+      bad(s, sw.at("budget_tolerance"), "sweep.budget_tolerance", "out of range: " + written_text(sw.at("budget_tolerance")) + "; must be in (0, 1)");
+  }
   if (sw.contains("token_multiplier")) {
-    s.token_multiplier = as_number(sw.at("token_multiplier"), "[sweep] token_multiplier");
-    if (!(s.token_multiplier > 0)) fail(s, "[sweep] token_multiplier: must be > 0");
+    const auto& v = sw.at("token_multiplier");
+    s.line_multiplier = line_of(v);
+    s.token_multiplier = number(s, v, "sweep.token_multiplier");
+    if (!(s.token_multiplier > 0 && std::isfinite(s.token_multiplier)))
+      bad(s, v, "sweep.token_multiplier", "out of range: " + written_text(v) + "; must be > 0");
   }
 
-  // ---- base deck: base file, then the sweep deck's own sections on top
-  std::map<std::string, std::map<std::string, toml::value>> secs;
-  const std::string base = get_str("base", "");
+  // ---- the deck: the base file, then the sweep deck's own sections on top
+  int line_base = 0;
+  const std::string base = get_str("base", "", &line_base);
   if (!base.empty()) {
-    toml::value b;
+    std::ifstream in(base, std::ios::binary);
+    if (!in) bad(path, line_base, "sweep.base", "cannot read base deck '" + fulcrum::excerpt(base) + "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
     try {
-      b = toml::parse(base);
-    } catch (const std::exception& e) {
-      fail(s, "[sweep] base: cannot read base deck '" + base + "': " + e.what());
-    }
-    for (const auto& [sec, t] : b.as_table()) {
-      if (!t.is_table()) fail(s, "[sweep] base: '" + base + "': key '" + sec + "' outside a section");
-      auto& m = secs[sec];
-      for (const auto& [k, v] : t.as_table()) m[k] = v;
+      s.layers.push_back(DeckLayer{parse_toml_deck(ss.str(), base), base, {}});
+    } catch (const DeckError& e) {
+      throw SweepError(e.what());  // located in the base deck
     }
   }
-  for (const auto& [sec, t] : root.as_table()) {
-    if (sec == "sweep") continue;
-    if (!t.is_table()) fail(s, "key '" + sec + "' outside a section");
-    auto& m = secs[sec];
-    for (const auto& [k, v] : t.as_table()) m[k] = v;
-  }
-  s.base_text = serialize_sections(secs);
+  s.layers.push_back(DeckLayer{root, path, {"sweep"}});
 
   // ---- laws
   if (sw.contains("laws")) {
     const auto& l = sw.at("laws");
-    if (l.is_string()) s.laws = read_laws_file(l.as_string());
-    else if (l.is_table()) s.laws = laws_from_table(l, "inline");
-    else fail(s, "[sweep] laws: expected a path or a table");
+    s.line_laws = line_of(l);
+    if (l.is_string()) {
+      try {
+        s.laws = read_laws_file(l.as_string());
+      } catch (const SweepError& e) {
+        bad(s, l, "sweep.laws", e.what());
+      }
+    } else if (l.is_table()) {
+      s.laws = laws_from_table(l, "inline");
+    } else {
+      bad(s, l, "sweep.laws", "wrong type: expected a path (string) or a table, got " + toml_type_with_text(l));
+    }
   }
 
-  // ---- IsoFLOP
-  if (sw.contains("isoflop")) {
-    const auto& t = sw.at("isoflop");
-    if (!t.is_table()) fail(s, "[sweep] isoflop: expected a table");
-    for (const auto& [k, v] : t.as_table()) {
-      (void)v;
-      if (k != "compute" && k != "d_model" && k != "n_layers" && k != "allocation")
-        fail(s, "[sweep.isoflop] " + k + ": unknown key (compute, d_model, n_layers, allocation)");
-    }
-    s.budgets = number_list<double>(s, t, "compute", false);
-    if (s.budgets.empty()) fail(s, "[sweep.isoflop] compute: required (list of budgets in FLOPs)");
-    for (double c : s.budgets)
-      if (!(c > 0)) fail(s, "[sweep.isoflop] compute: budgets must be > 0");
-    s.ladder_d = number_list<int>(s, t, "d_model", true);
-    s.ladder_L = number_list<int>(s, t, "n_layers", true);
-    if (!s.ladder_L.empty() && s.ladder_L.size() != s.ladder_d.size())
-      fail(s, "[sweep.isoflop] n_layers: must have as many entries as d_model");
-    if (t.contains("allocation")) {
-      if (!t.at("allocation").is_string() || t.at("allocation").as_string() != "laws")
-        fail(s, "[sweep.isoflop] allocation: the only value is \"laws\"");
-      if (!s.ladder_d.empty()) fail(s, "[sweep.isoflop] allocation = \"laws\" and a d_model ladder exclude each other");
-      if (!s.laws) fail(s, "[sweep.isoflop] allocation = \"laws\" needs [sweep] laws");
-      s.allocate_with_laws = true;
-    }
-    if (s.token_multiplier > 0) fail(s, "[sweep] token_multiplier and [sweep.isoflop] exclude each other (tokens = C / M)");
-  }
-  if (s.token_multiplier > 0 && !s.laws) fail(s, "[sweep] token_multiplier needs [sweep] laws (M_opt law)");
-
-  // ---- ablations
   auto table_of = [&](const char* k) -> const toml::value* {
     if (!sw.contains(k)) return nullptr;
-    if (!sw.at(k).is_table()) fail(s, std::string("[sweep] ") + k + ": expected a table");
-    return &sw.at(k);
+    const auto& v = sw.at(k);
+    if (!v.is_table()) bad(s, v, std::string("sweep.") + k, "wrong type: expected a table, got " + toml_type_with_text(v));
+    return &v;
   };
-  if (auto* t = table_of("activation")) s.act_E = number_list<int>(s, *t, "num_experts", true);
-  if (auto* t = table_of("granularity")) s.gran_G = number_list<double>(s, *t, "granularity", false);
-  if (auto* t = table_of("shared")) s.shared_Es = number_list<int>(s, *t, "num_shared_experts", true);
-  if (table_of("activation") && s.act_E.empty()) fail(s, "[sweep.activation] num_experts: required");
-  if (table_of("granularity") && s.gran_G.empty()) fail(s, "[sweep.granularity] granularity: required");
-  if (table_of("shared") && s.shared_Es.empty()) fail(s, "[sweep.shared] num_shared_experts: required");
+  // ---- IsoFLOP
+  if (const toml::value* t = table_of("isoflop")) {
+    known_keys(s, *t, {"compute", "d_model", "n_layers", "allocation"}, "sweep.isoflop.");
+    s.budgets = number_list<double>(s, *t, "compute", "sweep.isoflop.compute", false, &s.line_budgets);
+    if (s.budgets.empty()) bad(s, *t, "sweep.isoflop.compute", "missing required key (list of budgets in FLOPs)");
+    for (const auto& c : t->at("compute").as_array())
+      if (!(number(s, c, "sweep.isoflop.compute") > 0 && number(s, c, "sweep.isoflop.compute") <= 1e30))
+        bad(s, c, "sweep.isoflop.compute", "out of range: " + written_text(c) + "; budgets must be in (0, 1e30]");
+    s.ladder_d = number_list<int>(s, *t, "d_model", "sweep.isoflop.d_model", true, &s.line_ladder);
+    int line_layers = 0;
+    s.ladder_L = number_list<int>(s, *t, "n_layers", "sweep.isoflop.n_layers", true, &line_layers);
+    if (!s.ladder_L.empty() && s.ladder_L.size() != s.ladder_d.size())
+      bad(path, line_layers, "sweep.isoflop.n_layers", "must have as many entries as d_model (" + std::to_string(s.ladder_d.size()) + ")");
+    if (t->contains("allocation")) {
+      const auto& a = t->at("allocation");
+      if (!a.is_string() || a.as_string() != "laws") bad(s, a, "sweep.isoflop.allocation", "invalid value; the only value is \"laws\"");
+      if (!s.ladder_d.empty()) bad(s, a, "sweep.isoflop.allocation", "allocation = \"laws\" and a d_model ladder exclude each other");
+      if (!s.laws) bad(s, a, "sweep.isoflop.allocation", "allocation = \"laws\" needs [sweep] laws");
+      s.allocate_with_laws = true;
+      s.line_ladder = line_of(a);
+    }
+    if (s.token_multiplier > 0)
+      bad(path, s.line_multiplier, "sweep.token_multiplier", "token_multiplier and [sweep.isoflop] exclude each other (tokens = C / M)");
+  }
+  if (s.token_multiplier > 0 && !s.laws)
+    bad(path, s.line_multiplier, "sweep.token_multiplier", "token_multiplier needs [sweep] laws (the M_opt law)");
 
-  // ---- grids (axes ordered by key name)
-  std::map<std::string, std::pair<std::vector<toml::value>, std::vector<std::string>>> grid;
+  // ---- ablations
+  const std::vector<std::tuple<const char*, const char*, bool, int*>> ablations = {
+      {"activation", "num_experts", true, &s.line_act},
+      {"granularity", "granularity", false, &s.line_gran},
+      {"shared", "num_shared_experts", true, &s.line_shared}};
+  for (const auto& [table, key, integers, line] : ablations) {
+    const toml::value* t = table_of(table);
+    if (!t) continue;
+    const std::string dotted = std::string("sweep.") + table + "." + key;
+    known_keys(s, *t, {key}, std::string("sweep.") + table + ".");
+    if (!t->contains(key)) bad(s, *t, dotted, "missing required key (a list of values)");
+    if (std::string(table) == "activation") s.act_E = number_list<int>(s, *t, key, dotted, true, line);
+    if (std::string(table) == "granularity") s.gran_G = number_list<double>(s, *t, key, dotted, false, line);
+    if (std::string(table) == "shared") {
+      // E_s = 0 is a value of the shared ablation
+      const auto& v = t->at(key);
+      *line = line_of(v);
+      if (!v.is_array() || v.as_array().empty()) bad(s, v, dotted, "expected a non-empty array of integers");
+      for (const auto& e : v.as_array()) {
+        std::int64_t x = -1;
+        if (!e.is_integer() || !exact_integer(e, &x) || x < 0 || x > (1 << 16))
+          bad(s, e, dotted, "expected integers in [0, 65536], got " + toml_type_with_text(e));
+        s.shared_Es.push_back(static_cast<int>(x));
+      }
+    }
+    (void)integers;
+  }
+
+  // ---- grids: deck keys (checked against the deck schema here, so a
+  // misspelt key is reported where it was written) -> list of values
+  std::map<std::string, GridAxis> grid;
   for (const char* gname : {"grid", "log2_grid"}) {
-    auto* t = table_of(gname);
+    const toml::value* t = table_of(gname);
     if (!t) continue;
     const bool log2 = std::string(gname) == "log2_grid";
-    std::map<std::string, toml::value> flat;
+    std::vector<std::pair<std::string, const toml::value*>> flat;
     flatten(*t, "", flat);
     for (const auto& [key, v] : flat) {
-      const std::string where = std::string("[sweep.") + gname + "] " + key;
-      if (key.find('.') == std::string::npos) fail(s, where + ": keys are section.key (e.g. train.lr)");
-      if (grid.count(key)) fail(s, where + ": given in both grid and log2_grid");
-      if (!v.is_array() || v.as_array().empty()) fail(s, where + ": expected a non-empty array");
-      auto& [vals, labels] = grid[key];
-      for (const auto& e : v.as_array()) {
+      const std::string where = std::string("sweep.") + gname + "." + key;
+      const auto dot = key.find('.');
+      if (dot == std::string::npos) bad(s, *v, where, "keys are section.key (e.g. train.lr)");
+      const std::string sec = key.substr(0, dot), leaf = key.substr(dot + 1);
+      const auto& sections = fulcrum::deck_sections();
+      if (std::find(sections.begin(), sections.end(), sec) == sections.end())
+        bad(s, *v, where, fulcrum::unknown_name_message("section", sec, sections));
+      if (!fulcrum::find_deck_key(sec, leaf))
+        bad(s, *v, where, fulcrum::unknown_name_message("key", leaf, fulcrum::deck_key_names(sec)));
+      if (grid.count(key)) bad(s, *v, where, "given in both grid and log2_grid");
+      if (!v->is_array() || v->as_array().empty())
+        bad(s, *v, where, "wrong type: expected a non-empty array of values, got " + toml_type_with_text(*v));
+      GridAxis& axis = grid[key];
+      axis.key = key;
+      for (const auto& e : v->as_array()) {
+        axis.lines.push_back(line_of(e) > 0 ? line_of(e) : line_of(*v));
         if (!log2) {
-          vals.push_back(e);
-          labels.push_back(id_value(e));
+          axis.values.push_back(e);
+          axis.labels.push_back(id_value(e));
           continue;
         }
-        const double x = as_number(e, where);
+        const double x = number(s, e, where);
+        if (!(x > -1024 && x < 1024)) bad(s, e, where, "out of range: " + written_text(e) + "; exponents must be in (-1024, 1024)");
         const double p = std::exp2(x);
-        if (x >= 0 && x < 62 && x == std::floor(x)) vals.emplace_back(static_cast<toml::integer>(std::llround(p)));
-        else vals.emplace_back(p);
-        labels.push_back("2pow" + id_num(x));
+        if (x >= 0 && x < 62 && x == std::floor(x)) axis.values.emplace_back(static_cast<toml::integer>(std::llround(p)));
+        else axis.values.emplace_back(p);
+        axis.labels.push_back("2pow" + id_num(x));
       }
     }
   }
-  for (auto& [k, vl] : grid) {
-    s.grid.emplace_back(k, vl.first);
+  for (auto& [k, axis] : grid) {
     std::string shortname = k.substr(k.rfind('.') + 1);
     int same = 0;
-    for (auto& [k2, vl2] : grid) {
-      (void)vl2;
+    for (auto& [k2, a2] : grid) {
+      (void)a2;
       if (k2.substr(k2.rfind('.') + 1) == shortname) ++same;
     }
     if (same > 1) {
       shortname = k;
       std::replace(shortname.begin(), shortname.end(), '.', '-');
     }
-    s.grid_labels.emplace_back(shortname, vl.second);
+    axis.label = shortname;
     s.grid_keys.insert(k);
+    s.grid.push_back(axis);
   }
   return s;
 }
@@ -408,12 +469,24 @@ RunConfig scale_shape(const RunConfig& base, int d, int n_layers) {
 
 namespace {
 
-std::vector<std::string> shape_overrides(const RunConfig& c) {
-  std::vector<std::string> o = {
-      "model.d_model=" + int_text(c.model.d_model), "model.n_layers=" + int_text(c.model.n_layers),
-      "model.n_heads=" + int_text(c.model.n_heads), "model.n_kv_heads=" + int_text(c.model.n_kv_heads),
-      "model.d_ffn=" + int_text(c.model.d_ffn)};
-  if (c.moe.enabled) o.push_back("moe.d_expert=" + int_text(c.moe.d_expert));
+// The planner's settings of a run: deck keys set after the base deck,
+// located at the [sweep] key they were planned from.
+using Settings = std::vector<DeckSetting>;
+DeckSetting setting(const std::string& file, int line, const std::string& key, toml::value value) {
+  return DeckSetting{key, std::move(value), file, line};
+}
+template <class T>
+toml::value integer(T x) {
+  return toml::value(static_cast<toml::integer>(x));
+}
+
+Settings shape_settings(const RunConfig& c, const std::string& file, int line) {
+  Settings o = {setting(file, line, "model.d_model", integer(c.model.d_model)),
+                setting(file, line, "model.n_layers", integer(c.model.n_layers)),
+                setting(file, line, "model.n_heads", integer(c.model.n_heads)),
+                setting(file, line, "model.n_kv_heads", integer(c.model.n_kv_heads)),
+                setting(file, line, "model.d_ffn", integer(c.model.d_ffn))};
+  if (c.moe.enabled) o.push_back(setting(file, line, "moe.d_expert", integer(c.moe.d_expert)));
   return o;
 }
 
@@ -447,18 +520,18 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
   if (!plan.dir.empty() && plan.dir.back() == '/') plan.dir.pop_back();
   if (s.laws) plan.laws_source = s.laws->source;
 
-  const std::string label = path + " (base deck)";
-  auto read = [&](const std::vector<std::string>& ov, const std::string& id) -> LoadedDeck {
+  auto read = [&](const Settings& ov, const std::string& id) -> LoadedDeck {
     try {
-      return read_deck_text(s.base_text, label, ov);
+      return read_deck_layers(s.layers, ov);
     } catch (const DeckError& e) {
       throw SweepError(path + ": run " + id + ": invalid expansion: " + e.what());
     }
   };
+  const auto at = [&](int line, const std::string& key, toml::value v) { return setting(path, line, key, std::move(v)); };
   // A placeholder run length so that the base reads even if the sweep sets it.
-  std::vector<std::string> length0;
-  if (!s.budgets.empty()) length0.push_back("train.compute=" + float_text(s.budgets[0]));
-  else if (s.token_multiplier > 0) length0.push_back("train.tokens=1");
+  Settings length0;
+  if (!s.budgets.empty()) length0.push_back(at(s.line_budgets, "train.compute", toml::value(s.budgets[0])));
+  else if (s.token_multiplier > 0) length0.push_back(at(s.line_multiplier, "train.tokens", integer(1)));
   const RunConfig base = read(length0, "(base)").config;
   const bool moe = base.moe.enabled;
   if ((!s.act_E.empty() || !s.gran_G.empty() || !s.shared_Es.empty()) && !moe)
@@ -495,16 +568,16 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
     p.axes.push_back({"Es", std::to_string(s.shared_Es[i])});
   });
   for (size_t g = 0; g < s.grid.size(); ++g)
-    expand(s.grid[g].second.size(), [&](Point& p, size_t i) {
+    expand(s.grid[g].values.size(), [&](Point& p, size_t i) {
       p.grid.push_back(static_cast<int>(i));
-      p.axes.push_back({s.grid_labels[g].first, s.grid_labels[g].second[i]});
+      p.axes.push_back({s.grid[g].label, s.grid[g].labels[i]});
     });
 
   std::set<std::string> ids;
   for (const Point& p : points) {
     // ---- architecture ablations (on the base shape)
-    std::vector<std::string> ov = length0;
-    if (p.budget > 0) ov = {"train.compute=" + float_text(p.budget)};
+    Settings ov = length0;
+    if (p.budget > 0) ov = {at(s.line_budgets, "train.compute", toml::value(p.budget))};
     RunConfig arch = base;
     std::string pending_id;  // filled below; ablation errors name the axes
     for (auto& [n, v] : p.axes) pending_id += (pending_id.empty() ? "" : "_") + n + v;
@@ -512,7 +585,7 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
     auto err = [&](const std::string& m) { return SweepError(path + ": run " + id_for_errors + ": " + m); };
     if (p.act >= 0) {  // activation ratio: vary E at fixed E_a, E_s, d_expert
       arch.moe.num_experts = s.act_E[p.act];
-      ov.push_back("moe.num_experts=" + int_text(arch.moe.num_experts));
+      ov.push_back(at(s.line_act, "moe.num_experts", integer(arch.moe.num_experts)));
     }
     if (p.gran >= 0) {  // granularity: d_expert = 2 d_model / G; E, E_a, E_s scale by De0 / De
       const double G = s.gran_G[p.gran];
@@ -530,10 +603,10 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
       arch.moe.num_active_experts = scaled(arch.moe.num_active_experts, "num_active_experts");
       arch.moe.num_shared_experts = scaled(arch.moe.num_shared_experts, "num_shared_experts");
       arch.moe.d_expert = De;
-      ov.push_back("moe.d_expert=" + int_text(De));
-      ov.push_back("moe.num_experts=" + int_text(arch.moe.num_experts));
-      ov.push_back("moe.num_active_experts=" + int_text(arch.moe.num_active_experts));
-      ov.push_back("moe.num_shared_experts=" + int_text(arch.moe.num_shared_experts));
+      ov.push_back(at(s.line_gran, "moe.d_expert", integer(De)));
+      ov.push_back(at(s.line_gran, "moe.num_experts", integer(arch.moe.num_experts)));
+      ov.push_back(at(s.line_gran, "moe.num_active_experts", integer(arch.moe.num_active_experts)));
+      ov.push_back(at(s.line_gran, "moe.num_shared_experts", integer(arch.moe.num_shared_experts)));
     }
     if (p.shared >= 0) {  // shared ratio: E_a + E_s and E + E_s fixed
       const int Es = s.shared_Es[p.shared];
@@ -543,9 +616,9 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
       arch.moe.num_shared_experts = Es;
       arch.moe.num_active_experts = active - Es;
       arch.moe.num_experts = total - Es;
-      ov.push_back("moe.num_shared_experts=" + int_text(Es));
-      ov.push_back("moe.num_active_experts=" + int_text(arch.moe.num_active_experts));
-      ov.push_back("moe.num_experts=" + int_text(arch.moe.num_experts));
+      ov.push_back(at(s.line_shared, "moe.num_shared_experts", integer(Es)));
+      ov.push_back(at(s.line_shared, "moe.num_active_experts", integer(arch.moe.num_active_experts)));
+      ov.push_back(at(s.line_shared, "moe.num_experts", integer(arch.moe.num_experts)));
     }
 
     // ---- shape: ladder entry, or laws allocation, or the base shape
@@ -575,7 +648,7 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
       throw err(e.what());
     }
     if (p.ladder >= 0 || s.allocate_with_laws) {
-      const auto so = shape_overrides(shaped);
+      const auto so = shape_settings(shaped, path, s.line_ladder);
       ov.insert(ov.end(), so.begin(), so.end());
       // the width and depth are an axis of the id (after the budget)
       const std::string shape_label = std::to_string(shaped.model.d_model) + "L" + std::to_string(shaped.model.n_layers);
@@ -584,7 +657,7 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
     }
     // ---- grid values (override everything above)
     for (size_t g = 0; g < s.grid.size(); ++g)
-      ov.push_back(s.grid[g].first + "=" + toml_text(s.grid[g].second[p.grid[g]]));
+      ov.push_back(at(s.grid[g].lines[p.grid[g]], s.grid[g].key, s.grid[g].values[p.grid[g]]));
 
     std::string id;
     for (auto& [n, v] : axes) id += (id.empty() ? "" : "_") + n + v;
@@ -612,10 +685,11 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
     }
     if (s.laws) {
       const FamilyLaws& fl = s.laws->get(fam);
-      if (!s.grid_keys.count("train.lr") && fl.eta.ok()) ov.push_back("train.lr=" + float_text(std::min(1.0, fl.eta(C))));
+      if (!s.grid_keys.count("train.lr") && fl.eta.ok())
+        ov.push_back(at(s.line_laws, "train.lr", toml::value(std::min(1.0, fl.eta(C)))));
       if (!s.grid_keys.count("train.batch_tokens") && fl.batch.ok()) {
         const long long unit = static_cast<long long>(d1.config.model.seq_len) * d1.config.train.micro_batch_size;
-        ov.push_back("train.batch_tokens=" + int_text(round_to_multiple(fl.batch(C), unit)));
+        ov.push_back(at(s.line_laws, "train.batch_tokens", integer(round_to_multiple(fl.batch(C), unit))));
       }
       d1 = read(ov, id);
     }
@@ -629,26 +703,33 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
                          "% with whole batches of " + fmt_g(bt) + " tokens (M = " + fmt_g(M) + ", C/M = " + fmt_g(C / M) +
                          " tokens); use a smaller batch or larger budget, or raise [sweep] budget_tolerance");
       ov.erase(std::remove_if(ov.begin(), ov.end(),
-                              [](const std::string& x) { return x.rfind("train.compute=", 0) == 0 || x.rfind("train.tokens=", 0) == 0; }),
+                              [](const DeckSetting& x) { return x.key == "train.compute" || x.key == "train.tokens"; }),
                ov.end());
-      ov.push_back("train.tokens=" + int_text(static_cast<long long>(tokens)));
+      ov.push_back(at(isoflop ? s.line_budgets : s.line_multiplier, "train.tokens", integer(static_cast<long long>(tokens))));
       // the budget this run belongs to is data: recorded in the deck and the
       // run file, so that fulcrum-fit groups runs by it (doc/fit.md)
-      if (isoflop) ov.push_back("train.compute_budget=" + float_text(C));
+      if (isoflop) ov.push_back(at(s.line_budgets, "train.compute_budget", toml::value(C)));
     }
     // ---- run identity and place
     const std::string dir = plan.dir + "/runs/" + id;
-    ov.push_back("run.name=" + str_text(s.name + "/" + id));
-    ov.push_back("output.dir=" + str_text(dir));
+    ov.push_back(at(s.line_name, "run.name", toml::value(s.name + "/" + id)));
+    ov.push_back(at(s.line_dir, "output.dir", toml::value(dir)));
     LoadedDeck d2 = read(ov, id);
     RunConfig cfg = d2.config;
-    // every data path absolute (token files or the mixture's corpus manifest)
-    for (std::string* p : {&cfg.data.train_path, &cfg.data.valid_path, &cfg.data.manifest_path})
-      if (!p->empty()) *p = fs::absolute(*p).lexically_normal().string();
+    // every path key of the schema absolute (token files, the mixture's
+    // corpus manifest, the run directory): runs start in other directories
+    for (const fulcrum::KeySpec& k : fulcrum::deck_keys()) {
+      if (!k.is_path) continue;
+      fulcrum::KeyValue v = k.get(cfg);
+      if (v.text.empty()) continue;
+      v.text = fs::absolute(v.text).lexically_normal().string();
+      k.set(cfg, v);
+    }
 
     PlannedRun r;
     r.id = id;
-    r.deck_text = "# Generated by fulcrum-sweep from " + path + " (sweep '" + s.name + "', run " + id +
+    // written by the deck schema's writer (deck_writer.cpp)
+    r.deck_text = "# Generated by fulcrum-sweep from " + fulcrum::sanitize(path) + " (sweep '" + s.name + "', run " + id +
                   "). Do not edit: re-plan instead.\n" + resolved_deck_toml(cfg);
     try {  // the concrete deck must read back as written
       r.config = read_deck_text(r.deck_text, dir + "/deck.toml").config;
