@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "deck/deck_reader.hpp"
+#include "deck/deck_schema.hpp"
 
 #ifndef FULCRUM_SOURCE_DIR
 #error "FULCRUM_SOURCE_DIR must be defined (tests/fuzz/CMakeLists.txt)"
@@ -73,26 +74,15 @@ struct Rng {
 };
 
 // ---------------------------------------------------------------------------
-// Schema knowledge the mutator needs (doc/input-decks.md): key names per section.
+// Schema knowledge the mutator needs: key names per section, from the deck
+// schema itself (src/deck/deck_schema.hpp), so a key added there is fuzzed.
 const std::map<std::string, std::set<std::string>>& schema() {
-  static const std::map<std::string, std::set<std::string>> s = {
-      {"run", {"name", "seed"}},
-      {"data", {"train", "valid", "tokenizer", "manifest", "weights"}},
-      {"model",
-       {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ffn", "seq_len",
-        "rope_theta", "norm_eps", "init_std"}},
-      {"moe",
-       {"num_experts", "num_active_experts", "num_shared_experts", "d_expert", "first_k_dense",
-        "renormalize_topk", "capacity_factor", "aux_loss_coef", "z_loss_coef", "score_function",
-        "route_scale", "balance_loss_scope", "bias_balancing", "bias_update_rate"}},
-      {"train",
-       {"tokens", "compute", "compute_budget", "batch_tokens", "micro_batch_size", "lr", "lr_schedule",
-        "warmup_fraction", "decay_fraction", "final_lr_fraction", "weight_decay", "beta1", "beta2",
-        "eps", "grad_clip", "log_interval", "eval_interval", "eval_tokens", "divergence_factor",
-        "checkpoint_interval", "precision", "gemm_backend"}},
-      {"parallel", {"world_size", "expert_parallel", "dispatcher"}},
-      {"output", {"dir", "overwrite"}},
-  };
+  static const std::map<std::string, std::set<std::string>> s = [] {
+    std::map<std::string, std::set<std::string>> out;
+    for (const auto& sec : fulcrum::deck_sections()) out[sec];
+    for (const auto& k : fulcrum::deck_keys()) out[k.section].insert(k.name);
+    return out;
+  }();
   return s;
 }
 
@@ -151,15 +141,25 @@ struct Deck {
     while (i < lines.size() && lines[i].type != Line::Header) ++i;
     return i;
   }
+  // A key the schema marks required (alone or as one of a choice: the deck
+  // gives exactly the alternative it uses, so deleting one leaves it missing).
   bool required(const std::string& sec, const std::string& key) const {
-    if (sec == "data") return key == "train" || key == "valid";
-    if (sec == "train") return key == "tokens" || key == "compute";  // the one the deck gives
-    if (sec == "moe") return key == "num_experts" || key == "num_active_experts" || key == "d_expert";
-    return false;
+    const fulcrum::KeySpec* k = fulcrum::find_deck_key(sec, key);
+    return k != nullptr && !k->requirement.empty();
   }
 };
 
-Kind kind_of(const std::string& v) {
+// The schema's type of a known key; else guessed from the value's text.
+Kind kind_of(const std::string& sec, const std::string& key, const std::string& v) {
+  if (const fulcrum::KeySpec* k = fulcrum::find_deck_key(sec, key)) {
+    switch (k->type) {
+      case fulcrum::KeyType::Integer: return Kind::Int;
+      case fulcrum::KeyType::Float: return Kind::Float;
+      case fulcrum::KeyType::String: return Kind::String;
+      case fulcrum::KeyType::Boolean: return Kind::Bool;
+      case fulcrum::KeyType::Weights: break;  // a table: by its text
+    }
+  }
   if (!v.empty() && (v[0] == '"' || v[0] == '\'')) return Kind::String;
   if (v == "true" || v == "false") return Kind::Bool;
   if (v.find_first_of(".eE") != std::string::npos) return Kind::Float;
@@ -196,7 +196,7 @@ Deck parse_shipped(const std::string& name, const std::string& text) {
       }
       l.value = raw.substr(v, e - v);
       l.tail = raw.substr(e);
-      l.kind = kind_of(l.value);
+      l.kind = kind_of(section, l.key, l.value);
     }
     l.section = section;
     d.lines.push_back(l);
@@ -864,7 +864,7 @@ std::string read_file(const fs::path& p) {
 std::vector<Deck> shipped_decks() {
   const fs::path root = fs::path(FULCRUM_SOURCE_DIR) / "input_decks";
   std::vector<fs::path> files;
-  for (const fs::path dir : {root, root / "paper"}) {
+  for (const fs::path& dir : {root, root / "paper"}) {
     for (const auto& e : fs::directory_iterator(dir))
       if (e.is_regular_file() && e.path().extension() == ".toml") files.push_back(e.path());
   }
@@ -979,6 +979,13 @@ TEST(DeckFuzz, MalformedDecksAreRejectedCleanly) {
         if (e.file != path) fail("DeckError::file is '" + escaped(e.file) + "'");
         if (e.line < 0 || static_cast<std::size_t>(e.line) > count_lines(m.text)) {
           fail("DeckError::line " + std::to_string(e.line) + " is outside the deck");
+        }
+        // Located: a line in the deck, or the key (a missing required key has no line).
+        if (e.line == 0 && e.key.empty()) fail("message names neither a line nor a key: " + escaped(message, 300));
+        if (!e.key.empty() && e.key.find('.') != std::string::npos &&
+            message.find("] " + fulcrum::sanitize(e.key.substr(e.key.find('.') + 1), 80).substr(0, 20)) ==
+                std::string::npos) {
+          fail("message does not name its key '" + escaped(e.key) + "': " + escaped(message, 300));
         }
       } catch (const std::exception& e) {
         fail(std::string("threw a non-DeckError exception: ") + typeid(e).name() + ": " + e.what());
