@@ -3,18 +3,22 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "io/run_file_layout.hpp"
+
 namespace fulcrum {
+
+namespace h5 {
+class File;
+}
 
 struct RunFileError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-
-inline constexpr const char* kRunFileFormat = "fulcrum-run";
-inline constexpr std::int64_t kRunFileFormatVersion = 1;
 
 class RunFile {
  public:
@@ -23,6 +27,10 @@ class RunFile {
   // empty /train and /eval datasets and the /config, /timers, /summary groups.
   // Refuses (RunFileError) if run.h5 exists and !overwrite.
   static RunFile create(const std::string& dir, bool overwrite);
+  // The same at an explicit file path (its directory must exist): for tools
+  // that write many run files into one directory (fulcrum-fit's synthetic
+  // campaigns).
+  static RunFile create_file(const std::string& path, bool overwrite);
   // Opens an existing run file read-write (for resume); checks the format.
   static RunFile open_existing(const std::string& path);
   // A run file that writes nothing: what ranks other than 0 hold, so the
@@ -100,6 +108,7 @@ class RunFile {
   void append_routing(const RoutingSnapshot& snap);
 
   // /timers: attributes "<name>.seconds" (double) and "<name>.calls" (int64).
+  // Any name without '/' (each call adds or replaces one timer).
   void set_timer(const std::string& name, double seconds, std::int64_t calls);
 
   // /summary attributes.
@@ -122,20 +131,16 @@ class RunFile {
   void close();
 
  private:
-  RunFile(std::string path, std::int64_t file) : path_(std::move(path)), file_(file) {}
-  std::int64_t file() const;  // hid_t
+  RunFile(std::string path, std::unique_ptr<h5::File> file);
+  h5::File& file() const;  // throws if closed
   [[noreturn]] void fail(const std::string& what) const;
-  void write_attr_str(const std::string& object, const std::string& name,
-                      const std::string& value);
-  void write_attr_f64(const std::string& object, const std::string& name, double value);
-  void write_attr_i64(const std::string& object, const std::string& name,
-                      std::int64_t value);
-  std::int64_t open_group(const std::string& group);  // hid_t; creates on demand
+  template <class T>
+  void write_attr(const std::string& group, const std::string& name, const T& value);
   void create_layout();
 
   std::string path_;
   bool detached_ = false;
-  std::int64_t file_ = -1;  // hid_t (HDF5 is not exposed in this header)
+  std::unique_ptr<h5::File> file_;  // null when detached or closed (HDF5 is not exposed here)
 };
 
 // Reading helpers (also used by tests and tools). Each opens `file`
