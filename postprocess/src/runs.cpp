@@ -1,7 +1,5 @@
 #include "runs.hpp"
 
-#include <hdf5.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -128,7 +126,7 @@ void expand_one(const fs::path& p, std::vector<std::string>& out, std::vector<Sk
     out.insert(out.end(), found.begin(), found.end());
     return;
   }
-  if (has_ext(p) || is_run_table(p.string()) || H5Fis_hdf5(p.string().c_str()) > 0) {
+  if (has_ext(p) || is_run_table(p.string()) || h5::File::is_hdf5(p.string())) {
     out.push_back(p.string());
     return;
   }
@@ -161,7 +159,6 @@ double get(const std::map<std::string, double>& m, const char* k, double dflt = 
 
 std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs,
                                        std::vector<Skipped>& problems) {
-  quiet_hdf5();
   std::vector<std::string> out;
   for (auto& s : inputs) expand_one(s, out, problems, 0);
   return out;

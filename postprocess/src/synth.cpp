@@ -56,8 +56,10 @@ std::vector<RunRecord> synth_campaign(const SynthTruth& t, const SynthSpec& s) {
     double S = moe ? 0.5 : 0.0;
     auto& c = r.config;
     c["flops_per_token"] = M;
-    c["params_active"] = M / 6;
-    c["params_total"] = moe ? M / 6 / Ar : M / 6;
+    // counts the trainer stores as integers are whole numbers here too, so a
+    // record and the run file written from it agree
+    c["params_active"] = std::round(M / 6);
+    c["params_total"] = std::round(moe ? M / 6 / Ar : M / 6);
     c["activation_ratio"] = moe ? Ar : 1.0;
     c["granularity"] = moe ? G : 0.0;
     c["shared_ratio"] = S;
@@ -76,7 +78,7 @@ std::vector<RunRecord> synth_campaign(const SynthTruth& t, const SynthSpec& s) {
     auto& m = r.summary;
     m["final_val_loss"] = r.status == "completed" ? L : NAN;
     m["final_train_loss"] = r.status == "completed" ? L * 1.005 : NAN;
-    m["tokens_seen"] = D;
+    m["tokens_seen"] = std::round(D);
     m["flops_seen"] = C;
     m["wall_time_s"] = C / 1e15;
     out.push_back(std::move(r));

@@ -45,7 +45,8 @@ struct SynthSpec {
 // One run record per synthetic run (paths are "synthetic/<n>.h5").
 std::vector<RunRecord> synth_campaign(const SynthTruth& t, const SynthSpec& s);
 
-// Writes every record under dir (its path becomes dir/<name>); returns paths.
+// Writes every record under dir through the trainer's run-file writer (its
+// path becomes dir/run<i>.h5); returns the paths.
 std::vector<std::string> write_campaign(const std::string& dir, std::vector<RunRecord>& recs);
 
 // In-memory conversion (no files) for fast tests and the benchmark.
