@@ -67,6 +67,14 @@ std::string id_value(const toml::value& v) {
     for (char c : v.as_string().str) s += (std::isalnum((unsigned char)c) || c == '.' || c == '-') ? c : '-';
     return s;
   }
+  if (v.is_table()) {  // e.g. data.weights: its groups and weights, by group name
+    std::vector<std::string> keys;
+    for (const auto& kv : v.as_table()) keys.push_back(kv.first);
+    std::sort(keys.begin(), keys.end());
+    std::string s;
+    for (const auto& k : keys) s += (s.empty() ? "" : "-") + id_value(toml::value(k)) + id_value(v.at(k));
+    return s.empty() ? "empty" : s;
+  }
   return "x";
 }
 
@@ -520,11 +528,12 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
   if (!plan.dir.empty() && plan.dir.back() == '/') plan.dir.pop_back();
   if (s.laws) plan.laws_source = s.laws->source;
 
-  auto read = [&](const Settings& ov, const std::string& id) -> LoadedDeck {
+  auto read = [&](const Settings& ov, const std::string& what) -> LoadedDeck {
     try {
       return read_deck_layers(s.layers, ov);
     } catch (const DeckError& e) {
-      throw SweepError(path + ": run " + id + ": invalid expansion: " + e.what());
+      // located where the value was written (base deck, sweep deck, grid entry)
+      throw SweepError(std::string(e.what()) + " (planning " + what + ")");
     }
   };
   const auto at = [&](int line, const std::string& key, toml::value v) { return setting(path, line, key, std::move(v)); };
@@ -532,7 +541,7 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
   Settings length0;
   if (!s.budgets.empty()) length0.push_back(at(s.line_budgets, "train.compute", toml::value(s.budgets[0])));
   else if (s.token_multiplier > 0) length0.push_back(at(s.line_multiplier, "train.tokens", integer(1)));
-  const RunConfig base = read(length0, "(base)").config;
+  const RunConfig base = read(length0, "the base deck").config;
   const bool moe = base.moe.enabled;
   if ((!s.act_E.empty() || !s.gran_G.empty() || !s.shared_Es.empty()) && !moe)
     throw SweepError(path + ": architecture ablations need a MoE base deck ([moe] section)");
@@ -664,7 +673,7 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
     if (id.empty()) id = "base";
     if (!ids.insert(id).second) throw SweepError(path + ": run id '" + id + "' appears twice (two grid values give the same id)");
 
-    LoadedDeck d1 = read(ov, id);
+    LoadedDeck d1 = read(ov, "run " + id);
     const ModelAccounting acc = accounting(d1.config);
     const double M = acc.flops_per_token;
     const char* fam = d1.config.moe.enabled ? "moe" : "dense";
@@ -691,7 +700,7 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
         const long long unit = static_cast<long long>(d1.config.model.seq_len) * d1.config.train.micro_batch_size;
         ov.push_back(at(s.line_laws, "train.batch_tokens", integer(round_to_multiple(fl.batch(C), unit))));
       }
-      d1 = read(ov, id);
+      d1 = read(ov, "run " + id);
     }
     if (isoflop || s.token_multiplier > 0) {
       // whole batches, nearest to C / M (or the multiplied optimum)
@@ -714,7 +723,7 @@ SweepPlan plan_sweep_text(const std::string& text, const std::string& path, cons
     const std::string dir = plan.dir + "/runs/" + id;
     ov.push_back(at(s.line_name, "run.name", toml::value(s.name + "/" + id)));
     ov.push_back(at(s.line_dir, "output.dir", toml::value(dir)));
-    LoadedDeck d2 = read(ov, id);
+    LoadedDeck d2 = read(ov, "run " + id);
     RunConfig cfg = d2.config;
     // every path key of the schema absolute (token files, the mixture's
     // corpus manifest, the run directory): runs start in other directories

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "deck/deck_reader.hpp"
+#include "deck/deck_schema.hpp"
 #include "sweep/sweep_manifest.hpp"
 #include "sweep/sweep_plan.hpp"
 
@@ -190,7 +191,8 @@ TEST(SweepPlan, InvalidExpansionNamesDeckAndRun) {
     FAIL() << "expected an error";
   } catch (const SweepError& e) {
     const std::string w = e.what();
-    EXPECT_NE(w.find("bad.toml: run n_heads3"), std::string::npos) << w;
+    EXPECT_EQ(w.rfind("bad.toml:4: [model] n_heads: ", 0), 0u) << w;  // where the grid value was written
+    EXPECT_NE(w.find("(planning run n_heads3)"), std::string::npos) << w;
     EXPECT_NE(w.find("n_heads"), std::string::npos) << w;
   }
   EXPECT_THROW(plan("[sweep.grid]\ntrain.lr = [2.0]\n", "bad-range"), SweepError);
@@ -340,4 +342,168 @@ TEST(SweepPlan, RoutingOptionsAreAxes) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("score_function"), std::string::npos) << e.what();
   }
+}
+
+// ---------------------------------------------------------------------------
+// Sweep decks are read by the deck machinery: every error class names the
+// file, the line and the key (a missing [sweep] section has no line).
+
+namespace {
+
+// The SweepError of planning `text` (as file "e.toml").
+std::string sweep_error(const std::string& text, const std::string& file = "e.toml") {
+  try {
+    plan_sweep_text(text, file, PlanOptions{tmpdir("errors")});
+  } catch (const SweepError& e) {
+    return e.what();
+  }
+  return "(planned without an error)";
+}
+
+}  // namespace
+
+TEST(SweepPlanErrors, EveryClassNamesFileLineAndKey) {
+  struct Case {
+    const char* what;
+    std::string sweep;  // [sweep] section and deck sections, before kBase
+    std::string located;  // "e.toml:<line>: [section] key: ..." prefix expected in the message
+    std::string detail;
+  };
+  const std::vector<Case> cases = {
+      {"syntax", "[sweep]\nname = \n", "e.toml:2: ", "TOML syntax error"},
+      {"duplicate key", "[sweep]\nname = \"a\"\nname = \"b\"\n", "e.toml:3: [sweep] name: ", "duplicate key"},
+      {"unknown key", "[sweep]\nrnaks = 2\n", "e.toml:2: [sweep] rnaks: ", "did you mean 'ranks'?"},
+      {"wrong type", "[sweep]\nranks = \"2\"\n", "e.toml:2: [sweep] ranks: ", "wrong type: expected an integer"},
+      {"out of range", "[sweep]\nranks = 0\n", "e.toml:2: [sweep] ranks: ", "out of range"},
+      {"bad name", "[sweep]\nname = \"a b\"\n", "e.toml:2: [sweep] name: ", "may contain only"},
+      {"unknown table key", "[sweep]\n[sweep.isoflop]\ncompute = [1e12]\nd_modl = [64]\n",
+       "e.toml:4: [sweep] isoflop.d_modl: ", "did you mean 'd_model'?"},
+      {"wrong element type", "[sweep]\n[sweep.isoflop]\ncompute = [1e12, \"x\"]\n", "e.toml:3: [sweep] isoflop.compute: ",
+       "wrong type"},
+      {"unknown grid key", "[sweep]\n[sweep.grid]\ntrain.lrr = [0.1]\n", "e.toml:3: [sweep] grid.train.lrr: ",
+       "unknown key 'lrr'; did you mean 'lr'?"},
+      {"unknown grid section", "[sweep]\n[sweep.log2_grid]\ntrian.lr = [-8]\n", "e.toml:3: [sweep] log2_grid.trian.lr: ",
+       "did you mean 'train'?"},
+      {"grid value out of range", "[sweep]\n[sweep.grid]\ntrain.lr = [0.1,\n 2.0]\n", "e.toml:4: [train] lr: ",
+       "out of range: 2"},
+      {"grid value of a wrong type", "[sweep]\n[sweep.grid]\nmoe.score_function = [\"softmax\", 3]\n",
+       "e.toml:3: [moe] score_function: ", "wrong type"},
+      {"deck key in the sweep deck", "[sweep]\n[output]\noverwrit = true\n", "e.toml:3: [output] overwrit: ",
+       "did you mean 'overwrite'?"},
+      {"ablation without its list", "[sweep]\n[sweep.shared]\n", "e.toml:", "[sweep] shared.num_shared_experts: "},
+      {"laws of a wrong type", "[sweep]\nlaws = 3\n", "e.toml:2: [sweep] laws: ", "wrong type"},
+      {"budgets out of range", "[sweep]\n[sweep.isoflop]\ncompute = [-1.0]\n", "e.toml:3: [sweep] isoflop.compute: ",
+       "out of range"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    const std::string w = sweep_error(c.sweep + kBase);
+    EXPECT_EQ(w.rfind(c.located, 0), 0u) << w;
+    EXPECT_NE(w.find(c.detail), std::string::npos) << w;
+    EXPECT_EQ(w.find('\n'), std::string::npos) << w;
+  }
+  // No [sweep] section: the file and the section, no line.
+  EXPECT_EQ(sweep_error(kBase).rfind("e.toml: [sweep]: missing section", 0), 0u) << sweep_error(kBase);
+  // A problem of the base deck is reported in the base deck, at its line.
+  const std::string base = tmpdir("errors-base") + ".toml";
+  std::ofstream(base) << kBase << "[output]\ndirr = \"x\"\n";
+  const std::string w = sweep_error("[sweep]\nbase = \"" + base + "\"\n");
+  EXPECT_NE(w.find(base + ":22: [output] dirr: unknown key 'dirr'; did you mean 'dir'?"), std::string::npos) << w;
+  const std::string missing = sweep_error("[sweep]\nbase = \"/nonexistent/base.toml\"\n");
+  EXPECT_EQ(missing.rfind("e.toml:2: [sweep] base: cannot read base deck", 0), 0u) << missing;
+}
+
+// ---------------------------------------------------------------------------
+// The concrete decks are written by the schema's writer: every concrete deck
+// of every shipped sweep reads back, is written again identically and reads
+// to the same config; strings with quotes, backslashes, tabs and unicode and
+// inline tables with quoted keys round-trip; every path key is absolute.
+
+namespace {
+
+void expect_same_config(const fulcrum::RunConfig& a, const fulcrum::RunConfig& b) {
+  for (const auto& k : fulcrum::deck_keys())
+    EXPECT_EQ(fulcrum::toml_value_text(k, k.get(a)), fulcrum::toml_value_text(k, k.get(b))) << k.dotted();
+  EXPECT_EQ(a.moe.enabled, b.moe.enabled);
+}
+
+void expect_round_trip(const PlannedRun& r) {
+  SCOPED_TRACE(r.id);
+  fulcrum::LoadedDeck once, twice;
+  ASSERT_NO_THROW(once = fulcrum::read_deck_text(r.deck_text, r.id + "/deck.toml"));
+  expect_same_config(once.config, r.config);
+  const std::string written = fulcrum::resolved_deck_toml(once.config);
+  ASSERT_NO_THROW(twice = fulcrum::read_deck_text(written, r.id + "/deck.toml"));
+  expect_same_config(twice.config, once.config);
+  EXPECT_EQ(fulcrum::resolved_deck_toml(twice.config), written);
+  for (const auto& k : fulcrum::deck_keys()) {
+    const std::string path = k.get(once.config).text;
+    if (k.is_path && !path.empty()) {
+      EXPECT_TRUE(fs::path(path).is_absolute()) << k.dotted() << " = " << path;
+    }
+  }
+}
+
+}  // namespace
+
+TEST(SweepPlanRoundTrip, EveryConcreteDeckOfEveryShippedSweep) {
+  const fs::path dir = fs::path(FULCRUM_SOURCE_DIR) / "input_decks" / "sweeps";
+  const auto cwd = fs::current_path();
+  fs::current_path(FULCRUM_SOURCE_DIR);  // shipped decks use repository-relative paths
+  int sweeps = 0, runs = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() != ".toml") continue;
+    SCOPED_TRACE(e.path().string());
+    SweepPlan p;
+    ASSERT_NO_THROW(p = plan_sweep(e.path().string(), PlanOptions{tmpdir("round-" + e.path().stem().string())}));
+    ++sweeps;
+    for (const auto& r : p.runs) {
+      expect_round_trip(r);
+      ++runs;
+    }
+  }
+  fs::current_path(cwd);
+  EXPECT_GE(sweeps, 6);
+  EXPECT_GE(runs, 20);
+}
+
+TEST(SweepPlanRoundTrip, StringsWithAnyCharacterAndInlineTables) {
+  const std::string odd = "a \\\"quoted\\\" b\\\\ack\\tslash \xc3\xa9 \xe2\x98\x83 #[x]={y}";  // TOML escapes
+  const std::string odd_value = "a \"quoted\" b\\ack\tslash \xc3\xa9 \xe2\x98\x83 #[x]={y}";
+  const std::string base = R"(
+[data]
+manifest = "m/manifest.toml"
+weights = { books = 1.0 }
+[model]
+d_model = 64
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+d_ffn = 128
+seq_len = 32
+[train]
+tokens = 4096
+batch_tokens = 128
+micro_batch_size = 4
+)";
+  const std::string sweep =
+      "[sweep]\nname = \"strings\"\n[sweep.grid]\n"
+      "data.manifest = [\"" + odd + "/manifest.toml\", \"plain/manifest.toml\"]\n"
+      "data.weights = [{ \"group one\" = 0.5, \"q\\\"uote\" = 0.25, \"\xc3\xa9t\xc3\xa9\" = 0.25 }, { technical = 0.2, code = 1 }]\n";
+  SweepPlan p;
+  ASSERT_NO_THROW(p = plan_sweep_text(sweep + base, "strings.toml", PlanOptions{tmpdir("strings")}));
+  ASSERT_EQ(p.runs.size(), 4u);
+  std::set<std::string> manifests;
+  std::set<std::map<std::string, double>> weights;
+  for (const auto& r : p.runs) {
+    expect_round_trip(r);
+    manifests.insert(r.config.data.manifest_path);
+    weights.insert(r.config.data.weights);
+  }
+  EXPECT_TRUE(manifests.count((fs::current_path() / (odd_value + "/manifest.toml")).lexically_normal().string()))
+      << *manifests.begin();
+  EXPECT_TRUE(weights.count({{"group one", 0.5}, {"q\"uote", 0.25}, {"\xc3\xa9t\xc3\xa9", 0.25}}));
+  EXPECT_TRUE(weights.count({{"technical", 0.2}, {"code", 1.0}}));
+  // The inline table is written as one (not as "weights = technical = 0.2").
+  for (const auto& r : p.runs) EXPECT_NE(r.deck_text.find("weights = { "), std::string::npos) << r.deck_text;
 }
