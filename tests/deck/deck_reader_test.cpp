@@ -4,12 +4,18 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "deck/deck_reader.hpp"
+#include "deck/deck_schema.hpp"
+#include "model/gemm.hpp"
+#include "model/model_shape.hpp"
+#include "model/token_dispatcher_names.hpp"
+#include "train/lr_schedule.hpp"
 
 namespace fulcrum {
 namespace {
@@ -1148,6 +1154,107 @@ TEST(DeckMixture, ResolvedRoundTrip) {
             (std::map<std::string, double>{
                 {"books", 0.4}, {"code", 0.2}, {"reference", 0.2}, {"technical", 0.2}}));
   EXPECT_EQ(shipped.config.model.vocab_size, 4096);
+}
+
+}  // namespace
+}  // namespace fulcrum
+
+// ---------------------------------------------------------------------------
+// The deck schema (deck_schema.hpp) and the round trip of every shipped deck.
+namespace fulcrum {
+namespace {
+
+// Every schema key of two configs, as the resolved deck writes them.
+void expect_same_config(const RunConfig& a, const RunConfig& b) {
+  for (const auto& k : deck_keys()) EXPECT_EQ(toml_value_text(k, k.get(a)), toml_value_text(k, k.get(b))) << k.dotted();
+  EXPECT_EQ(a.moe.enabled, b.moe.enabled);
+}
+
+TEST(DeckSchema, AllowedValuesComeFromTheRegistries) {
+  EXPECT_EQ(find_deck_key("train.lr_schedule")->allowed, lr_schedule_names());
+  EXPECT_EQ(find_deck_key("train.precision")->allowed, precision_names());
+  std::vector<std::string> backends = gemm_backend_names();
+  backends.insert(backends.begin(), "auto");
+  EXPECT_EQ(find_deck_key("train.gemm_backend")->allowed, backends);
+  EXPECT_EQ(find_deck_key("parallel.dispatcher")->allowed, known_token_dispatcher_names());
+  EXPECT_EQ(find_deck_key("moe.score_function")->allowed, score_function_names());
+  EXPECT_EQ(find_deck_key("moe.balance_loss_scope")->allowed, balance_loss_scope_names());
+  // A value outside the registry is refused, listing the registry's names.
+  const DeckError e = expect_error(edit(kBase, "train", "lr_schedule = \"linear\"").text);
+  EXPECT_TRUE(contains(e.what(), "(valid values: " + join_names(lr_schedule_names()) + ")")) << e.what();
+}
+
+TEST(DeckSchema, DefaultsAreThoseOfARunConfigAndValid) {
+  const RunConfig defaults;
+  for (const auto& k : deck_keys()) {
+    SCOPED_TRACE(k.dotted());
+    EXPECT_FALSE(k.doc.empty());
+    ASSERT_TRUE(k.get && k.set);
+    // Keys with a default (not required, not left out) take it from RunConfig and accept it.
+    if (k.requirement.empty() && k.written_at_default) {
+      EXPECT_EQ(k.value_error(k.get(defaults)), "");
+    }
+    // set(get(x)) is x.
+    RunConfig c;
+    k.set(c, k.get(defaults));
+    EXPECT_EQ(toml_value_text(k, k.get(c)), toml_value_text(k, k.get(defaults)));
+  }
+  // Every key of a cross-key rule is a schema key; every rule holds for the quickstart.
+  const RunConfig q = read_deck(std::string(FULCRUM_SOURCE_DIR) + "/input_decks/quickstart.toml").config;
+  for (const auto& rule : cross_key_rules()) {
+    for (const auto& key : rule.keys) EXPECT_NE(find_deck_key(key), nullptr) << key;
+    EXPECT_TRUE(rule.holds(q)) << rule.doc;
+  }
+  EXPECT_EQ(first_broken_rule(q), nullptr);
+}
+
+// The trainer checks the rules again on its launched world size: the error
+// names the key of the rule the deck gave, at its line.
+TEST(DeckSchema, CrossKeyRulesForTheCaller) {
+  const LoadedDeck d = read_deck_text(edit(kBase, "parallel", "expert_parallel = 2\ndispatcher = \"mpi_alltoall\"").text, kFile);
+  RunConfig launched = d.config;
+  launched.parallel.world_size = 3;
+  try {
+    check_cross_key_rules(d, launched);
+    ADD_FAILURE() << "expected a DeckError";
+  } catch (const DeckError& e) {
+    EXPECT_STREQ(e.what(), "deck.toml:17: [parallel] expert_parallel: expert_parallel (2) must divide world_size (3)");
+  }
+  launched.parallel.world_size = 4;
+  EXPECT_NO_THROW(check_cross_key_rules(d, launched));
+}
+
+// Every shipped run deck (input_decks/**, besides sweep, study, corpus and laws
+// files) is read, written and read again to the same config.
+TEST(DeckFiles, EveryShippedDeckRoundTrips) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(FULCRUM_SOURCE_DIR) / "input_decks";
+  int run_decks = 0, others = 0;
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
+    if (!e.is_regular_file() || e.path().extension() != ".toml") continue;
+    const std::string rel = fs::relative(e.path(), root).string();
+    SCOPED_TRACE(rel);
+    std::ifstream in(e.path());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string text = ss.str();
+    const toml::value parsed = toml::parse(e.path().string());
+    const bool corpus_spec = rel.rfind("data/", 0) == 0;
+    const bool laws = rel.find("/laws/") != std::string::npos;
+    if (parsed.contains("sweep") || parsed.contains("study") || corpus_spec || laws) {
+      ++others;  // sweep decks: tests/sweep; study decks: tests/sweep/study_*.sh
+      continue;
+    }
+    ++run_decks;
+    LoadedDeck once, twice;
+    ASSERT_NO_THROW(once = read_deck_text(text, rel));
+    const std::string written = resolved_deck_toml(once.config);
+    ASSERT_NO_THROW(twice = read_deck_text(written, rel));
+    expect_same_config(twice.config, once.config);
+    EXPECT_EQ(resolved_deck_toml(twice.config), written);
+  }
+  EXPECT_GE(run_decks, 5);
+  EXPECT_GE(others, 8);
 }
 
 }  // namespace
