@@ -350,8 +350,8 @@ std::vector<std::string> Group::children() const {
   return names;
 }
 
-Dataset Group::write_raw(const std::string& name, hid_t file_type, hid_t memory_type, const void* data,
-                         const std::vector<std::uint64_t>& dims) {
+void Group::write_raw(const std::string& name, hid_t file_type, hid_t memory_type, const void* data,
+                      const std::vector<std::uint64_t>& dims) {
   const std::string path = child_path(name);
   const std::string parent = parent_of(path);
   if (parent != "/") require_group(parent);
@@ -365,7 +365,10 @@ Dataset Group::write_raw(const std::string& name, hid_t file_type, hid_t memory_
   for (auto n : dims) elements *= n;
   if (elements > 0 && H5Dwrite(ds.get(), memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
     throw Error(origin_.label, origin_.file, path, "cannot write dataset");
-  return Dataset(origin_, path, std::move(ds));
+  // Closed and checked here: on a full disk this is where the write fails,
+  // while the file can still be emptied and closed (a failed file close
+  // cannot be retried).
+  if (ds.close() < 0) throw Error(origin_.label, origin_.file, path, "cannot close dataset (data not written)");
 }
 
 Dataset Group::create_appendable_raw(const std::string& name, hid_t file_type,

@@ -45,7 +45,8 @@ class Handle {
   hid_t get() const { return id_; }
   bool valid() const { return id_ >= 0; }
   // Closes now and returns H5*close's status (callers that must know a close
-  // succeeded, e.g. a file on a full disk, check it).
+  // succeeded, e.g. of data written to a full disk, check it). The
+  // identifier is let go of either way: HDF5 cannot retry a failed close.
   herr_t close();
   void reset() { (void)close(); }
 
@@ -166,12 +167,13 @@ class Group : public Object {
   std::vector<std::string> children() const;
 
   // A fixed-size dataset holding `data` with dimensions `dims` (default: 1-D
-  // of data.size()). Missing parent groups are created.
+  // of data.size()). Missing parent groups are created. The dataset is
+  // closed before returning, so a write that could not reach the disk fails
+  // here (open it with dataset() to add attributes).
   template <class T>
-  Dataset write_dataset(const std::string& name, const std::vector<T>& data,
-                        std::vector<std::uint64_t> dims = {});
+  void write_dataset(const std::string& name, const std::vector<T>& data, std::vector<std::uint64_t> dims = {});
   template <class T>
-  Dataset write_dataset(const std::string& name, const T* data, const std::vector<std::uint64_t>& dims);
+  void write_dataset(const std::string& name, const T* data, const std::vector<std::uint64_t>& dims);
   // An empty dataset of rows with dimensions `row_dims` each (empty: scalars),
   // unlimited along the row dimension, chunked `chunk_rows` rows at a time.
   template <class T>
@@ -181,8 +183,8 @@ class Group : public Object {
  private:
   friend class File;
   using Object::Object;
-  Dataset write_raw(const std::string& name, hid_t file_type, hid_t memory_type, const void* data,
-                    const std::vector<std::uint64_t>& dims);
+  void write_raw(const std::string& name, hid_t file_type, hid_t memory_type, const void* data,
+                 const std::vector<std::uint64_t>& dims);
   Dataset create_appendable_raw(const std::string& name, hid_t file_type,
                                 const std::vector<std::uint64_t>& row_dims, std::uint64_t chunk_rows);
 };
@@ -226,16 +228,14 @@ void Dataset::append_row(const T* row, std::size_t count) {
 }
 
 template <class T>
-Dataset Group::write_dataset(const std::string& name, const std::vector<T>& data,
-                             std::vector<std::uint64_t> dims) {
+void Group::write_dataset(const std::string& name, const std::vector<T>& data, std::vector<std::uint64_t> dims) {
   if (dims.empty()) dims = {data.size()};
-  return write_raw(name, TypeOf<T>::file(), TypeOf<T>::memory(), data.data(), dims);
+  write_raw(name, TypeOf<T>::file(), TypeOf<T>::memory(), data.data(), dims);
 }
 
 template <class T>
-Dataset Group::write_dataset(const std::string& name, const T* data,
-                             const std::vector<std::uint64_t>& dims) {
-  return write_raw(name, TypeOf<T>::file(), TypeOf<T>::memory(), data, dims);
+void Group::write_dataset(const std::string& name, const T* data, const std::vector<std::uint64_t>& dims) {
+  write_raw(name, TypeOf<T>::file(), TypeOf<T>::memory(), data, dims);
 }
 
 template <class T>

@@ -59,7 +59,8 @@ TEST(H5, AttributesRoundTripOnGroupsAndDatasets) {
     h5::Group g = root.require_group("a/b");  // with its missing parent
     g.set_attr("replaced", 1.0);
     g.set_attr("replaced", "now a string");  // another type under the same name
-    h5::Dataset ds = g.write_dataset("values", std::vector<double>{1, 2});
+    g.write_dataset("values", std::vector<double>{1, 2});
+    h5::Dataset ds = g.dataset("values");
     ds.set_attr("unit", "nats");
     ds.set_attr("count", std::int64_t{3});
   }
