@@ -102,11 +102,12 @@ std::string format_message(const std::string& file, int line, const std::string&
   return out + sanitize(message);
 }
 
-DeckError::DeckError(std::string file_, int line_, std::string key_, const std::string& message)
-    : std::runtime_error(format_message(file_, line_, key_, message)),
+DeckError::DeckError(std::string file_, int line_, std::string key_, const std::string& message_)
+    : std::runtime_error(format_message(file_, line_, key_, message_)),
       file(std::move(file_)),
       line(line_),
-      key(std::move(key_)) {}
+      key(std::move(key_)),
+      message(sanitize(message_)) {}
 
 std::string join_names(const std::vector<std::string>& v, const char* sep) {
   std::string out;

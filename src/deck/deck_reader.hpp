@@ -27,6 +27,7 @@ struct DeckError : std::runtime_error {  // what() is the full one-line message
   std::string file;
   int line;         // 0 if unknown
   std::string key;  // dotted, "model.n_heads"; "" for syntax errors
+  std::string message;  // what is wrong, without file, line and key (sanitised)
   DeckError(std::string file, int line, std::string key, const std::string& message);
 };
 

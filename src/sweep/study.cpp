@@ -18,6 +18,7 @@
 #include <toml.hpp>
 
 #include "deck/deck_reader.hpp"
+#include "deck/toml_input.hpp"
 #include "sweep/sweep_manifest.hpp"
 
 namespace fs = std::filesystem;
@@ -120,11 +121,22 @@ void merge_sections(toml::value& into, const toml::value& from) {
 }
 
 // The part of a DeckError's message after "[section] key: ".
-std::string deck_message(const DeckError& e) {
-  std::string w = e.what();
-  const std::string leaf = e.key.substr(e.key.rfind('.') + 1);
-  const size_t p = w.find("] " + leaf + ": ");
-  return p == std::string::npos ? w : w.substr(p + leaf.size() + 4);
+std::string deck_message(const DeckError& e) { return e.message; }
+
+// A sweep or base deck named by the study deck, read by the deck machinery
+// (limits, located syntax errors); problems are reported at the study's key
+// that names the file, quoting the file's own location.
+toml::value read_named_deck(const Reader& R, const toml::value& at, const std::string& key, const std::string& file,
+                            const char* what) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) R.bad(Reader::line(at), key, std::string("cannot read ") + what + " '" + file + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return parse_toml_deck(ss.str(), file);
+  } catch (const DeckError& e) {
+    R.bad(Reader::line(at), key, std::string("cannot read ") + what + ": " + e.what());
+  }
 }
 
 // A sweep of a stage -> sweep deck text (without dir and laws), and the
@@ -146,13 +158,7 @@ StudySweep read_sweep(const Reader& R, const toml::value& sw, const toml::value&
       if (k != "file" && k != "name")
         R.bad(Reader::line(v), key + "." + k, "a sweep given by 'file' takes only 'name' besides it");
     const std::string file = R.str(sw, "file", key + ".file", "");
-    toml::value f;
-    try {
-      f = toml::parse(file);
-    } catch (const std::exception& e) {
-      R.bad(Reader::line(sw.at("file")), key + ".file", "cannot read sweep deck '" + file + "': " +
-                                                           std::string(e.what()).substr(0, std::string(e.what()).find('\n')));
-    }
+    const toml::value f = read_named_deck(R, sw.at("file"), key + ".file", file, "sweep deck");
     if (!f.contains("sweep") || !f.at("sweep").is_table())
       R.bad(Reader::line(sw.at("file")), key + ".file", "'" + file + "' has no [sweep] section (doc/sweeps.md)");
     for (const auto& [k, v] : f.at("sweep").as_table())
@@ -203,12 +209,7 @@ StudySweep read_sweep(const Reader& R, const toml::value& sw, const toml::value&
   toml::value deck = toml::table{};
   if (sweep.contains("base")) {
     const std::string base = sweep.at("base").as_string();
-    try {
-      merge_sections(deck, toml::parse(base));
-    } catch (const std::exception& e) {
-      R.bad(out.line, key + ".base", "cannot read base deck '" + base + "': " +
-                                         std::string(e.what()).substr(0, std::string(e.what()).find('\n')));
-    }
+    merge_sections(deck, read_named_deck(R, sw, key + ".base", base, "base deck"));
   }
   merge_sections(deck, sections);
   std::vector<std::string> placeholder;
@@ -255,15 +256,9 @@ Study read_study_text(const std::string& text, const std::string& path) {
   Reader R{path};
   toml::value root;
   try {
-    std::istringstream is(text);
-    root = toml::parse(is, path);
-  } catch (const toml::exception& e) {
-    std::string w = e.what();
-    w = w.substr(0, w.find('\n'));
-    if (w.rfind("[error] ", 0) == 0) w = w.substr(8);
-    R.bad(static_cast<int>(e.location().line()), "(syntax)", "TOML syntax error: " + w);
-  } catch (const std::exception& e) {
-    R.bad(0, "(syntax)", std::string("TOML syntax error: ") + e.what());
+    root = parse_toml_deck(text, path);  // the input decks' limits and located syntax errors
+  } catch (const DeckError& e) {
+    R.bad(e.line, e.key.empty() ? "(syntax)" : e.key, e.message);
   }
   R.keys(root, kTopKeys, "");
   if (!root.contains("study")) R.bad(0, "study", "required: a [study] section (doc/studies.md)");

@@ -13,6 +13,7 @@
 #include "deck/deck_schema.hpp"
 #include "sweep/sweep_manifest.hpp"
 #include "sweep/sweep_plan.hpp"
+#include "sweep/study.hpp"
 
 namespace fs = std::filesystem;
 using namespace fulcrum::sweep;
@@ -506,4 +507,27 @@ micro_batch_size = 4
   EXPECT_TRUE(weights.count({{"technical", 0.2}, {"code", 1.0}}));
   // The inline table is written as one (not as "weights = technical = 0.2").
   for (const auto& r : p.runs) EXPECT_NE(r.deck_text.find("weights = { "), std::string::npos) << r.deck_text;
+}
+
+// A study deck's sweep files and base decks are read by the same machinery: a
+// problem in one is reported at the study's key, quoting the file's location.
+TEST(SweepPlanErrors, StudySweepFilesAreLocated) {
+  const std::string file = tmpdir("study-sweep") + ".toml";
+  std::ofstream(file) << "[sweep]\nname = \"x\"\n[sweep.grid]\ntrain.lr = [0.1,,]\n";
+  const std::string study = "[study]\nname = \"s\"\n[[stage]]\nname = \"a\"\nrequire = [\"law1\"]\n"
+                            "[[stage.sweep]]\nfile = \"" + file + "\"\n";
+  try {
+    read_study_text(study, "study.toml");
+    FAIL() << "expected a StudyError";
+  } catch (const StudyError& e) {
+    const std::string w = e.what();
+    EXPECT_EQ(w.rfind("study.toml:7: stage[1].sweep[1].file: cannot read sweep deck: " + file + ":4: TOML syntax error", 0), 0u) << w;
+  }
+  // and a syntax error of the study deck itself keeps its form
+  try {
+    read_study_text("[study]\nname = \"b\n", "study.toml");
+    FAIL() << "expected a StudyError";
+  } catch (const StudyError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("study.toml:2: (syntax): TOML syntax error", 0), 0u) << e.what();
+  }
 }
