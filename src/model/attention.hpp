@@ -46,13 +46,9 @@
 
 namespace fulcrum {
 
-using TeamPolicy = Kokkos::TeamPolicy<ExecSpace>;
-using TeamMember = TeamPolicy::member_type;
 template <class T>
 using ScratchBuffer = Kokkos::View<T*, ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
 
-// host backends (Serial, OpenMP, Threads): one-thread teams, vectorisable loops
-constexpr bool kHostLoops = std::is_same_v<MemSpace, Kokkos::HostSpace>;
 
 // Query and key block sizes. Host: 64 x 64 (a 64-key tile of K^T and V at
 // hd = 64 is 32 KiB, in L2 with the 64-row accumulators). Device: 32 x 32, so
@@ -72,6 +68,20 @@ inline TeamPolicy flash_policy(long league, std::size_t bytes, int& level) {
   level = bytes <= (std::size_t)TeamPolicy::scratch_size_max(0) ? 0 : 1;
   return policy.set_scratch_size(level, Kokkos::PerTeam(bytes));
 }
+// Whether the products of this call round their operands to bf16: float
+// buffers under a bf16 gemm backend (the run's train.precision). The flash
+// kernels are not gemm-layer products, so they apply the same rule
+// themselves (doc/model.md "Mixed precision"): q, k, v, dout, p and ds are
+// rounded where they enter a product; scores, sums and accumulators stay fp32.
+template <class T>
+inline bool flash_rounds_bf16() {
+  if constexpr (std::is_same_v<T, float>) {
+    const GemmBackend* g = active_gemm_backend();
+    return g && g->precision() == Precision::bf16;
+  }
+  return false;
+}
+
 // scratch bytes for n values of T, rounded up so each buffer stays aligned
 template <class T>
 constexpr std::size_t scratch_bytes(long n) { return ((n * sizeof(T) + 63) / 64) * 64; }
@@ -103,29 +113,91 @@ template <class T>
 inline void host_store(T* p, const typename HostVec<T>::type& v) { std::memcpy(p, &v, sizeof v); }
 #endif
 
+#ifdef FULCRUM_HOST_VECTOR_TYPES
+// The vector bodies below take NV consecutive registers per row (NV = 2 where
+// the width allows: kR x 2 independent accumulators cover the FMA latency).
+template <class T, int NV>
+inline void host_rows_times_tile_block(T* const s[], const T* const a[], int nr, const T* bt, int ldb, int hd,
+                                       int j0) {
+  typename HostVec<T>::type acc[kR][NV] = {};
+  for (int d = 0; d < hd; ++d) {
+    typename HostVec<T>::type b[NV];
+    for (int w = 0; w < NV; ++w) b[w] = host_load(bt + (long)d * ldb + j0 + w * kW);
+    for (int r = 0; r < kR; ++r) {
+      const T x = a[r][d];
+      for (int w = 0; w < NV; ++w) acc[r][w] += x * b[w];
+    }
+  }
+  for (int r = 0; r < nr; ++r)
+    for (int w = 0; w < NV; ++w) host_store(s[r] + j0 + w * kW, acc[r][w]);
+}
+template <class T, int NV>
+inline void host_rows_accumulate_block(T* const o[], const T* beta, const T* const c[], int nr, const T* m, int ldm,
+                                       int n, int d0) {
+  typename HostVec<T>::type acc[kR][NV];
+  for (int r = 0; r < kR; ++r) {
+    const T bt = beta ? beta[r < nr ? r : nr - 1] : T(1);
+    for (int w = 0; w < NV; ++w) acc[r][w] = host_load(o[r] + d0 + w * kW) * bt;
+  }
+  for (int j = 0; j < n; ++j) {
+    typename HostVec<T>::type mj[NV];
+    for (int w = 0; w < NV; ++w) mj[w] = host_load(m + (long)j * ldm + d0 + w * kW);
+    for (int r = 0; r < kR; ++r) {
+      const T x = c[r][j];
+      for (int w = 0; w < NV; ++w) acc[r][w] += x * mj[w];
+    }
+  }
+  for (int r = 0; r < nr; ++r)
+    for (int w = 0; w < NV; ++w) host_store(o[r] + d0 + w * kW, acc[r][w]);
+}
+template <class T, int NV>
+inline void host_tile_rank_update_block(T* out, int ldo, const T* const c[], const T* const x[], int nr, int n,
+                                        int d0) {
+  int j = 0;
+  for (; j + kR <= n; j += kR) {
+    typename HostVec<T>::type acc[kR][NV];
+    for (int u = 0; u < kR; ++u)
+      for (int w = 0; w < NV; ++w) acc[u][w] = host_load(out + (long)(j + u) * ldo + d0 + w * kW);
+    for (int r = 0; r < nr; ++r) {
+      typename HostVec<T>::type xr[NV];
+      for (int w = 0; w < NV; ++w) xr[w] = host_load(x[r] + d0 + w * kW);
+      for (int u = 0; u < kR; ++u) {
+        const T cr = c[r][j + u];
+        for (int w = 0; w < NV; ++w) acc[u][w] += cr * xr[w];
+      }
+    }
+    for (int u = 0; u < kR; ++u)
+      for (int w = 0; w < NV; ++w) host_store(out + (long)(j + u) * ldo + d0 + w * kW, acc[u][w]);
+  }
+  for (; j < n; ++j)
+    for (int w = 0; w < NV; ++w) {
+      auto acc = host_load(out + (long)j * ldo + d0 + w * kW);
+      for (int r = 0; r < nr; ++r) acc += c[r][j] * host_load(x[r] + d0 + w * kW);
+      host_store(out + (long)j * ldo + d0 + w * kW, acc);
+    }
+}
+#endif
+
 // s_r[j] = sum_d a_r[d] bt[d*ldb + j] for r < nr <= kR, j < ncols (a multiple
 // of kW; bt is zero-padded to it). Rows r >= nr of `a` must be valid pointers
 // (callers repeat the last row); their results are not stored.
 template <class T>
 KOKKOS_INLINE_FUNCTION void host_rows_times_tile(T* const s[], const T* const a[], int nr, const T* bt, int ldb,
                                                  int hd, int ncols) {
-  for (int j0 = 0; j0 < ncols; j0 += kW) {
 #ifdef FULCRUM_HOST_VECTOR_TYPES
-    typename HostVec<T>::type acc[kR] = {};
-    for (int d = 0; d < hd; ++d) {
-      const auto b = host_load(bt + (long)d * ldb + j0);
-      for (int r = 0; r < kR; ++r) acc[r] += a[r][d] * b;
-    }
-    for (int r = 0; r < nr; ++r) host_store(s[r] + j0, acc[r]);
+  int j0 = 0;
+  for (; j0 + 2 * kW <= ncols; j0 += 2 * kW) host_rows_times_tile_block<T, 2>(s, a, nr, bt, ldb, hd, j0);
+  for (; j0 < ncols; j0 += kW) host_rows_times_tile_block<T, 1>(s, a, nr, bt, ldb, hd, j0);
 #else
+  for (int j0 = 0; j0 < ncols; j0 += kW) {
     T acc[kR][kW] = {};
     for (int d = 0; d < hd; ++d)
       for (int r = 0; r < kR; ++r)
         for (int l = 0; l < kW; ++l) acc[r][l] += a[r][d] * bt[(long)d * ldb + j0 + l];
     for (int r = 0; r < nr; ++r)
       for (int l = 0; l < kW; ++l) s[r][j0 + l] = acc[r][l];
-#endif
   }
+#endif
 }
 
 // o_r[d] = beta_r o_r[d] + sum_{j < n} c_r[j] m[j*ldm + d] for r < nr <= kR,
@@ -135,15 +207,8 @@ KOKKOS_INLINE_FUNCTION void host_rows_accumulate(T* const o[], const T* beta, co
                                                  const T* m, int ldm, int n, int hd) {
   int d0 = 0;
 #ifdef FULCRUM_HOST_VECTOR_TYPES
-  for (; d0 + kW <= hd; d0 += kW) {
-    typename HostVec<T>::type acc[kR];
-    for (int r = 0; r < kR; ++r) acc[r] = host_load(o[r] + d0) * (beta ? beta[r < nr ? r : nr - 1] : T(1));
-    for (int j = 0; j < n; ++j) {
-      const auto mj = host_load(m + (long)j * ldm + d0);
-      for (int r = 0; r < kR; ++r) acc[r] += c[r][j] * mj;
-    }
-    for (int r = 0; r < nr; ++r) host_store(o[r] + d0, acc[r]);
-  }
+  for (; d0 + 2 * kW <= hd; d0 += 2 * kW) host_rows_accumulate_block<T, 2>(o, beta, c, nr, m, ldm, n, d0);
+  for (; d0 + kW <= hd; d0 += kW) host_rows_accumulate_block<T, 1>(o, beta, c, nr, m, ldm, n, d0);
 #endif
   for (int r = 0; r < nr; ++r)  // the head dimensions past the last full register
     for (int d = d0; d < hd; ++d) {
@@ -160,23 +225,8 @@ KOKKOS_INLINE_FUNCTION void host_tile_rank_update(T* out, int ldo, const T* cons
                                                   int n, int hd) {
   int d0 = 0;
 #ifdef FULCRUM_HOST_VECTOR_TYPES
-  for (; d0 + kW <= hd; d0 += kW) {
-    int j = 0;
-    for (; j + kR <= n; j += kR) {
-      typename HostVec<T>::type acc[kR];
-      for (int u = 0; u < kR; ++u) acc[u] = host_load(out + (long)(j + u) * ldo + d0);
-      for (int r = 0; r < nr; ++r) {
-        const auto xr = host_load(x[r] + d0);
-        for (int u = 0; u < kR; ++u) acc[u] += c[r][j + u] * xr;
-      }
-      for (int u = 0; u < kR; ++u) host_store(out + (long)(j + u) * ldo + d0, acc[u]);
-    }
-    for (; j < n; ++j) {
-      auto acc = host_load(out + (long)j * ldo + d0);
-      for (int r = 0; r < nr; ++r) acc += c[r][j] * host_load(x[r] + d0);
-      host_store(out + (long)j * ldo + d0, acc);
-    }
-  }
+  for (; d0 + 2 * kW <= hd; d0 += 2 * kW) host_tile_rank_update_block<T, 2>(out, ldo, c, x, nr, n, d0);
+  for (; d0 + kW <= hd; d0 += kW) host_tile_rank_update_block<T, 1>(out, ldo, c, x, nr, n, d0);
 #endif
   for (int j = 0; j < n; ++j)
     for (int r = 0; r < nr; ++r)
@@ -193,11 +243,14 @@ void flash_forward_host(T* out, T* lse, const T* q, const T* k, const T* v, int 
   constexpr int BQ = flash_block_q<true>(), BK = flash_block_k<true>();
   const int group = nh / nkv, nqb = (Tn + BQ - 1) / BQ, rows_max = group * BQ;
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  const bool bf16 = flash_rounds_bf16<T>();
   // scratch: kt (hd,BK) key tile transposed, zero past the tile's keys; vt
-  // (BK,hd) value tile; s (rows,BK) scores, then probabilities; o (rows,hd)
-  // unnormalised output; m, l, alpha (rows) running max, sum, rescale factor
-  const std::size_t bytes = 2 * scratch_bytes<T>((long)hd * BK) + scratch_bytes<T>((long)rows_max * BK) +
-                            scratch_bytes<T>((long)rows_max * hd) + 3 * scratch_bytes<T>(rows_max);
+  // (BK,hd) value tile; qt (rows,hd) the team's query rows; s (rows,BK)
+  // scores, then probabilities; o (rows,hd) unnormalised output; m, l, alpha
+  // (rows) running max, sum, rescale factor
+  const std::size_t bytes = 2 * scratch_bytes<T>((long)hd * BK) + 2 * scratch_bytes<T>((long)rows_max * hd) +
+                            scratch_bytes<T>((long)rows_max * BK) + scratch_bytes<T>((long)rows_max * hd) +
+                            3 * scratch_bytes<T>(rows_max);
   int level = 0;
   const TeamPolicy policy = flash_policy<true>((long)B * nkv * nqb, bytes, level);
   const T lowest = Kokkos::reduction_identity<T>::max();  // the most negative finite value
@@ -208,7 +261,7 @@ void flash_forward_host(T* out, T* lse, const T* q, const T* k, const T* v, int 
     ScratchBuffer<T> kt(member.team_scratch(level), (long)hd * BK), vt(member.team_scratch(level), (long)BK * hd);
     ScratchBuffer<T> s(member.team_scratch(level), (long)rows_max * BK), o(member.team_scratch(level), (long)rows_max * hd);
     ScratchBuffer<T> m(member.team_scratch(level), rows_max), l(member.team_scratch(level), rows_max);
-    ScratchBuffer<T> alpha(member.team_scratch(level), rows_max);
+    ScratchBuffer<T> alpha(member.team_scratch(level), rows_max), qt(member.team_scratch(level), (long)rows_max * hd);
     const T* kg = k + bg * Tn * hd;
     const T* vg = v + bg * Tn * hd;
     // tile row r: head g*group + r/nq, query position q0 + r%nq
@@ -216,7 +269,11 @@ void flash_forward_host(T* out, T* lse, const T* q, const T* k, const T* v, int 
     for (int r = 0; r < rows; ++r) {
       m(r) = lowest;
       l(r) = 0;
-      for (int d = 0; d < hd; ++d) o(r * hd + d) = 0;
+      const T* qr = q + row_of(r) * hd;
+      for (int d = 0; d < hd; ++d) {
+        o(r * hd + d) = 0;
+        qt(r * hd + d) = bf16 ? math::round_bf16(qr[d]) : qr[d];
+      }
     }
     const int nkb = (q0 + nq - 1) / BK + 1;  // key blocks holding a key <= the block's last query
     for (int kb = 0; kb < nkb; ++kb) {
@@ -226,6 +283,10 @@ void flash_forward_host(T* out, T* lse, const T* q, const T* k, const T* v, int 
         for (int j = 0; j < ncols; ++j) kt(d * BK + j) = j < nk ? kg[(long)(k0 + j) * hd + d] : T(0);
       for (int j = 0; j < nk; ++j)
         for (int d = 0; d < hd; ++d) vt(j * hd + d) = vg[(long)(k0 + j) * hd + d];
+      if (bf16) {
+        for (int x = 0; x < hd * BK; ++x) kt(x) = math::round_bf16(kt(x));
+        for (int x = 0; x < nk * hd; ++x) vt(x) = math::round_bf16(vt(x));
+      }
       // scores of every row against the tile, kR rows at a time
       for (int r0 = 0; r0 < rows; r0 += kR) {
         const int nr = (rows - r0) < kR ? (rows - r0) : kR;
@@ -233,7 +294,7 @@ void flash_forward_host(T* out, T* lse, const T* q, const T* k, const T* v, int 
         T* srow[kR];
         for (int u = 0; u < kR; ++u) {
           const int r = r0 + (u < nr ? u : nr - 1);
-          a[u] = q + row_of(r) * hd;
+          a[u] = &qt(r * hd);
           srow[u] = &s(r * BK);
         }
         host_rows_times_tile(srow, a, nr, &kt(0), BK, hd, ncols);
@@ -256,6 +317,8 @@ void flash_forward_host(T* out, T* lse, const T* q, const T* k, const T* v, int 
         alpha(r) = math::fast_exp(m(r) - mx);  // rescales what earlier tiles summed
         l(r) = l(r) * alpha(r) + math::row_sum(sr, jmax);
         m(r) = mx;
+        if (bf16)  // p enters the product p v as a bf16 operand; l keeps the fp32 sum
+          for (int j = 0; j < jmax; ++j) sr[j] = math::round_bf16(sr[j]);
       }
       // o = alpha o + P V, kR rows at a time
       for (int r0 = 0; r0 < rows; r0 += kR) {
@@ -294,6 +357,7 @@ void flash_forward_team(T* out, T* lse, const T* q, const T* k, const T* v, int 
   int level = 0;
   const TeamPolicy policy = flash_policy<false>((long)B * nkv * nqb, bytes, level);
   const T lowest = Kokkos::reduction_identity<T>::max();
+  const bool bf16 = flash_rounds_bf16<T>();
   Kokkos::parallel_for("flash_attention::forward_team", policy, KOKKOS_LAMBDA(const TeamMember& member) {
     const int qb = member.league_rank() % nqb;
     const long bg = member.league_rank() / nqb, b = bg / nkv, g = bg % nkv;
@@ -315,8 +379,9 @@ void flash_forward_team(T* out, T* lse, const T* q, const T* k, const T* v, int 
       member.team_barrier();  // the previous tile is no longer read
       Kokkos::parallel_for(Kokkos::TeamThreadRange(member, nk), [&](const int j) {
         Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, hd), [&](const int d) {
-          kt(d * BK + j) = kg[(long)(k0 + j) * hd + d];
-          vt(j * hd + d) = vg[(long)(k0 + j) * hd + d];
+          const T kx = kg[(long)(k0 + j) * hd + d], vx = vg[(long)(k0 + j) * hd + d];
+          kt(d * BK + j) = bf16 ? math::round_bf16(kx) : kx;
+          vt(j * hd + d) = bf16 ? math::round_bf16(vx) : vx;
         });
       });
       member.team_barrier();
@@ -330,7 +395,7 @@ void flash_forward_team(T* out, T* lse, const T* q, const T* k, const T* v, int 
         T mx_tile = lowest;
         Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, jmax), [&](const int j, T& mx) {
           T acc = 0;
-          for (int d = 0; d < hd; ++d) acc += qi[d] * kt(d * BK + j);
+          for (int d = 0; d < hd; ++d) acc += (bf16 ? math::round_bf16(qi[d]) : qi[d]) * kt(d * BK + j);
           s[j] = acc * scale;
           mx = s[j] > mx ? s[j] : mx;
         }, Kokkos::Max<T>(mx_tile));
@@ -343,7 +408,7 @@ void flash_forward_team(T* out, T* lse, const T* q, const T* k, const T* v, int 
         const T alpha = math::fast_exp(m(r) - mx);
         Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, hd), [&](const int d) {
           T acc = o[d] * alpha;
-          for (int j = 0; j < jmax; ++j) acc += s[j] * vt(j * hd + d);
+          for (int j = 0; j < jmax; ++j) acc += (bf16 ? math::round_bf16(s[j]) : s[j]) * vt(j * hd + d);
           o[d] = acc;
         });
         Kokkos::single(Kokkos::PerThread(member), [&]() { l(r) = l(r) * alpha + sum; m(r) = mx; });
@@ -416,10 +481,13 @@ void flash_backward_host(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
   constexpr int BK = flash_block_k<true>();
   const int group = nh / nkv, nkb = (Tn + BK - 1) / BK;
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  const bool bf16 = flash_rounds_bf16<T>();
   // scratch: kt, vt (hd,BK) key and value tiles transposed, zero past the
   // tile's keys; kr (BK,hd) key tile; dk_acc, dv_acc (BK,hd); p, ds (kR,BK)
-  // the probabilities and score gradients of kR query rows
-  const std::size_t bytes = 5 * scratch_bytes<T>((long)hd * BK) + 2 * scratch_bytes<T>((long)kR * BK);
+  // the probabilities and score gradients of kR query rows; qs, dos (kR,hd)
+  // those rows of q and dout rounded to bf16 (bf16 products only)
+  const std::size_t bytes = 5 * scratch_bytes<T>((long)hd * BK) + 2 * scratch_bytes<T>((long)kR * BK) +
+                            2 * scratch_bytes<T>((long)kR * hd);
   int level = 0;
   const TeamPolicy policy = flash_policy<true>((long)B * nkv, bytes, level);
   Kokkos::parallel_for("flash_attention::backward", policy, KOKKOS_LAMBDA(const TeamMember& member) {
@@ -428,6 +496,7 @@ void flash_backward_host(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
     ScratchBuffer<T> kr(member.team_scratch(level), (long)BK * hd);
     ScratchBuffer<T> dk_acc(member.team_scratch(level), (long)BK * hd), dv_acc(member.team_scratch(level), (long)BK * hd);
     ScratchBuffer<T> p(member.team_scratch(level), (long)kR * BK), ds(member.team_scratch(level), (long)kR * BK);
+    ScratchBuffer<T> qs(member.team_scratch(level), (long)kR * hd), dos(member.team_scratch(level), (long)kR * hd);
     const T* kg = k + bg * Tn * hd;
     const T* vg = v + bg * Tn * hd;
     T* dq_group = dq + (b * nh + g * group) * Tn * hd;  // the group's heads are contiguous
@@ -446,6 +515,13 @@ void flash_backward_host(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
           dk_acc(j * hd + d) = 0;
           dv_acc(j * hd + d) = 0;
         }
+      if (bf16) {
+        for (int x = 0; x < hd * BK; ++x) {
+          kt(x) = math::round_bf16(kt(x));
+          vt(x) = math::round_bf16(vt(x));
+        }
+        for (int x = 0; x < nk * hd; ++x) kr(x) = math::round_bf16(kr(x));
+      }
       for (int hl = 0; hl < group; ++hl) {
         const long bh = b * nh + g * group + hl;
         for (int i0 = k0; i0 < Tn; i0 += kR) {  // causal: queries i >= k0 see this tile
@@ -463,6 +539,15 @@ void flash_backward_host(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
             dsr[u] = &ds(uu * BK);
             dqr[u] = dq + (bh * Tn + i0 + uu) * hd;
           }
+          if (bf16)
+            for (int u = 0; u < kR; ++u) {
+              for (int d = 0; d < hd; ++d) {
+                qs(u * hd + d) = math::round_bf16(qr[u][d]);
+                dos(u * hd + d) = math::round_bf16(dor[u][d]);
+              }
+              qr[u] = &qs(u * hd);
+              dor[u] = &dos(u * hd);
+            }
           host_rows_times_tile(pr, qr, nr, &kt(0), BK, hd, ncols);   // q_i . k_j
           host_rows_times_tile(dsr, dor, nr, &vt(0), BK, hd, ncols); // dout_i . v_j = dp_ij
           for (int u = 0; u < nr; ++u) {
@@ -476,6 +561,11 @@ void flash_backward_host(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
               dsu[j] = pu[j] * (dsu[j] - delta_i);
             }
             for (int j = jmax; j < nk; ++j) pu[j] = dsu[j] = 0;
+            if (bf16)
+              for (int j = 0; j < jmax; ++j) {
+                pu[j] = math::round_bf16(pu[j]);
+                dsu[j] = math::round_bf16(dsu[j]);
+              }
           }
           host_tile_rank_update(&dv_acc(0), hd, pr, dor, nr, nk, hd);   // dv_j += p_ij dout_i
           host_tile_rank_update(&dk_acc(0), hd, dsr, qr, nr, nk, hd);   // dk_j += ds_ij q_i
@@ -502,6 +592,7 @@ void flash_backward_team(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
   constexpr int BQ = flash_block_q<false>(), BK = flash_block_k<false>();
   const int group = nh / nkv, nqb = (Tn + BQ - 1) / BQ, nkb = (Tn + BK - 1) / BK, rows_max = group * BQ;
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  const bool bf16 = flash_rounds_bf16<T>();
   {
     // scratch: kr, vr (BK,hd) key and value tiles; dk_acc, dv_acc (BK,hd)
     const std::size_t bytes = 4 * scratch_bytes<T>((long)hd * BK);
@@ -517,8 +608,9 @@ void flash_backward_team(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
       const T* vg = v + bg * Tn * hd;
       Kokkos::parallel_for(Kokkos::TeamThreadRange(member, nk), [&](const int j) {
         Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, hd), [&](const int d) {
-          kr(j * hd + d) = kg[(long)(k0 + j) * hd + d];
-          vr(j * hd + d) = vg[(long)(k0 + j) * hd + d];
+          const T kx = kg[(long)(k0 + j) * hd + d], vx = vg[(long)(k0 + j) * hd + d];
+          kr(j * hd + d) = bf16 ? math::round_bf16(kx) : kx;
+          vr(j * hd + d) = bf16 ? math::round_bf16(vx) : vx;
           dk_acc(j * hd + d) = 0;
           dv_acc(j * hd + d) = 0;
         });
@@ -534,17 +626,19 @@ void flash_backward_team(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
             const T* qi = q + (bh * Tn + i) * hd;
             const T* doi = dout + (bh * Tn + i) * hd;
             T qk = 0, dp = 0;
+            auto rd = [&](const T x) { return bf16 ? math::round_bf16(x) : x; };
             Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, hd), [&](const int d, T& a) {
-              a += qi[d] * kj[d];
+              a += rd(qi[d]) * kj[d];
             }, qk);
             Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, hd), [&](const int d, T& a) {
-              a += doi[d] * vj[d];
+              a += rd(doi[d]) * vj[d];
             }, dp);
             const T pij = math::fast_exp(qk * scale - lse[bh * Tn + i]);
-            const T dsij = pij * (dp - delta[bh * Tn + i]);
+            const T dsij = rd(pij * (dp - delta[bh * Tn + i]));
+            const T pr = rd(pij);
             Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, hd), [&](const int d) {
-              dv_acc(j * hd + d) += pij * doi[d];
-              dk_acc(j * hd + d) += dsij * qi[d];
+              dv_acc(j * hd + d) += pr * rd(doi[d]);
+              dk_acc(j * hd + d) += dsij * rd(qi[d]);
             });
           }
         }
@@ -582,9 +676,10 @@ void flash_backward_team(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
         member.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamThreadRange(member, nk), [&](const int j) {
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, hd), [&](const int d) {
-            kt(d * BK + j) = kg[(long)(k0 + j) * hd + d];
-            vtt(d * BK + j) = vg[(long)(k0 + j) * hd + d];
-            kr(j * hd + d) = kg[(long)(k0 + j) * hd + d];
+            const T kx = kg[(long)(k0 + j) * hd + d], vx = vg[(long)(k0 + j) * hd + d];
+            kt(d * BK + j) = bf16 ? math::round_bf16(kx) : kx;
+            vtt(d * BK + j) = bf16 ? math::round_bf16(vx) : vx;
+            kr(j * hd + d) = bf16 ? math::round_bf16(kx) : kx;
           });
         });
         member.team_barrier();
@@ -601,11 +696,12 @@ void flash_backward_team(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, jmax), [&](const int j) {
             T qk = 0, dp = 0;
             for (int d = 0; d < hd; ++d) {
-              qk += qi[d] * kt(d * BK + j);
-              dp += doi[d] * vtt(d * BK + j);
+              qk += (bf16 ? math::round_bf16(qi[d]) : qi[d]) * kt(d * BK + j);
+              dp += (bf16 ? math::round_bf16(doi[d]) : doi[d]) * vtt(d * BK + j);
             }
             const T pij = math::fast_exp(qk * scale - lse_i);
-            ds[j] = pij * (dp - delta_i);
+            const T dsj = pij * (dp - delta_i);
+            ds[j] = bf16 ? math::round_bf16(dsj) : dsj;
           });
           T order = 0;  // a vector reduction orders the lanes' writes of ds before the reads below
           Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, jmax), [&](const int j, T& a) { a += ds[j]; },

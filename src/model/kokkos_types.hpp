@@ -21,6 +21,32 @@ namespace fulcrum {
 using ExecSpace = Kokkos::DefaultExecutionSpace;
 using MemSpace = ExecSpace::memory_space;
 using RangePolicy = Kokkos::RangePolicy<ExecSpace>;
+using TeamPolicy = Kokkos::TeamPolicy<ExecSpace>;
+using TeamMember = TeamPolicy::member_type;
+
+// Row kernels come in two loop nests (one algorithm, fixed summation orders):
+// HostLoops = true on host backends (Serial, OpenMP, Threads): a row per work
+// item, the 16-lane helpers below for the reductions (what the compiler
+// vectorises); HostLoops = false on device backends: Kokkos teams, a thread
+// (TeamThreadRange) per row of a block of kTeamRows rows, vector lanes
+// (ThreadVectorRange) along the row with vector reductions. Each kernel
+// takes HostLoops as a template parameter defaulting to this constant, so
+// both nests are compiled and tested on any backend (tests/model).
+constexpr bool kHostLoops = std::is_same_v<MemSpace, Kokkos::HostSpace>;
+constexpr int kTeamRows = 8;
+// A team per block of kTeamRows rows, vector lanes along the row (32 on
+// device backends, 1 on host backends).
+inline TeamPolicy row_team_policy(long rows) {
+  const int vector = std::is_same_v<ExecSpace, Kokkos::DefaultHostExecutionSpace> ? 1 : 32;
+  return TeamPolicy((int)((rows + kTeamRows - 1) / kTeamRows), Kokkos::AUTO, vector);
+}
+// Calls row(n) for the rows of this team's block, a thread per row.
+template <class F>
+KOKKOS_INLINE_FUNCTION void for_team_rows(const TeamMember& member, long rows, const F& row) {
+  const long first = (long)member.league_rank() * kTeamRows;
+  const int count = (int)((rows - first) < kTeamRows ? (rows - first) : kTeamRows);
+  Kokkos::parallel_for(Kokkos::TeamThreadRange(member, count), [&](const int r) { row(first + r); });
+}
 
 // Device math: Kokkos 3.4 keeps these in Kokkos::Experimental, 3.6+ in Kokkos.
 namespace math {
@@ -42,6 +68,30 @@ KOKKOS_INLINE_FUNCTION float float_from_bits(int bits) {
   std::memcpy(&f, &bits, sizeof f);
   return f;
 #endif
+}
+
+KOKKOS_INLINE_FUNCTION int bits_from_float(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_int(f);
+#else
+  int bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+#endif
+}
+
+// x rounded to the nearest bf16 (ties to even), as a float: what a bf16
+// product does to its operands (gemm.hpp; oneDNN and cuBLAS round this way).
+// NaN stays NaN. double: unchanged (double products are never bf16).
+template <class T>
+KOKKOS_INLINE_FUNCTION T round_bf16(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    const unsigned u = static_cast<unsigned>(bits_from_float(x));
+    const unsigned r = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    return x != x ? x : float_from_bits(static_cast<int>(r));
+  } else {
+    return x;
+  }
 }
 
 // exp for the elementwise kernels (SiLU, attention softmax, cross-entropy).

@@ -33,19 +33,36 @@ void embedding_backward(T* dwte, const T* dout, const int* tokens, int N, int C)
 
 // ---------------------------------------------------------------- RMSNorm
 // out is (N,C), rstd is (N), inp is (N,C), weight is (C)
-template <class T>
+// y = x r w, r = 1/sqrt(mean(x^2) + eps). Host nest: a row per work item;
+// team nest: a thread per row, lanes along C (kokkos_types.hpp, kHostLoops).
+template <class T, bool HostLoops = kHostLoops>
 void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int C, double eps) {
   const T teps = static_cast<T>(eps);
-  Kokkos::parallel_for("rmsnorm::forward", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
-    const T* x = inp + (long)n * C;
-    T ms = 0;
-    for (int c = 0; c < C; ++c) ms += x[c] * x[c];
-    ms /= C;
-    const T r = T(1) / math::sqrt(ms + teps);
-    rstd[n] = r;
-    T* o = out + (long)n * C;
-    for (int c = 0; c < C; ++c) o[c] = x[c] * r * weight[c];
-  });
+  if constexpr (HostLoops) {
+    Kokkos::parallel_for("rmsnorm::forward", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
+      const T* x = inp + (long)n * C;
+      T ms = 0;
+      for (int c = 0; c < C; ++c) ms += x[c] * x[c];
+      ms /= C;
+      const T r = T(1) / math::sqrt(ms + teps);
+      rstd[n] = r;
+      T* o = out + (long)n * C;
+      for (int c = 0; c < C; ++c) o[c] = x[c] * r * weight[c];
+    });
+  } else {
+    Kokkos::parallel_for("rmsnorm::forward_team", row_team_policy(N), KOKKOS_LAMBDA(const TeamMember& member) {
+      for_team_rows(member, N, [&](const long n) {
+        const T* x = inp + n * C;
+        T ms = 0;
+        Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, C), [&](const int c, T& a) { a += x[c] * x[c]; },
+                                ms);
+        const T r = T(1) / math::sqrt(ms / C + teps);
+        Kokkos::single(Kokkos::PerThread(member), [&]() { rstd[n] = r; });
+        T* o = out + n * C;
+        Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, C), [&](const int c) { o[c] = x[c] * r * weight[c]; });
+      });
+    });
+  }
 }
 // The weight gradient is a sum over the N rows: a deterministic two-pass
 // reduction over blocks of kNormRowBlock rows (pass 1: one partial row of C
@@ -57,32 +74,63 @@ inline long rmsnorm_backward_scratch(int N, int C) { return (long)((N + kNormRow
 
 // dinp is (N,C) (+=), dweight is (C) (+=), dout is (N,C), inp is (N,C), rstd is (N),
 // dweight_partial is (ceil(N/kNormRowBlock), C) scratch
-template <class T>
+template <class T, bool HostLoops = kHostLoops>
 void rmsnorm_backward(T* dinp, T* dweight, T* dweight_partial, const T* dout, const T* inp, const T* weight,
                       const T* rstd, int N, int C) {
-  Kokkos::parallel_for("rmsnorm::backward_input", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
-    const T* x = inp + (long)n * C;
-    const T* dy = dout + (long)n * C;
-    const T r = rstd[n];
-    // dx = r * (w dy - xhat * mean(w dy xhat)),  xhat = x r
-    T dot = 0;
-    for (int c = 0; c < C; ++c) dot += weight[c] * dy[c] * x[c] * r;
-    dot /= C;
-    T* dx = dinp + (long)n * C;
-    for (int c = 0; c < C; ++c) dx[c] += r * (weight[c] * dy[c] - x[c] * r * dot);
-  });
   const int blocks = (N + kNormRowBlock - 1) / kNormRowBlock;
-  Kokkos::parallel_for("rmsnorm::backward_weight_blocks", RangePolicy(0, blocks), KOKKOS_LAMBDA(const int blk) {
-    T* part = dweight_partial + (long)blk * C;
-    for (int c = 0; c < C; ++c) part[c] = 0;
-    const int n_end = (blk + 1) * kNormRowBlock < N ? (blk + 1) * kNormRowBlock : N;
-    for (int n = blk * kNormRowBlock; n < n_end; ++n) {
-      const T* dy = dout + (long)n * C;
+  if constexpr (HostLoops) {
+    Kokkos::parallel_for("rmsnorm::backward_input", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
       const T* x = inp + (long)n * C;
+      const T* dy = dout + (long)n * C;
       const T r = rstd[n];
-      for (int c = 0; c < C; ++c) part[c] += dy[c] * x[c] * r;
-    }
-  });
+      // dx = r * (w dy - xhat * mean(w dy xhat)),  xhat = x r
+      T dot = 0;
+      for (int c = 0; c < C; ++c) dot += weight[c] * dy[c] * x[c] * r;
+      dot /= C;
+      T* dx = dinp + (long)n * C;
+      for (int c = 0; c < C; ++c) dx[c] += r * (weight[c] * dy[c] - x[c] * r * dot);
+    });
+    Kokkos::parallel_for("rmsnorm::backward_weight_blocks", RangePolicy(0, blocks), KOKKOS_LAMBDA(const int blk) {
+      T* part = dweight_partial + (long)blk * C;
+      for (int c = 0; c < C; ++c) part[c] = 0;
+      const int n_end = (blk + 1) * kNormRowBlock < N ? (blk + 1) * kNormRowBlock : N;
+      for (int n = blk * kNormRowBlock; n < n_end; ++n) {
+        const T* dy = dout + (long)n * C;
+        const T* x = inp + (long)n * C;
+        const T r = rstd[n];
+        for (int c = 0; c < C; ++c) part[c] += dy[c] * x[c] * r;
+      }
+    });
+  } else {
+    Kokkos::parallel_for("rmsnorm::backward_input_team", row_team_policy(N), KOKKOS_LAMBDA(const TeamMember& member) {
+      for_team_rows(member, N, [&](const long n) {
+        const T* x = inp + n * C;
+        const T* dy = dout + n * C;
+        const T r = rstd[n];
+        T dot = 0;
+        Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, C), [&](const int c, T& a) {
+          a += weight[c] * dy[c] * x[c] * r;
+        }, dot);
+        dot /= C;
+        T* dx = dinp + n * C;
+        Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, C), [&](const int c) {
+          dx[c] += r * (weight[c] * dy[c] - x[c] * r * dot);
+        });
+      });
+    });
+    // pass 1 as a team per row block: threads and lanes take columns, each
+    // column summed over the block's rows in order
+    Kokkos::parallel_for("rmsnorm::backward_weight_blocks_team", TeamPolicy(blocks, Kokkos::AUTO),
+                         KOKKOS_LAMBDA(const TeamMember& member) {
+      const int blk = member.league_rank();
+      const int n_end = (blk + 1) * kNormRowBlock < N ? (blk + 1) * kNormRowBlock : N;
+      Kokkos::parallel_for(Kokkos::TeamThreadRange(member, C), [&](const int c) {
+        T acc = 0;
+        for (int n = blk * kNormRowBlock; n < n_end; ++n) acc += dout[(long)n * C + c] * inp[(long)n * C + c] * rstd[n];
+        dweight_partial[(long)blk * C + c] = acc;
+      });
+    });
+  }
   Kokkos::parallel_for("rmsnorm::backward_weight_sum", RangePolicy(0, C), KOKKOS_LAMBDA(const int c) {
     T s = 0;
     for (int blk = 0; blk < blocks; ++blk) s += dweight_partial[(long)blk * C + c];
@@ -277,32 +325,69 @@ void swiglu_backward(T* dinp, T* dw1, T* dw3, T* dw2, T* dact, T* dh1, T* dh3, c
 // ---------------------------------------------------------------- cross-entropy
 // Returns the mean loss over the N positions. logits is (N,V), targets is (N);
 // lse is (N) (written): each row's log-sum-exp, which the backward reuses.
-template <class T>
+// Team nest: the row log-sum-exps by a thread per row (vector max and sum
+// over V), then the mean over rows as a second, cheap reduction.
+template <class T, bool HostLoops = kHostLoops>
 double crossentropy_forward(T* lse, const T* logits, const int* targets, int N, int V) {
   double total = 0;
-  Kokkos::parallel_reduce("crossentropy::forward", RangePolicy(0, N),
-                          KOKKOS_LAMBDA(const int n, double& acc) {
-    const T* z = logits + (long)n * V;
-    const T mx = math::row_max(z, V);
-    const T l = mx + math::log(math::row_sum_exp(z, V, mx));
-    lse[n] = l;
-    acc += static_cast<double>(l - z[targets[n]]);
-  }, total);
+  if constexpr (HostLoops) {
+    Kokkos::parallel_reduce("crossentropy::forward", RangePolicy(0, N),
+                            KOKKOS_LAMBDA(const int n, double& acc) {
+      const T* z = logits + (long)n * V;
+      const T mx = math::row_max(z, V);
+      const T l = mx + math::log(math::row_sum_exp(z, V, mx));
+      lse[n] = l;
+      acc += static_cast<double>(l - z[targets[n]]);
+    }, total);
+  } else {
+    Kokkos::parallel_for("crossentropy::forward_lse_team", row_team_policy(N), KOKKOS_LAMBDA(const TeamMember& member) {
+      for_team_rows(member, N, [&](const long n) {
+        const T* z = logits + n * V;
+        T mx = z[0];
+        Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, V), [&](const int v, T& m) {
+          m = z[v] > m ? z[v] : m;
+        }, Kokkos::Max<T>(mx));
+        T sum = 0;
+        Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, V), [&](const int v, T& a) {
+          a += math::fast_exp(z[v] - mx);
+        }, sum);
+        Kokkos::single(Kokkos::PerThread(member), [&]() { lse[n] = mx + math::log(sum); });
+      });
+    });
+    Kokkos::parallel_reduce("crossentropy::forward_sum", RangePolicy(0, N), KOKKOS_LAMBDA(const int n, double& acc) {
+      acc += static_cast<double>(lse[n] - logits[(long)n * V + targets[n]]);
+    }, total);
+  }
   return total / N;
 }
 // dlogits is (N,V) (overwritten) = d(dloss * mean loss)/dlogits = dloss (softmax - onehot) / N;
 // lse is (N), from crossentropy_forward on the same logits
-template <class T>
+template <class T, bool HostLoops = kHostLoops>
 void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int* targets, int N, int V,
                            T dloss) {
   const T scale = dloss / static_cast<T>(N);
-  Kokkos::parallel_for("crossentropy::backward", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
-    const T* z = logits + (long)n * V;
-    T* dz = dlogits + (long)n * V;
-    const T l = lse[n];
-    for (int v = 0; v < V; ++v) dz[v] = math::fast_exp(z[v] - l) * scale;
-    dz[targets[n]] -= scale;
-  });
+  if constexpr (HostLoops) {
+    Kokkos::parallel_for("crossentropy::backward", RangePolicy(0, N), KOKKOS_LAMBDA(const int n) {
+      const T* z = logits + (long)n * V;
+      T* dz = dlogits + (long)n * V;
+      const T l = lse[n];
+      for (int v = 0; v < V; ++v) dz[v] = math::fast_exp(z[v] - l) * scale;
+      dz[targets[n]] -= scale;
+    });
+  } else {
+    Kokkos::parallel_for("crossentropy::backward_team", row_team_policy(N), KOKKOS_LAMBDA(const TeamMember& member) {
+      for_team_rows(member, N, [&](const long n) {
+        const T* z = logits + n * V;
+        T* dz = dlogits + n * V;
+        const T l = lse[n];
+        const int target = targets[n];
+        // the one-hot term inside the lane that owns the target column
+        Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, V), [&](const int v) {
+          dz[v] = math::fast_exp(z[v] - l) * scale - (v == target ? scale : T(0));
+        });
+      });
+    });
+  }
 }
 
 }  // namespace fulcrum

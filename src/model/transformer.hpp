@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "data/hash.hpp"  // splitmix64 (header-only part)
+#include "model/attention.hpp"
+#include "model/attention_kernel.hpp"
 #include "model/layers.hpp"
 #include "model/model_shape.hpp"
 #include "model/moe_layer.hpp"
@@ -56,10 +58,13 @@ class Transformer {
   // ep_comm: the ranks sharing this model's routed experts (shape.ep_size of them).
   // balance_comm: the ranks sharing one global batch (global balance-loss
   // scope; the bias update takes its communicator as an argument).
+  // attention: the attention kernel; automatic = attention_kernel_for(shape)
+  // (attention_kernel.hpp), the others force one (tests, benchmarks).
   Transformer(const ModelShape& shape, int max_batch, const std::string& dispatcher = "local",
-              MPI_Comm ep_comm = MPI_COMM_SELF, MPI_Comm balance_comm = MPI_COMM_SELF)
-      : s_(shape), B_(max_batch), layout_(parameter_layout(shape)), ep_comm_(ep_comm),
-        balance_comm_(balance_comm) {
+              MPI_Comm ep_comm = MPI_COMM_SELF, MPI_Comm balance_comm = MPI_COMM_SELF,
+              AttentionKernel attention = AttentionKernel::automatic)
+      : s_(shape), B_(max_batch), attention_(attention_kernel_for(shape, max_batch, attention)),
+        layout_(parameter_layout(shape)), ep_comm_(ep_comm), balance_comm_(balance_comm) {
     const long n = parameter_count(layout_);
     for (std::size_t i = 0; i < layout_.size(); ++i) index_[layout_[i].name] = i;
     params_ = DeviceBuffer<T>("model::params", n);
@@ -71,6 +76,7 @@ class Transformer {
   }
 
   const ModelShape& shape() const { return s_; }
+  AttentionKernel attention_kernel() const { return attention_; }  // full or flash
   const std::vector<ParameterTensor>& layout() const { return layout_; }
   long num_parameters() const { return params_.extent(0); }
   DeviceBuffer<T>& params() { return params_; }
@@ -217,6 +223,7 @@ class Transformer {
 
   ModelShape s_;
   int B_;
+  AttentionKernel attention_;  // full or flash, fixed at construction
   int batch_ = 0;
   std::vector<ParameterTensor> layout_;
   MPI_Comm ep_comm_, balance_comm_;
@@ -232,7 +239,8 @@ class Transformer {
   DeviceBuffer<T> rstd1_, rstd2_;  // (L,N)
   DeviceBuffer<T> q_;         // (L,B,nh,T,hd) rotated
   DeviceBuffer<T> k_, v_;     // (L,B,nkv,T,hd), k rotated
-  DeviceBuffer<T> att_;       // (L,B,nh,T,T)
+  DeviceBuffer<T> att_;       // (L,B,nh,T,T) full attention's probabilities (empty with flash)
+  DeviceBuffer<T> att_lse_;   // (L,B,nh,T) flash attention's log-sum-exp per query row (empty with full)
   DeviceBuffer<T> attn_out_;  // (L,N,nh*hd) attention output before wo
   DeviceBuffer<T> ffn_h1_, ffn_h3_, ffn_act_;  // (L,N,F) dense layers
   DeviceBuffer<T> lnf_, rstdf_, logits_;       // (N,C), (N), (N,V)
@@ -241,7 +249,8 @@ class Transformer {
   // gradient scratch, shared across layers:
   DeviceBuffer<T> proj_q_, proj_k_, proj_v_;   // (N,nh*hd), (N,nkv*hd) x2
   DeviceBuffer<T> heads_;                      // (B,nh,T,hd)
-  DeviceBuffer<T> dq_, dk_, dv_, datt_;        // head-major grads, (B,nh,T,T)
+  DeviceBuffer<T> dq_, dk_, dv_, datt_;        // head-major grads, (B,nh,T,T) (full attention)
+  DeviceBuffer<T> att_delta_;                  // (B,nh,T) flash attention's rowsum(dout * out)
   DeviceBuffer<T> dresid_, dln_, ffn_out_;     // (N,C)
   DeviceBuffer<T> dffn_act_, dffn_h1_, dffn_h3_;  // (N,F)
   DeviceBuffer<T> dlogits_;                    // (N,V)

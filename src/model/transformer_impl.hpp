@@ -21,7 +21,9 @@ void Transformer<T>::allocate_activations(const std::string& dispatcher) {
   q_ = DeviceBuffer<T>("act::q", L * N * nh * hd);
   k_ = DeviceBuffer<T>("act::k", L * N * nkv * hd);
   v_ = DeviceBuffer<T>("act::v", L * N * nkv * hd);
-  att_ = DeviceBuffer<T>("act::att", L * B_ * nh * Tn * Tn);
+  const bool full = attention_ == AttentionKernel::full;
+  att_ = DeviceBuffer<T>("act::att", full ? L * B_ * nh * Tn * Tn : 0);
+  att_lse_ = DeviceBuffer<T>("act::att_lse", full ? 0 : L * B_ * nh * Tn);
   attn_out_ = DeviceBuffer<T>("act::attn_out", L * N * nh * hd);
   ffn_h1_ = DeviceBuffer<T>("act::ffn_h1", L * N * F);
   ffn_h3_ = DeviceBuffer<T>("act::ffn_h3", L * N * F);
@@ -40,7 +42,8 @@ void Transformer<T>::allocate_activations(const std::string& dispatcher) {
   dq_ = DeviceBuffer<T>("grad::dq", N * nh * hd);
   dk_ = DeviceBuffer<T>("grad::dk", N * nkv * hd);
   dv_ = DeviceBuffer<T>("grad::dv", N * nkv * hd);
-  datt_ = DeviceBuffer<T>("grad::datt", (long)B_ * nh * Tn * Tn);
+  datt_ = DeviceBuffer<T>("grad::datt", full ? (long)B_ * nh * Tn * Tn : 0);
+  att_delta_ = DeviceBuffer<T>("grad::att_delta", full ? 0 : (long)B_ * nh * Tn);
   norm_partial_ = DeviceBuffer<T>("grad::norm_partial", rmsnorm_backward_scratch((int)N, (int)C));
   dresid_ = DeviceBuffer<T>("grad::dresid", N * C);
   dln_ = DeviceBuffer<T>("grad::dln", N * C);
@@ -72,7 +75,7 @@ ModelLosses Transformer<T>::forward() {
     T* q = q_.data() + l * big_Nq;
     T* k = k_.data() + l * big_Nkv;
     T* v = v_.data() + l * big_Nkv;
-    T* att = att_.data() + l * att_stride;
+    T* att = att_.extent(0) ? att_.data() + l * att_stride : nullptr;  // full attention only
     T* attn_out = attn_out_.data() + l * big_Nq;
     // attention block
     rmsnorm_forward<T>(ln1, rstd1_.data() + (long)l * B_ * Tn, x, w.ln1_w, N, C, s_.norm_eps);
@@ -82,7 +85,10 @@ ModelLosses Transformer<T>::forward() {
     rope_permute_forward<T>(q, proj_q_.data(), rope_cos_.data(), rope_sin_.data(), B, Tn, nh, hd, true);
     rope_permute_forward<T>(k, proj_k_.data(), rope_cos_.data(), rope_sin_.data(), B, Tn, nkv, hd, true);
     rope_permute_forward<T>(v, proj_v_.data(), rope_cos_.data(), rope_sin_.data(), B, Tn, nkv, hd, false);
-    attention_forward<T>(heads_.data(), att, q, k, v, B, Tn, nh, nkv, hd);
+    if (attention_ == AttentionKernel::flash)
+      flash_attention_forward<T>(heads_.data(), att_lse_.data() + (long)l * B_ * nh * Tn, q, k, v, B, Tn, nh, nkv, hd);
+    else
+      attention_forward<T>(heads_.data(), att, q, k, v, B, Tn, nh, nkv, hd);
     // heads (B,nh,T,hd) -> (B,T,nh*hd): the permute's inverse without rotation
     rope_permute_backward<T>(attn_out, heads_.data(), rope_cos_.data(), rope_sin_.data(), B, Tn, nh, hd, false);
     Kokkos::deep_copy(Kokkos::subview(mid_, std::make_pair(l * big_NC, l * big_NC + NC)),
@@ -137,7 +143,7 @@ void Transformer<T>::backward(T dloss) {
     T* q = q_.data() + l * big_Nq;
     T* k = k_.data() + l * big_Nkv;
     T* v = v_.data() + l * big_Nkv;
-    T* att = att_.data() + l * att_stride;
+    T* att = att_.extent(0) ? att_.data() + l * att_stride : nullptr;  // full attention only
     T* attn_out = attn_out_.data() + l * big_Nq;
     // FFN block: xout = mid + ffn(ln2(mid)); dresid holds d xout.
     zero(dln, (std::size_t)N * C);
@@ -153,8 +159,16 @@ void Transformer<T>::backward(T dloss) {
     matmul<T>('T', 'N', C, nh * hd, N, T(1), dresid, attn_out, T(1), gl.wo);
     matmul<T>('N', 'N', N, nh * hd, C, T(1), dresid, w.wo, T(0), proj_q_.data());  // d attn_out
     rope_permute_forward<T>(heads_.data(), proj_q_.data(), rope_cos_.data(), rope_sin_.data(), B, Tn, nh, hd, false);
-    attention_backward<T>(dq_.data(), dk_.data(), dv_.data(), datt_.data(), heads_.data(), att, q, k, v,
-                          B, Tn, nh, nkv, hd);
+    if (attention_ == AttentionKernel::flash) {
+      // delta from the token-major d attn_out (proj_q_) and attn_out
+      flash_attention_backward_delta<T>(att_delta_.data(), proj_q_.data(), attn_out, B, Tn, nh, hd, false);
+      flash_attention_backward<T>(dq_.data(), dk_.data(), dv_.data(), heads_.data(),
+                                  att_lse_.data() + (long)l * B_ * nh * Tn, att_delta_.data(), q, k, v, B, Tn, nh,
+                                  nkv, hd);
+    } else {
+      attention_backward<T>(dq_.data(), dk_.data(), dv_.data(), datt_.data(), heads_.data(), att, q, k, v,
+                            B, Tn, nh, nkv, hd);
+    }
     rope_permute_backward<T>(proj_q_.data(), dq_.data(), rope_cos_.data(), rope_sin_.data(), B, Tn, nh, hd, true);
     rope_permute_backward<T>(proj_k_.data(), dk_.data(), rope_cos_.data(), rope_sin_.data(), B, Tn, nkv, hd, true);
     rope_permute_backward<T>(proj_v_.data(), dv_.data(), rope_cos_.data(), rope_sin_.data(), B, Tn, nkv, hd, false);

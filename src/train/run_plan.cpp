@@ -1,5 +1,7 @@
 #include "train/run_plan.hpp"
 
+#include "model/attention_kernel.hpp"
+
 #include <cmath>
 #include <cstdio>
 
@@ -88,6 +90,7 @@ std::vector<std::pair<std::string, ConfigValue>> describe_run(const RunConfig& c
       {"dispatcher", c.parallel.dispatcher},
       {"precision", std::string(precision_name(p.gemm.precision))},
       {"gemm_backend", p.gemm.backend},
+      {"attention_kernel", std::string(attention_kernel_name(attention_kernel_for(p.shape, c.train.micro_batch_size)))},
       {"cpu_isa", host_cpu_isa()},
   };
   return kv;

@@ -7,10 +7,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "model/attention.hpp"
+#include "model/attention_kernel.hpp"
 #include "model/layers.hpp"
+#include "model/transformer.hpp"
 #include "test_helpers.hpp"
 
 using namespace fulcrum;
@@ -103,7 +106,7 @@ double compare(int B, int Tn, int nh, int nkv, int hd, std::uint64_t seed) {
 // either loop nest's blocks (64 host, 32 device) and spanning several blocks
 const int kShapes[][5] = {{2, 7, 4, 4, 6},  {1, 9, 4, 2, 4},  {2, 5, 8, 2, 8},   {3, 1, 4, 1, 2},
                           {1, 1, 2, 2, 16}, {1, 65, 2, 1, 8}, {2, 97, 4, 2, 10}, {1, 150, 4, 1, 16},
-                          {1, 64, 2, 2, 32}, {1, 33, 6, 2, 12}};
+                          {1, 64, 2, 2, 32}, {1, 33, 6, 2, 12}, {1, 130, 2, 1, 48}};
 }  // namespace
 
 TEST(FlashAttention, MatchesTxTDoubleHostLoops) {
@@ -156,3 +159,118 @@ TEST(FlashAttention, DeltaTokenMajorEqualsHeadMajor) {
         EXPECT_EQ(h1[r], h2[r]);
       }
 }
+
+namespace {
+// A whole model's loss and gradients with the kernel forced to `kernel`.
+template <class T>
+std::pair<double, std::vector<T>> model_loss_and_grads(const ModelShape& s, int B, AttentionKernel kernel) {
+  Transformer<T> model(s, B, "local", MPI_COMM_SELF, MPI_COMM_SELF, kernel);
+  EXPECT_EQ(model.attention_kernel(), kernel);
+  model.init_parameters(5, 0.3);
+  std::vector<int> tokens(B * s.seq_len), targets(B * s.seq_len);
+  for (int i = 0; i < B * s.seq_len; ++i) {
+    tokens[i] = (i * 7 + 3) % s.vocab_size;
+    targets[i] = (i * 5 + 1) % s.vocab_size;
+  }
+  model.set_batch(tokens, targets, B);
+  model.zero_grads();
+  model.clear_routing_step();
+  const double loss = model.forward().total();
+  model.backward(T(1));
+  return {loss, to_host(model.grads().data(), model.num_parameters())};
+}
+
+ModelShape moe_shape(int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+  ModelShape s;
+  s.vocab_size = 13;
+  s.d_model = n_heads * head_dim;
+  s.n_layers = 2;
+  s.n_heads = n_heads;
+  s.n_kv_heads = n_kv_heads;
+  s.head_dim = head_dim;
+  s.d_ffn = 12;
+  s.seq_len = seq_len;
+  s.is_moe = true;
+  s.num_experts = 4;
+  s.num_active = 2;
+  s.num_shared = 1;
+  s.d_expert = 4;
+  s.first_k_dense = 1;
+  s.aux_loss_coef = 0.05;
+  s.z_loss_coef = 0.01;
+  return s;
+}
+}  // namespace
+
+TEST(FlashAttention, WholeModelMatchesFullAttention) {
+  // the model's wiring of the flash path (delta from the token-major output
+  // and its gradient, per-layer lse) against the full path, in double
+  for (const auto& sh : {std::array<int, 4>{7, 4, 2, 2}, std::array<int, 4>{70, 4, 1, 4}, std::array<int, 4>{1, 2, 2, 4}}) {
+    const ModelShape s = moe_shape(sh[0], sh[1], sh[2], sh[3]);
+    const auto [loss_full, g_full] = model_loss_and_grads<double>(s, 2, AttentionKernel::full);
+    const auto [loss_flash, g_flash] = model_loss_and_grads<double>(s, 2, AttentionKernel::flash);
+    EXPECT_NEAR(loss_flash, loss_full, 1e-12 * std::abs(loss_full)) << "T=" << sh[0];
+    EXPECT_LT(worst_relative(g_flash, g_full), 1e-10) << "T=" << sh[0];
+  }
+}
+
+TEST(FlashAttention, FloatModelRunsAreBitIdentical) {
+  // two identical float runs of the flash path: same loss and gradients bit for bit
+  const ModelShape s = moe_shape(67, 4, 2, 8);
+  const auto a = model_loss_and_grads<float>(s, 3, AttentionKernel::flash);
+  const auto b = model_loss_and_grads<float>(s, 3, AttentionKernel::flash);
+  EXPECT_EQ(a.first, b.first);
+  EXPECT_TRUE(a.second == b.second);
+  const auto full = model_loss_and_grads<float>(s, 3, AttentionKernel::full);
+  EXPECT_NEAR(a.first, full.first, 1e-5 * std::abs(full.first));
+}
+
+TEST(FlashAttention, Bf16RoundsOperandsLikeTheGemmLayer) {
+  // under a bf16 gemm backend the flash kernels round q, k, v, dout, p, ds
+  // where they enter a product, as the full path's bf16 products do
+  if (!native_bf16(resolve_gemm("auto", "fp32").backend)) GTEST_SKIP() << "no native bf16 on this machine";
+  const int B = 2, Tn = 70, nh = 4, nkv = 2, hd = 32;
+  double bf16_vs_full = 0;
+  {
+    ScopedGemm scope(resolve_gemm("auto", "bf16"));
+    bf16_vs_full = std::max(compare<float, true>(B, Tn, nh, nkv, hd, 9), compare<float, false>(B, Tn, nh, nkv, hd, 9));
+  }
+  // the rounding must be visible: flash in bf16 differs from flash in fp32
+  const long nq = (long)B * nh * Tn * hd, nkvn = (long)B * nkv * Tn * hd, nr = (long)B * nh * Tn;
+  auto q = to_device(cast<float>(random_vector(nq, 9))), k = to_device(cast<float>(random_vector(nkvn, 10)));
+  auto v = to_device(cast<float>(random_vector(nkvn, 11)));
+  DeviceBuffer<float> o32("o32", nq), o16("o16", nq), lse("lse", nr);
+  {
+    ScopedGemm scope(resolve_gemm("auto", "fp32"));
+    flash_attention_forward<float>(o32.data(), lse.data(), q.data(), k.data(), v.data(), B, Tn, nh, nkv, hd);
+  }
+  {
+    ScopedGemm scope(resolve_gemm("auto", "bf16"));
+    flash_attention_forward<float>(o16.data(), lse.data(), q.data(), k.data(), v.data(), B, Tn, nh, nkv, hd);
+  }
+  EXPECT_GT(worst_relative(to_host(o16.data(), nq), to_host(o32.data(), nq)), 1e-4) << "bf16 flash equals fp32 flash: operands not rounded?";
+  EXPECT_LT(bf16_vs_full, 2e-2);
+  ::testing::Test::RecordProperty("bf16_flash_vs_full", std::to_string(bf16_vs_full));
+}
+
+#if !defined(FULCRUM_ATTENTION_KERNEL_FULL) && !defined(FULCRUM_ATTENTION_KERNEL_FLASH)
+TEST(FlashAttention, KernelRuleFollowsTheFullPathsMemory) {
+  ModelShape s;
+  s.n_heads = 4;
+  s.n_kv_heads = 2;
+  s.seq_len = 128;  // quickstart: B 16 -> 4 MiB of probabilities per layer
+  EXPECT_EQ(attention_kernel_for(s, 16), AttentionKernel::full);
+  s.n_heads = 6;
+  s.seq_len = 256;  // study-size: B 8 -> 12 MiB
+  EXPECT_EQ(attention_kernel_for(s, 8), AttentionKernel::full);
+  s.n_heads = 4;
+  s.seq_len = 2048;  // B 1 -> 64 MiB: the threshold
+  EXPECT_EQ(attention_kernel_for(s, 1), AttentionKernel::flash);
+  s.seq_len = 2047;
+  EXPECT_EQ(attention_kernel_for(s, 1), AttentionKernel::full);
+  EXPECT_EQ(attention_kernel_for(s, 1, AttentionKernel::flash), AttentionKernel::flash);
+  s.seq_len = 8192;
+  EXPECT_EQ(attention_kernel_for(s, 1, AttentionKernel::full), AttentionKernel::full);
+  EXPECT_STREQ(attention_kernel_name(attention_kernel_for(s, 1)), "flash");
+}
+#endif

@@ -101,3 +101,49 @@ TEST(KernelReference, AttentionStackedGroups) {
     expect_close(to_host(dv_a.data(), nkvn), to_host(dv_b.data(), nkvn), "attention dv");
   }
 }
+
+// The team nests of the row kernels (kokkos_types.hpp: HostLoops = false,
+// the default on device backends; here with teams of one thread) against the
+// host nests, and the RMSNorm backward against the per-column reference.
+TEST(KernelReference, RmsnormTeamNest) {
+  for (int N : {1, 7, 64, 65, 200})
+    for (int C : {1, 7, 48}) {
+      const long NC = (long)N * C;
+      auto x = to_device(random_vector(NC, 31)), dy = to_device(random_vector(NC, 32));
+      auto w = to_device(random_vector(C, 33, 0.5));
+      DeviceBuffer<double> out_h("oh", NC), out_t("ot", NC), rstd_h("rh", N), rstd_t("rt", N);
+      rmsnorm_forward<double, true>(out_h.data(), rstd_h.data(), x.data(), w.data(), N, C, 1e-5);
+      rmsnorm_forward<double, false>(out_t.data(), rstd_t.data(), x.data(), w.data(), N, C, 1e-5);
+      expect_close(to_host(out_t.data(), NC), to_host(out_h.data(), NC), "rmsnorm team out");
+      expect_close(to_host(rstd_t.data(), N), to_host(rstd_h.data(), N), "rmsnorm team rstd");
+      auto dx_t = to_device(random_vector(NC, 34)), dx_r = to_device(random_vector(NC, 34));
+      auto dw_t = to_device(random_vector(C, 35)), dw_r = to_device(random_vector(C, 35));
+      DeviceBuffer<double> partial("partial", rmsnorm_backward_scratch(N, C));
+      rmsnorm_backward<double, false>(dx_t.data(), dw_t.data(), partial.data(), dy.data(), x.data(), w.data(),
+                                      rstd_h.data(), N, C);
+      reference::rmsnorm_backward_reference<double>(dx_r.data(), dw_r.data(), dy.data(), x.data(), w.data(),
+                                                    rstd_h.data(), N, C);
+      expect_close(to_host(dx_t.data(), NC), to_host(dx_r.data(), NC), "rmsnorm team dx");
+      expect_close(to_host(dw_t.data(), C), to_host(dw_r.data(), C), "rmsnorm team dw");
+    }
+}
+
+TEST(KernelReference, CrossentropyTeamNest) {
+  for (int N : {1, 9, 64})
+    for (int V : {1, 13, 257}) {
+      const long NV = (long)N * V;
+      auto z = to_device(random_vector(NV, 41, 3.0));
+      std::vector<int> t(N);
+      for (int n = 0; n < N; ++n) t[n] = (n * 7 + 2) % V;
+      DeviceBuffer<int> targets("targets", N);
+      copy_to_device(targets.data(), t);
+      DeviceBuffer<double> lse_h("lh", N), lse_t("lt", N), dz_h("dh", NV), dz_t("dt", NV);
+      const double loss_h = crossentropy_forward<double, true>(lse_h.data(), z.data(), targets.data(), N, V);
+      const double loss_t = crossentropy_forward<double, false>(lse_t.data(), z.data(), targets.data(), N, V);
+      EXPECT_NEAR(loss_t, loss_h, 1e-13 * (1 + std::abs(loss_h)));
+      expect_close(to_host(lse_t.data(), N), to_host(lse_h.data(), N), "crossentropy team lse");
+      crossentropy_backward<double, true>(dz_h.data(), z.data(), lse_h.data(), targets.data(), N, V, 0.7);
+      crossentropy_backward<double, false>(dz_t.data(), z.data(), lse_h.data(), targets.data(), N, V, 0.7);
+      expect_close(to_host(dz_t.data(), NV), to_host(dz_h.data(), NV), "crossentropy team dlogits");
+    }
+}
