@@ -58,8 +58,8 @@ struct Verdict {
   std::string family;    // "" for the EL joint law
   bool fitted = false;
   bool trusted = false;  // fitted and no flag
-  std::vector<std::string> reasons;  // why not fitted, or why not trusted
-  std::string summary;   // one line: what was fitted from what
+  std::vector<std::string> reasons = {};  // why not fitted, or why not trusted
+  std::string summary = {};   // one line: what was fitted from what
 };
 
 struct HPPoint {                 // one run of a hyper-parameter sweep budget
@@ -81,8 +81,8 @@ struct IsoPoint {                // best loss of one model size at one budget
 };
 struct IsoFit {                  // loss = c0 + c1 x + c2 x^2, x = log10 M
   std::string family;
-  double C, c0, c1, c2, M_opt, L_min;
-  double x_lo, x_hi;
+  double C = 0, c0 = 0, c1 = 0, c2 = 0, M_opt = 0, L_min = 0;
+  double x_lo = 0, x_hi = 0;
 };
 struct CurvePoint {              // Law 3 data: per family and budget
   std::string family;

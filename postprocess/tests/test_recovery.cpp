@@ -429,9 +429,10 @@ TEST(Recovery, JointELLawOneGranularityFixesGammaAndBeta) {
   bootstrap(runs, o, f);
   diagnose(f, runs, o);
   EXPECT_FALSE(std::isfinite(f.laws.el.gamma.lo));
-  for (auto& v : f.verdicts)
-    if (v.law == "el")
-      for (auto& r : v.reasons) EXPECT_EQ(r.find("of gamma"), std::string::npos) << r;
+  for (auto& v : f.verdicts) {
+    if (v.law != "el") continue;
+    for (auto& r : v.reasons) EXPECT_EQ(r.find("of gamma"), std::string::npos) << r;
+  }
 }
 
 TEST(Recovery, JointELLawOneReferenceBudgetFixesD) {
