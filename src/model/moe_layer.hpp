@@ -55,13 +55,17 @@ class MoeLayer {
         shared_dact_("moe::shared_dact", (long)max_tokens * Ws_),
         shared_dh1_("moe::shared_dh1", (long)max_tokens * Ws_),
         shared_dh3_("moe::shared_dh3", (long)max_tokens * Ws_),
-        dtopk_weight_("moe::dtopk_weight", (long)max_tokens * s.num_active) {
+        dtopk_weight_("moe::dtopk_weight", (long)max_tokens * s.num_active),
+        device_stats_("moe::statistics", 2) {
     stats.reset(E_);
   }
 
-  // out is (N,C) (overwritten), h is (N,C). Returns the router losses.
-  typename Router<T>::Losses forward(T* out, const T* h, const MoeWeights<T>& w, int N) {
-    auto losses = router_.forward(h, w.router, N, collect_statistics);
+  // out is (N,C) (overwritten), h is (N,C). No host wait but the
+  // dispatcher's one copy of the split counts (the grouped GEMM's sizes).
+  // loss_sums (device, optional): the router's aux and z losses are added to
+  // loss_sums[1] and loss_sums[2] (Transformer's [lm, aux, z]).
+  void forward_device(T* out, const T* h, const MoeWeights<T>& w, int N, double* loss_sums = nullptr) {
+    router_.forward_device(h, w.router, N, collect_statistics);
     dispatcher_->dispatch(h, router_.topk_idx(), N);
     experts_.forward(dispatcher_->permuted_output(), dispatcher_->permuted_input(), w.experts_w1,
                      w.experts_w3, w.experts_w2, dispatcher_->tokens_per_local_expert());
@@ -71,8 +75,26 @@ class MoeLayer {
     else
       zero(out, (std::size_t)N * C_);
     dispatcher_->combine(out, router_.topk_weight(), N);
-    if (collect_statistics) accumulate_statistics(losses, N);
-    return losses;
+    const bool stats = collect_statistics;
+    if (stats) accumulate_statistics(N);
+    if (!loss_sums && !stats) return;
+    const double* r = router_.device_losses();
+    double* dev_stats = device_stats_.data();
+    Kokkos::parallel_for("moe::accumulate_losses", RangePolicy(0, 1), KOKKOS_LAMBDA(const int) {
+      if (loss_sums) {
+        loss_sums[1] += r[Router<T>::kAux];
+        loss_sums[2] += r[Router<T>::kZ];
+      }
+      if (stats) {  // per-token means x tokens: the sums over the window's tokens
+        dev_stats[0] += r[Router<T>::kEntropy] * N;
+        dev_stats[1] += r[Router<T>::kMargin] * N;
+      }
+    });
+  }
+  // forward_device, returning the router's losses (waits for the device: tests).
+  typename Router<T>::Losses forward(T* out, const T* h, const MoeWeights<T>& w, int N) {
+    forward_device(out, h, w, N);
+    return router_.losses();
   }
 
   // dh is (N,C) (+=), dout is (N,C), h is (N,C); g: gradients (+=).
@@ -94,20 +116,39 @@ class MoeLayer {
 
   // Off during evaluation: routing statistics describe the training tokens.
   bool collect_statistics = true;
+  // The statistics' entropy and margin sums accumulate in device memory; the
+  // host fields of `stats` hold them only after statistics_to_host() (log
+  // steps, checkpoints). statistics_to_device() after stats was set (resume),
+  // reset_statistics() clears both.
+  void statistics_to_host() {
+    double v[2];
+    Kokkos::deep_copy(Kokkos::View<double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(v, 2),
+                      device_stats_);
+    stats.entropy_sum = v[0];
+    stats.margin_sum = v[1];
+  }
+  void statistics_to_device() {
+    double v[2] = {stats.entropy_sum, stats.margin_sum};
+    Kokkos::deep_copy(device_stats_,
+                      Kokkos::View<double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(v, 2));
+  }
+  void reset_statistics() {
+    stats.reset(E_);
+    statistics_to_device();
+  }
   const Router<T>& router() const { return router_; }
   Router<T>& router() { return router_; }
   const TokenDispatcher<T>& dispatcher() const { return *dispatcher_; }
   RoutingAccumulator stats;
 
  private:
-  void accumulate_statistics(const typename Router<T>::Losses& losses, int N) {
+  // The host parts, from the dispatcher's host copy of the counts.
+  void accumulate_statistics(int N) {
     const std::vector<int>& assigned = dispatcher_->assignments_per_expert();
     for (int e = 0; e < E_; ++e) stats.assignments[e] += assigned[e];
     stats.routed += static_cast<double>(N) * k_;
     stats.dropped += static_cast<double>(dispatcher_->dropped_assignments());
-    stats.entropy_sum += losses.entropy * N;
     stats.token_count += N;
-    stats.margin_sum += losses.margin * N;
   }
 
   static RouterOptions router_options(const ModelShape& s, MPI_Comm balance_comm) {
@@ -127,6 +168,7 @@ class MoeLayer {
   Experts<T> experts_;
   DeviceBuffer<T> shared_h1_, shared_h3_, shared_act_, shared_dact_, shared_dh1_, shared_dh3_;
   DeviceBuffer<T> dtopk_weight_;
+  DeviceBuffer<double> device_stats_;  // [entropy_sum, margin_sum] since the last reset
 };
 
 }  // namespace fulcrum

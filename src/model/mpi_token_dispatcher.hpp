@@ -155,7 +155,9 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
 
   void exchange(const T* send, const std::vector<int>& scounts, const std::vector<int>& sdispls, T* recv,
                 const std::vector<int>& rcounts, const std::vector<int>& rdispls) {
-    Kokkos::fence();  // buffers are complete before the exchange reads them
+    // MPI reads the buffers from the host side: they must be complete (a
+    // stream-ordered NCCL exchange follows the kernels on the device)
+    if (!rows_exchange_->stream_ordered()) Kokkos::fence();
     timed([&] {
       rows_exchange_->alltoallv(send, scounts.data(), sdispls.data(), recv, rcounts.data(), rdispls.data());
     });

@@ -1,63 +1,45 @@
 // nccl_row_exchange.hpp: the row exchange as grouped ncclSend/ncclRecv on
-// the device stream (CUDA builds with NCCL; FULCRUM_ENABLE_NCCL). The NCCL
-// communicator is created from the group's MPI communicator: rank 0 makes
-// the unique id, MPI_Bcast shares it.
+// the device stream (CUDA builds with NCCL; FULCRUM_ENABLE_NCCL). It uses
+// the EP group's shared NCCL communicator (nccl_communicator.hpp): every MoE
+// layer's exchange goes through the same one.
 #pragma once
 
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
 
+#include <memory>
 #include <stdexcept>
 #include <string>
 
+#include "model/nccl_communicator.hpp"
 #include "model/row_exchange.hpp"
 
 namespace fulcrum {
 
 template <class T>
-inline ncclDataType_t nccl_datatype();
-template <>
-inline ncclDataType_t nccl_datatype<float>() { return ncclFloat; }
-template <>
-inline ncclDataType_t nccl_datatype<double>() { return ncclDouble; }
-
-inline void nccl_check(ncclResult_t rc, const char* what) {
-  if (rc != ncclSuccess) throw std::runtime_error(std::string("NCCL ") + what + ": " + ncclGetErrorString(rc));
-}
-
-template <class T>
 class NcclRowExchange : public RowExchange<T> {
  public:
   // stream: the CUDA stream the model's kernels run on (Kokkos' default).
-  NcclRowExchange(MPI_Comm comm, cudaStream_t stream) : stream_(stream) {
-    MPI_Comm_size(comm, &size_);
-    MPI_Comm_rank(comm, &rank_);
-    ncclUniqueId id;
-    if (rank_ == 0) nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, comm);
-    nccl_check(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank");
-  }
-  ~NcclRowExchange() override { ncclCommDestroy(comm_); }
-  NcclRowExchange(const NcclRowExchange&) = delete;
-  NcclRowExchange& operator=(const NcclRowExchange&) = delete;
+  NcclRowExchange(MPI_Comm comm, cudaStream_t stream) : comm_(NcclCommunicator::of(comm, stream)) {}
 
   void alltoallv(const T* send, const int* sc, const int* sd, T* recv, const int* rc, const int* rd) override {
+    const ncclComm_t comm = comm_->get();
+    const cudaStream_t stream = comm_->stream();
     nccl_check(ncclGroupStart(), "ncclGroupStart");
-    for (int p = 0; p < size_; ++p) {
-      if (sc[p] > 0) nccl_check(ncclSend(send + sd[p], sc[p], nccl_datatype<T>(), p, comm_, stream_), "ncclSend");
-      if (rc[p] > 0) nccl_check(ncclRecv(recv + rd[p], rc[p], nccl_datatype<T>(), p, comm_, stream_), "ncclRecv");
+    for (int p = 0; p < comm_->size(); ++p) {
+      if (sc[p] > 0) nccl_check(ncclSend(send + sd[p], sc[p], nccl_datatype<T>(), p, comm, stream), "ncclSend");
+      if (rc[p] > 0) nccl_check(ncclRecv(recv + rd[p], rc[p], nccl_datatype<T>(), p, comm, stream), "ncclRecv");
     }
     nccl_check(ncclGroupEnd(), "ncclGroupEnd");
-    // the regroup kernels that follow run on the same stream, but the host
-    // reads split counts next: finish the exchange here
-    if (cudaStreamSynchronize(stream_) != cudaSuccess) throw std::runtime_error("NCCL exchange: stream failed");
+    // no wait: the kernels that read recv run later on the same stream, and
+    // the host reads nothing the exchange writes (the split counts come
+    // from MPI_Alltoall on the host before it)
   }
+  bool stream_ordered() const override { return true; }
 
  private:
-  ncclComm_t comm_;
-  cudaStream_t stream_;
-  int size_ = 1, rank_ = 0;
+  std::shared_ptr<NcclCommunicator> comm_;
 };
 
 }  // namespace fulcrum

@@ -33,6 +33,34 @@ struct RouterOptions {
   MPI_Comm balance_comm = MPI_COMM_SELF;  // global scope: the ranks whose counts are summed
 };
 
+// Per-token sums of one router forward, reduced in device memory.
+struct RouterSums {
+  double lse_sq = 0, entropy = 0, margin = 0;
+  KOKKOS_INLINE_FUNCTION RouterSums& operator+=(const RouterSums& o) {
+    lse_sq += o.lse_sq;
+    entropy += o.entropy;
+    margin += o.margin;
+    return *this;
+  }
+  // Kokkos 3.x joins through volatile references
+  KOKKOS_INLINE_FUNCTION void operator+=(const volatile RouterSums& o) volatile {
+    lse_sq += o.lse_sq;
+    entropy += o.entropy;
+    margin += o.margin;
+  }
+};
+
+}  // namespace fulcrum
+
+namespace Kokkos {
+template <>
+struct reduction_identity<fulcrum::RouterSums> {
+  KOKKOS_FORCEINLINE_FUNCTION static fulcrum::RouterSums sum() { return fulcrum::RouterSums(); }
+};
+}  // namespace Kokkos
+
+namespace fulcrum {
+
 template <class T>
 class Router {
  public:
@@ -49,7 +77,10 @@ class Router {
         topk_idx_("router::topk_idx", (long)max_tokens * top_k),
         topk_weight_("router::topk_weight", (long)max_tokens * top_k),
         bias_("router::bias", num_experts),
-        bias_host_(num_experts, 0.0), step_counts_(num_experts, 0.0), global_counts_(num_experts, 0.0) {
+        step_counts_("router::step_counts", num_experts),
+        global_counts_dev_("router::global_counts", num_experts), out_("router::losses", kLossSlots),
+        sums_("router::sums"), fp_sum_("router::fp_sum"),
+        bias_host_(num_experts, 0.0), global_counts_(num_experts, 0.0) {
     opt_.renormalize = renormalize || options.sigmoid;
     const int segments = opt_.scope == RouterOptions::Sequence && opt_.seq_len > 0
                              ? (max_tokens + opt_.seq_len - 1) / opt_.seq_len : 1;
@@ -64,11 +95,16 @@ class Router {
     double entropy = 0;  // mean per-token entropy of the routing distribution (nats), for statistics
     double margin = 0;   // mean gap between the k-th and (k+1)-th selection score (0 when k = E)
   };
+  // Device layout of the last forward's Losses (device_losses()).
+  enum LossSlot { kAux = 0, kZ = 1, kEntropy = 2, kMargin = 3, kLossSlots = 4 };
 
   // logits = h router^T; scores; top-k; aux and z losses. h is (N,C),
   // w_router is (E,C). `training`: counts enter the step's load (bias
   // update, global balance loss); off for evaluation forwards.
-  Losses forward(const T* h, const T* w_router, int N, bool training = true) {
+  // Everything stays in device memory (device_losses(), the step counts): no
+  // host wait, except the global balance scope, whose counts are summed over
+  // the ranks by MPI on every training micro-batch.
+  void forward_device(const T* h, const T* w_router, int N, bool training = true) {
     const int E = E_, k = k_;
     T* logits = logits_.data();
     T* probs = probs_.data();
@@ -81,9 +117,9 @@ class Router {
     const T scale = static_cast<T>(opt_.route_scale);
     const bool scaled = opt_.route_scale != 1.0;
     matmul_fp32<T>('N', 'T', N, E, C_, T(1), h, w_router, T(0), logits);
-    double entropy_sum = 0, lse_sq_sum = 0, margin_sum = 0;
+    // sums over tokens of lse^2, entropy and margin, reduced into device memory
     Kokkos::parallel_reduce("router::scores_topk", RangePolicy(0, N),
-                            KOKKOS_LAMBDA(const int t, double& ent, double& lsq, double& mrg) {
+                            KOKKOS_LAMBDA(const int t, RouterSums& acc) {
       const T* z = logits + (long)t * E;
       T* p = probs + (long)t * E;   // routing distribution (aux loss, entropy)
       T* s = scores + (long)t * E;  // selection and combine scores (== p for softmax)
@@ -93,7 +129,7 @@ class Router {
       for (int e = 0; e < E; ++e) sum += math::exp(z[e] - mx);
       const T l = mx + math::log(sum);
       lse[t] = l;
-      lsq += static_cast<double>(l) * static_cast<double>(l);
+      acc.lse_sq += static_cast<double>(l) * static_cast<double>(l);
       if (sigmoid) {
         T ssum = 0;
         for (int e = 0; e < E; ++e) {
@@ -107,7 +143,7 @@ class Router {
       T h_t = 0;
       for (int e = 0; e < E; ++e)
         if (p[e] > T(0)) h_t -= p[e] * math::log(p[e]);
-      ent += static_cast<double>(h_t);
+      acc.entropy += static_cast<double>(h_t);
       // top-k by repeated selection on score (+ bias): largest first, ties -> lower index
       T wsum = 0, kth = 0;
       for (int j = 0; j <= k && j < E; ++j) {
@@ -124,7 +160,7 @@ class Router {
           }
         }
         if (j == k) {  // the best unselected expert: the top-k margin
-          mrg += static_cast<double>(kth - best_key);
+          acc.margin += static_cast<double>(kth - best_key);
           break;
         }
         kth = best_key;
@@ -136,7 +172,7 @@ class Router {
         for (int j = 0; j < k; ++j) topk_w[(long)t * k + j] /= wsum;
       if (scaled)
         for (int j = 0; j < k; ++j) topk_w[(long)t * k + j] *= scale;
-    }, entropy_sum, lse_sq_sum, margin_sum);
+    }, Kokkos::Sum<RouterSums, MemSpace>(sums_));
 
     // Per segment (the micro-batch, or each sequence) and expert: f (counts)
     // and P (mean probability), one thread per pair: deterministic.
@@ -154,58 +190,94 @@ class Router {
       counts[i] = c;
       pmean[i] = s / (t1 - t0);
     });
-    std::vector<int> hc((std::size_t)S * E);
-    std::vector<T> hp((std::size_t)S * E);
-    Kokkos::deep_copy(HostView<int>(hc.data(), hc.size()), Kokkos::subview(counts_, std::make_pair(0L, (long)S * E)));
-    Kokkos::deep_copy(HostView<T>(hp.data(), hp.size()), Kokkos::subview(prob_mean_, std::make_pair(0L, (long)S * E)));
-    std::vector<double> local(E, 0.0);
-    for (int g = 0; g < S; ++g)
-      for (int e = 0; e < E; ++e) local[e] += hc[(std::size_t)g * E + e];
-    if (training)
-      for (int e = 0; e < E; ++e) step_counts_[e] += local[e];
+    if (training) {
+      // the step's load per expert (bias update), read once per step
+      double* step = step_counts_.data();
+      Kokkos::parallel_for("router::step_counts", RangePolicy(0, E), KOKKOS_LAMBDA(const int e) {
+        double local = 0;
+        for (int g = 0; g < S; ++g) local += counts[(long)g * E + e];
+        step[e] += local;
+      });
+    }
     // count weights w (f = w / (tokens k)) and the aux gradient scale:
     // d aux / d p_{t,e} = aux_coef * E * f_{g(t),e} / (S * tokens of g(t))
-    std::vector<T> weight((std::size_t)S * E);
-    double fp_sum = 0;
+    T* weight = count_weight_.data();
+    double* out = out_.data();
+    const double aux_coef = aux_coef_;
     if (opt_.scope == RouterOptions::Global && training && aux_coef_ != 0) {
-      // counts of this and the step's earlier micro-batches, all ranks (Megatron-Core's global_aux_loss)
-      std::vector<double> mine(local);
-      mine.push_back(N);
+      // counts of this and the step's earlier micro-batches, all ranks
+      // (Megatron-Core's global_aux_loss): a collective per micro-batch, so
+      // the E counts come to the host here
+      auto hc = Kokkos::create_mirror_view(Kokkos::subview(counts_, std::make_pair(0, E)));
+      Kokkos::deep_copy(hc, Kokkos::subview(counts_, std::make_pair(0, E)));
+      std::vector<double> mine(E + 1);
+      for (int e = 0; e < E; ++e) mine[e] = hc(e);
+      mine[E] = N;
       MPI_Allreduce(MPI_IN_PLACE, mine.data(), E + 1, MPI_DOUBLE, MPI_SUM, opt_.balance_comm);
       for (int e = 0; e < E; ++e) global_counts_[e] += mine[e];
       global_tokens_ += mine[E];
       const double Nk = global_tokens_ * k;
-      for (int e = 0; e < E; ++e) {
-        weight[e] = static_cast<T>(global_counts_[e]);
-        fp_sum += (global_counts_[e] / Nk) * static_cast<double>(hp[e]);
-      }
+      Kokkos::deep_copy(global_counts_dev_,
+                        HostView<double>(global_counts_.data(), global_counts_.size()));
+      const double* gc = global_counts_dev_.data();
+      Kokkos::parallel_for("router::balance_loss_global", RangePolicy(0, 1), KOKKOS_LAMBDA(const int) {
+        double fp_sum = 0;
+        for (int e = 0; e < E; ++e) {
+          weight[e] = static_cast<T>(gc[e]);
+          fp_sum += (gc[e] / Nk) * static_cast<double>(pmean[e]);
+        }
+        out[kAux] = aux_coef * E * fp_sum;
+      });
       aux_grad_scale_ = aux_coef_ * E / (static_cast<double>(N) * Nk);
-      out_aux_ = aux_coef_ * E * fp_sum;
     } else {
-      for (int g = 0; g < S; ++g) {
-        const int len = std::min(Tseg, N - g * Tseg);
+      Kokkos::parallel_for("router::count_weight", RangePolicy(0, (long)S * E), KOKKOS_LAMBDA(const long i) {
+        weight[i] = static_cast<T>(counts[i]);
+      });
+      // sum over segments of sum_e f P, segment by segment in order (deterministic)
+      Kokkos::parallel_reduce("router::balance_loss", RangePolicy(0, S), KOKKOS_LAMBDA(const int g, double& fp) {
+        const int len = Tseg < N - g * Tseg ? Tseg : N - g * Tseg;
         const double Nk = static_cast<double>(len) * k;
         double acc = 0;
         for (int e = 0; e < E; ++e) {
-          const std::size_t i = (std::size_t)g * E + e;
-          weight[i] = static_cast<T>(hc[i]);
-          acc += (hc[i] / Nk) * static_cast<double>(hp[i]);
+          const long i = (long)g * E + e;
+          acc += (counts[i] / Nk) * static_cast<double>(pmean[i]);
         }
-        fp_sum += acc;
-      }
+        fp += acc;
+      }, Kokkos::Sum<double, MemSpace>(fp_sum_));
+      const double* fp = fp_sum_.data();
+      Kokkos::parallel_for("router::balance_loss_scale", RangePolicy(0, 1), KOKKOS_LAMBDA(const int) {
+        out[kAux] = aux_coef * E * *fp / S;
+      });
       // equal-length segments (sequences of one batch): one scale
       const double len = std::min(Tseg, N);
       aux_grad_scale_ = aux_coef_ * E / (static_cast<double>(S) * len * len * k);
-      out_aux_ = aux_coef_ * E * fp_sum / S;
     }
-    Kokkos::deep_copy(Kokkos::subview(count_weight_, std::make_pair(0L, (long)S * E)),
-                      HostView<T>(weight.data(), weight.size()));
+    const RouterSums* sums = sums_.data();
+    const double z_coef = z_coef_;
+    Kokkos::parallel_for("router::losses", RangePolicy(0, 1), KOKKOS_LAMBDA(const int) {
+      out[kZ] = z_coef * sums->lse_sq / N;
+      out[kEntropy] = sums->entropy / N;
+      out[kMargin] = k < E ? sums->margin / N : 0.0;
+    });
     segment_len_ = Tseg;
+  }
+
+  // The last forward's losses in device memory, LossSlot order (double).
+  const double* device_losses() const { return out_.data(); }
+  // forward_device, then its losses read back (waits for the device: tests,
+  // single forwards; the training step uses device_losses()).
+  Losses forward(const T* h, const T* w_router, int N, bool training = true) {
+    forward_device(h, w_router, N, training);
+    return losses();
+  }
+  Losses losses() const {
+    double v[kLossSlots];
+    Kokkos::deep_copy(HostView<double>(v, kLossSlots), out_);
     Losses out;
-    out.aux = out_aux_;
-    out.z = z_coef_ * lse_sq_sum / N;
-    out.entropy = entropy_sum / N;
-    out.margin = k < E ? margin_sum / N : 0.0;
+    out.aux = v[kAux];
+    out.z = v[kZ];
+    out.entropy = v[kEntropy];
+    out.margin = v[kMargin];
     return out;
   }
 
@@ -289,11 +361,17 @@ class Router {
     std::vector<T> tb(bias_host_.begin(), bias_host_.end());
     Kokkos::deep_copy(bias_, HostView<T>(tb.data(), tb.size()));
   }
-  // Top-k assignments per expert of this step's training forwards (this rank).
-  const std::vector<double>& step_counts() const { return step_counts_; }
+  // Top-k assignments per expert of this step's training forwards (this
+  // rank), read from the device (once per step, for the bias update).
+  std::vector<double> step_counts() const {
+    std::vector<double> out(E_);
+    Kokkos::deep_copy(HostView<double>(out.data(), out.size()), step_counts_);
+    return out;
+  }
   // Ends the step: clears the step's counts (and the global-scope running sums).
   void end_step() {
-    std::fill(step_counts_.begin(), step_counts_.end(), 0.0);
+    double* step = step_counts_.data();
+    Kokkos::parallel_for("router::end_step", RangePolicy(0, E_), KOKKOS_LAMBDA(const int e) { step[e] = 0; });
     std::fill(global_counts_.begin(), global_counts_.end(), 0.0);
     global_tokens_ = 0;
   }
@@ -319,9 +397,14 @@ class Router {
   DeviceBuffer<T> bias_;
   DeviceBuffer<int> counts_;
   DeviceBuffer<T> prob_mean_, count_weight_;
-  std::vector<double> bias_host_, step_counts_, global_counts_;
+  DeviceBuffer<double> step_counts_;        // (E) this step's load
+  DeviceBuffer<double> global_counts_dev_;  // (E) global scope: the step's counts over all ranks
+  DeviceBuffer<double> out_;                // (kLossSlots) the last forward's losses
+  Kokkos::View<RouterSums, MemSpace> sums_;
+  Kokkos::View<double, MemSpace> fp_sum_;
+  std::vector<double> bias_host_, global_counts_;
   double global_tokens_ = 0;
-  double aux_grad_scale_ = 0, out_aux_ = 0;
+  double aux_grad_scale_ = 0;
   int segment_len_ = 1;
 };
 

@@ -17,6 +17,9 @@ class RowExchange {
   // Counts and displacements in elements of T, one per peer of the group.
   virtual void alltoallv(const T* send, const int* send_counts, const int* send_displs, T* recv,
                          const int* recv_counts, const int* recv_displs) = 0;
+  // True when the exchange is enqueued on the kernels' stream (NCCL): the
+  // caller need not wait for the device before it, nor after it.
+  virtual bool stream_ordered() const { return false; }
 };
 
 // MPI_Alltoallv on the group's communicator (device buffers need a

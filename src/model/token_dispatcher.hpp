@@ -56,7 +56,9 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
                        double capacity_factor)
       : C_(d_model), E_(num_experts), k_(top_k), capacity_factor_(capacity_factor),
         position_("dispatch::position", (long)max_tokens * top_k),
-        rank_in_expert_("dispatch::rank_in_expert", (long)max_tokens * top_k),
+        block_table_("dispatch::block_table",
+                     (long)num_experts * (((long)max_tokens * top_k + kBlock - 1) / kBlock) + 1),
+        first_("dispatch::first", num_experts),
         kept_("dispatch::kept", 2 * num_experts),  // [kept (E) | requested (E)]
         offset_("dispatch::offset", num_experts + 1),
         kept_host_(Kokkos::create_mirror_view(kept_)),
@@ -66,35 +68,60 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
         output_grad_("dispatch::permuted_output_grad", (long)max_tokens * top_k * d_model),
         tokens_per_expert_(num_experts, 0), assignments_(num_experts, 0) {}
 
+  // Assignments per block of the counting sort: one thread per block, so a
+  // block's counters (a column of the (E, blocks) table) have one writer.
+  static constexpr int kBlock = 64;
+
   void dispatch(const T* h, const int* topk_idx, int N) override {
     const int E = E_, k = k_, C = C_;
     const long NK = (long)N * k;
+    const long nb = (NK + kBlock - 1) / kBlock;  // blocks of assignments
     // capacity = ceil(c N k / E); 0 means dropless
     const long capacity = capacity_factor_ > 0
         ? static_cast<long>(std::ceil(capacity_factor_ * NK / E)) : NK;
-    int* rank = rank_in_expert_.data();
-    int* kept = kept_.data();
-    // One thread per expert scans the assignments in order: deterministic
-    // ranks without atomics (E * N * k work; the GEMMs dominate).
-    Kokkos::parallel_for("moe::dispatch_rank", RangePolicy(0, E), KOKKOS_LAMBDA(const int e) {
-      long r = 0;
-      for (long a = 0; a < NK; ++a) {
-        if (topk_idx[a] != e) continue;
-        rank[a] = r < capacity ? static_cast<int>(r) : -1;
-        ++r;
-      }
-      kept[e] = static_cast<int>(r < capacity ? r : capacity);
-      kept[E + e] = static_cast<int>(r);
+    // A stable counting sort by expert, deterministic without atomics:
+    // (1) per block, how many of its assignments go to each expert;
+    int* table = block_table_.data();  // (E, nb) expert-major, then one total
+    Kokkos::parallel_for("moe::dispatch_histogram", RangePolicy(0, nb), KOKKOS_LAMBDA(const long b) {
+      for (int e = 0; e < E; ++e) table[e * nb + b] = 0;
+      const long a1 = (b + 1) * kBlock < NK ? (b + 1) * kBlock : NK;
+      for (long a = b * kBlock; a < a1; ++a) ++table[topk_idx[a] * nb + b];
     });
+    // (2) an exclusive scan over the expert-major table: entry (e, b) becomes
+    // the number of assignments to experts < e, plus those to e in blocks < b;
+    // entry E nb the total
+    Kokkos::parallel_scan("moe::dispatch_scan", RangePolicy(0, E * nb + 1),
+                          KOKKOS_LAMBDA(const long i, int& sum, const bool final) {
+      const int c = i < E * nb ? table[i] : 0;
+      if (final) table[i] = sum;
+      sum += c;
+    });
+    // (3) per expert: requested and kept (capacity) counts
+    int* kept = kept_.data();
+    int* first = first_.data();
+    Kokkos::parallel_for("moe::dispatch_counts", RangePolicy(0, E), KOKKOS_LAMBDA(const int e) {
+      const int requested = table[(e + 1) * nb] - table[e * nb];
+      first[e] = table[e * nb];
+      kept[e] = static_cast<int>(requested < capacity ? requested : capacity);
+      kept[E + e] = requested;
+    });
+    // (4) rows of kept assignments start at the scan of the kept counts
     int* offset = offset_.data();
     Kokkos::parallel_scan("moe::dispatch_offsets", RangePolicy(0, E + 1),
                           KOKKOS_LAMBDA(const int e, int& sum, const bool final) {
       if (final) offset[e] = sum;
       if (e < E) sum += kept[e];
     });
+    // (5) per block, in assignment order: the rank of each assignment within
+    // its expert (earliest first, so capacity drops the latest) and its row
     int* position = position_.data();
-    Kokkos::parallel_for("moe::dispatch_position", RangePolicy(0, NK), KOKKOS_LAMBDA(const long a) {
-      position[a] = rank[a] < 0 ? -1 : offset[topk_idx[a]] + rank[a];
+    Kokkos::parallel_for("moe::dispatch_position", RangePolicy(0, nb), KOKKOS_LAMBDA(const long b) {
+      const long a1 = (b + 1) * kBlock < NK ? (b + 1) * kBlock : NK;
+      for (long a = b * kBlock; a < a1; ++a) {
+        const int e = topk_idx[a];
+        const long rank = table[e * nb + b]++ - first[e];
+        position[a] = rank < capacity ? offset[e] + static_cast<int>(rank) : -1;
+      }
     });
     T* in = input_.data();
     // one assignment (row of C) per work item: contiguous, vectorisable copies
@@ -116,6 +143,9 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
       dropped_ -= kept_host_(e);
     }
   }
+
+  // Row of each assignment t*k + j in permuted_input(), -1 when dropped (N*k, device).
+  const int* positions() const { return position_.data(); }
 
   const std::vector<int>& tokens_per_local_expert() const override { return tokens_per_expert_; }
   const std::vector<int>& assignments_per_expert() const override { return assignments_; }
@@ -187,7 +217,7 @@ class LocalTokenDispatcher : public TokenDispatcher<T> {
  private:
   int C_, E_, k_;
   double capacity_factor_;
-  DeviceBuffer<int> position_, rank_in_expert_, kept_, offset_;
+  DeviceBuffer<int> position_, block_table_, first_, kept_, offset_;
   typename DeviceBuffer<int>::host_mirror_type kept_host_;
   DeviceBuffer<T> input_, output_, input_grad_, output_grad_;
   std::vector<int> tokens_per_expert_, assignments_;

@@ -174,10 +174,15 @@ class Transformer {
     Kokkos::deep_copy(tgt, htgt);
   }
 
+  // Forward pass; its losses stay in device memory (device_losses(): [lm,
+  // aux, z] as doubles), so the training step need not wait for the device.
+  void forward_device();
+  // forward_device, then the losses read back (waits for the device).
   ModelLosses forward();
+  const DeviceBuffer<double>& device_losses() const { return losses_; }
   // Accumulates d(dloss * loss)/dparams into grads() (+=).
   void backward(T dloss);
-  void zero_grads() { Kokkos::deep_copy(grads_, T(0)); }
+  void zero_grads() { zero(grads_.data(), grads_.extent(0)); }  // a kernel: deep_copy of a value would fence
 
   const T* logits() const { return logits_.data(); }  // (B,T,V) of the last forward
   int batch() const { return batch_; }
@@ -255,7 +260,8 @@ class Transformer {
   DeviceBuffer<T> dffn_act_, dffn_h1_, dffn_h3_;  // (N,F)
   DeviceBuffer<T> dlogits_;                    // (N,V)
   DeviceBuffer<T> norm_partial_;               // (ceil(N/kNormRowBlock),C) RMSNorm weight-gradient partials
-  ModelLosses last_losses_;
+  DeviceBuffer<double> losses_{"model::losses", 3};  // [lm, aux, z] of the last forward
+  Kokkos::View<double, MemSpace> ce_sum_{"model::crossentropy_sum"};
 };
 
 }  // namespace fulcrum

@@ -54,15 +54,49 @@ void Transformer<T>::allocate_activations(const std::string& dispatcher) {
   dlogits_ = DeviceBuffer<T>("grad::dlogits", N * V);
 }
 
+// Mean cross-entropy with the sum reduced into device memory: the
+// layers.hpp kernel (crossentropy_forward: same lse, same order of the sum)
+// without its host read, so a training step does not wait on the device.
+// lse is (N) (written), loss_sums[0] = mean loss.
+template <class T>
+void crossentropy_forward_device(T* lse, double* loss_sums, const Kokkos::View<double, MemSpace>& total,
+                                 const T* logits, const int* targets, int N, int V) {
+  Kokkos::parallel_reduce("crossentropy::forward", RangePolicy(0, N), KOKKOS_LAMBDA(const int n, double& acc) {
+    const T* z = logits + (long)n * V;
+    const T mx = math::row_max(z, V);
+    const T l = mx + math::log(math::row_sum_exp(z, V, mx));
+    lse[n] = l;
+    acc += static_cast<double>(l - z[targets[n]]);
+  }, Kokkos::Sum<double, MemSpace>(total));
+  const double* sum = total.data();
+  Kokkos::parallel_for("crossentropy::mean", RangePolicy(0, 1), KOKKOS_LAMBDA(const int) {
+    loss_sums[0] = *sum / N;
+  });
+}
+
 template <class T>
 ModelLosses Transformer<T>::forward() {
+  forward_device();
+  double v[3];
+  Kokkos::deep_copy(Kokkos::View<double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(v, 3),
+                    losses_);
+  ModelLosses losses;
+  losses.lm = v[0];
+  losses.aux = v[1];
+  losses.z = v[2];
+  return losses;
+}
+
+template <class T>
+void Transformer<T>::forward_device() {
   const int B = batch_, Tn = s_.seq_len, N = B * Tn, C = s_.d_model, V = s_.vocab_size;
   const int nh = s_.n_heads, nkv = s_.n_kv_heads, hd = s_.head_dim, F = s_.d_ffn;
   const long NC = (long)N * C;
   const long att_stride = (long)B_ * nh * Tn * Tn;
   const long big_NC = (long)B_ * Tn * C, big_Nq = (long)B_ * Tn * nh * hd;
   const long big_Nkv = (long)B_ * Tn * nkv * hd, big_NF = (long)B_ * Tn * F;
-  ModelLosses losses;
+  double* loss_sums = losses_.data();  // [lm, aux, z]: aux and z summed over the MoE layers
+  Kokkos::parallel_for("model::clear_losses", RangePolicy(0, 3), KOKKOS_LAMBDA(const int i) { loss_sums[i] = 0; });
   T* resid = resid_.data();
   embedding_forward<T>(resid, tokens_.data(), weights_.wte, N, C);
   for (int l = 0; l < s_.n_layers; ++l) {
@@ -91,29 +125,25 @@ ModelLosses Transformer<T>::forward() {
       attention_forward<T>(heads_.data(), att, q, k, v, B, Tn, nh, nkv, hd);
     // heads (B,nh,T,hd) -> (B,T,nh*hd): the permute's inverse without rotation
     rope_permute_backward<T>(attn_out, heads_.data(), rope_cos_.data(), rope_sin_.data(), B, Tn, nh, hd, false);
-    Kokkos::deep_copy(Kokkos::subview(mid_, std::make_pair(l * big_NC, l * big_NC + NC)),
+    Kokkos::deep_copy(ExecSpace(), Kokkos::subview(mid_, std::make_pair(l * big_NC, l * big_NC + NC)),
                       Kokkos::subview(resid_, std::make_pair(l * big_NC, l * big_NC + NC)));
     matmul<T>('N', 'T', N, C, nh * hd, T(1), attn_out, w.wo, T(1), mid);
     // FFN block
     rmsnorm_forward<T>(ln2, rstd2_.data() + (long)l * B_ * Tn, mid, w.ln2_w, N, C, s_.norm_eps);
-    Kokkos::deep_copy(Kokkos::subview(resid_, std::make_pair((l + 1) * big_NC, (l + 1) * big_NC + NC)),
+    Kokkos::deep_copy(ExecSpace(), Kokkos::subview(resid_, std::make_pair((l + 1) * big_NC, (l + 1) * big_NC + NC)),
                       Kokkos::subview(mid_, std::make_pair(l * big_NC, l * big_NC + NC)));
     if (!s_.is_moe_layer(l)) {
       swiglu_forward<T>(xout, ffn_h1_.data() + l * big_NF, ffn_h3_.data() + l * big_NF,
                         ffn_act_.data() + l * big_NF, ln2, w.w1, w.w3, w.w2, N, C, F, T(1));
     } else {
-      auto r = moe_[l]->forward(ffn_out_.data(), ln2, w.moe, N);
-      losses.aux += r.aux;
-      losses.z += r.z;
+      moe_[l]->forward_device(ffn_out_.data(), ln2, w.moe, N, loss_sums);
       T* fo = ffn_out_.data();
       Kokkos::parallel_for("residual::add", RangePolicy(0, NC), KOKKOS_LAMBDA(const long i) { xout[i] += fo[i]; });
     }
   }
   rmsnorm_forward<T>(lnf_.data(), rstdf_.data(), resid + s_.n_layers * big_NC, weights_.lnf_w, N, C, s_.norm_eps);
   matmul<T>('N', 'T', N, V, C, T(1), lnf_.data(), weights_.lm_head, T(0), logits_.data());
-  losses.lm = crossentropy_forward<T>(lse_.data(), logits_.data(), targets_.data(), N, V);
-  last_losses_ = losses;
-  return losses;
+  crossentropy_forward_device<T>(lse_.data(), loss_sums, ce_sum_, logits_.data(), targets_.data(), N, V);
 }
 
 template <class T>

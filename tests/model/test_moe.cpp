@@ -1,6 +1,7 @@
 // MoE layer: finite-difference gradients (router with both aux losses, the
 // whole layer, capacity dropping and renormalisation), equality with a naive
 // per-token loop over experts, and a one-expert MoE equals the dense SwiGLU.
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -515,4 +516,123 @@ TEST(MoeDispatch, StatisticsCountTrainingForwardsOnly) {
   for (double a : layer.stats.assignments) after += a;
   EXPECT_EQ(after, total);
   EXPECT_EQ(layer.stats.token_count, N);
+}
+
+namespace {
+
+// The dispatcher's counting sort against a host loop over assignments in
+// order: rows grouped by expert, assignment order within an expert, the
+// first `capacity` of each expert kept.
+struct HostDispatch {
+  std::vector<int> kept, requested, offset, position;
+};
+HostDispatch host_dispatch(const std::vector<int>& idx, int E, long capacity) {
+  HostDispatch r;
+  r.kept.assign(E, 0);
+  r.requested.assign(E, 0);
+  std::vector<int> rank(idx.size());
+  for (std::size_t a = 0; a < idx.size(); ++a) rank[a] = r.requested[idx[a]]++;
+  for (int e = 0; e < E; ++e) r.kept[e] = (int)std::min<long>(r.requested[e], capacity);
+  r.offset.assign(E + 1, 0);
+  for (int e = 0; e < E; ++e) r.offset[e + 1] = r.offset[e] + r.kept[e];
+  for (std::size_t a = 0; a < idx.size(); ++a)
+    r.position.push_back(rank[a] < capacity ? r.offset[idx[a]] + rank[a] : -1);
+  return r;
+}
+
+void check_dispatch_scan(const std::vector<int>& idx, int N, int k, int E, double capacity_factor) {
+  const int C = 3;
+  LocalTokenDispatcher<double> d(N, C, E, k, capacity_factor);
+  std::vector<double> h((long)N * C);
+  for (std::size_t i = 0; i < h.size(); ++i) h[i] = 0.25 * (double)i;
+  auto d_h = to_device(h);
+  DeviceBuffer<int> d_idx("idx", (long)N * k);
+  Kokkos::deep_copy(d_idx, Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
+                               idx.data(), idx.size()));
+  d.dispatch(d_h.data(), d_idx.data(), N);
+  const long NK = (long)N * k;
+  const long capacity = capacity_factor > 0 ? (long)std::ceil(capacity_factor * NK / E) : NK;
+  const HostDispatch want = host_dispatch(idx, E, capacity);
+  EXPECT_EQ(d.tokens_per_local_expert(), want.kept);
+  EXPECT_EQ(d.assignments_per_expert(), want.requested);
+  long dropped = 0;
+  for (int e = 0; e < E; ++e) dropped += want.requested[e] - want.kept[e];
+  EXPECT_EQ(d.dropped_assignments(), dropped);
+  std::vector<int> pos(NK);
+  Kokkos::deep_copy(Kokkos::View<int*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(pos.data(), NK),
+                    Kokkos::View<const int*, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(d.positions(), NK));
+  EXPECT_EQ(pos, want.position);
+  // the permuted rows are the tokens' rows at those positions
+  const std::vector<double> in = to_host(d.permuted_input(), (long)want.offset[E] * C);
+  for (long a = 0; a < NK; ++a)
+    if (want.position[a] >= 0)
+      for (int c = 0; c < C; ++c) ASSERT_EQ(in[(long)want.position[a] * C + c], h[(a / k) * C + c]) << a;
+}
+
+}  // namespace
+
+TEST(MoeDispatch, CountingSortMatchesHostReference) {
+  // more assignments than one block of the scan (64), an expert with no
+  // tokens (3), one with most; then with capacity dropping
+  const int N = 100, k = 2, E = 5;
+  std::vector<int> idx((long)N * k);
+  std::uint64_t z = 7;
+  for (long a = 0; a < (long)N * k; ++a) {
+    z = z * 6364136223846793005ULL + 1442695040888963407ULL;
+    const int r = (int)((z >> 33) % 10);
+    idx[a] = r < 5 ? 1 : r < 7 ? 0 : r < 9 ? 2 : 4;  // expert 3 never chosen
+  }
+  check_dispatch_scan(idx, N, k, E, 0.0);
+  check_dispatch_scan(idx, N, k, E, 1.0);
+  check_dispatch_scan(idx, N, k, E, 0.3);
+  // every assignment to the last expert; a single token
+  check_dispatch_scan(std::vector<int>((long)N * k, E - 1), N, k, E, 0.0);
+  check_dispatch_scan({2, 0}, 1, 2, E, 0.0);
+}
+
+TEST(RouterDevice, LossesStayOnTheDeviceAndMatchTheHostRead) {
+  // forward_device leaves the losses in device memory; forward() reads the
+  // same numbers; the step counts sum every training assignment.
+  const int N = 10, C = 4, E = 4, k = 2;
+  RouterOptions o;
+  o.scope = RouterOptions::Sequence;
+  o.seq_len = 5;
+  Router<double> r(N, C, E, k, false, 0.05, 0.01, o);
+  auto d_h = to_device(random_vector(N * C, 41));
+  auto d_w = to_device(random_vector(E * C, 42));
+  r.forward_device(d_h.data(), d_w.data(), N);
+  std::vector<double> dev(Router<double>::kLossSlots);
+  Kokkos::deep_copy(Kokkos::View<double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(dev.data(), dev.size()),
+                    Kokkos::View<const double*, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(r.device_losses(), dev.size()));
+  const auto l = r.forward(d_h.data(), d_w.data(), N);
+  EXPECT_EQ(dev[Router<double>::kAux], l.aux);
+  EXPECT_EQ(dev[Router<double>::kZ], l.z);
+  EXPECT_EQ(dev[Router<double>::kEntropy], l.entropy);
+  EXPECT_EQ(dev[Router<double>::kMargin], l.margin);
+  // the aux loss from the counts and mean probabilities, per sequence, on the host
+  const std::vector<int> idx = [&] {
+    std::vector<int> v(N * k);
+    Kokkos::deep_copy(Kokkos::View<int*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(v.data(), v.size()),
+                      Kokkos::View<const int*, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(r.topk_idx(), v.size()));
+    return v;
+  }();
+  const std::vector<double> p = to_host(r.probs(), N * E);
+  double aux = 0;
+  for (int g = 0; g < 2; ++g) {
+    double acc = 0;
+    for (int e = 0; e < E; ++e) {
+      int c = 0;
+      double pm = 0;
+      for (int t = g * 5; t < g * 5 + 5; ++t) {
+        for (int j = 0; j < k; ++j) c += idx[t * k + j] == e;
+        pm += p[t * E + e];
+      }
+      acc += (c / 10.0) * (pm / 5);
+    }
+    aux += acc;
+  }
+  EXPECT_NEAR(l.aux, 0.05 * E * aux / 2, 1e-12);
+  double total = 0;
+  for (double x : r.step_counts()) total += x;
+  EXPECT_EQ(total, 2.0 * N * k) << "two training forwards";
 }
