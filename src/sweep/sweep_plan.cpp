@@ -325,11 +325,11 @@ Spec parse_spec(const std::string& text, const std::string& path, const PlanOpti
     bad(path, s.line_multiplier, "sweep.token_multiplier", "token_multiplier needs [sweep] laws (the M_opt law)");
 
   // ---- ablations
-  const std::vector<std::tuple<const char*, const char*, bool, int*>> ablations = {
-      {"activation", "num_experts", true, &s.line_act},
-      {"granularity", "granularity", false, &s.line_gran},
-      {"shared", "num_shared_experts", true, &s.line_shared}};
-  for (const auto& [table, key, integers, line] : ablations) {
+  const std::vector<std::tuple<const char*, const char*, int*>> ablations = {
+      {"activation", "num_experts", &s.line_act},
+      {"granularity", "granularity", &s.line_gran},
+      {"shared", "num_shared_experts", &s.line_shared}};
+  for (const auto& [table, key, line] : ablations) {
     const toml::value* t = table_of(table);
     if (!t) continue;
     const std::string dotted = std::string("sweep.") + table + "." + key;
@@ -349,7 +349,6 @@ Spec parse_spec(const std::string& text, const std::string& path, const PlanOpti
         s.shared_Es.push_back(static_cast<int>(x));
       }
     }
-    (void)integers;
   }
 
   // ---- grids: deck keys (checked against the deck schema here, so a
