@@ -220,7 +220,7 @@ void rope_permute_backward(T* dinp, const T* dout, const T* cos_t, const T* sin_
 // head-major layout, so each product runs once per (batch, KV group) on the
 // stacked (group*T, .) rows: fewer, larger products, and the backward's sums
 // over the heads of a group (dk, dv) happen inside one product.
-template <class T>
+template <class T, bool HostLoops = kHostLoops>
 void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B, int Tn, int nh,
                        int nkv, int hd) {
   const int group = nh / nkv;
@@ -232,16 +232,39 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B
       const long bh = (long)b * nh + (long)g * group, bg = (long)b * nkv + g;
       matmul<T>('N', 'T', GT, Tn, hd, scale, q + bh * qs, k + bg * qs, T(0), att + bh * as);
     }
-  Kokkos::parallel_for("attention::causal_softmax", RangePolicy(0, (long)B * nh * Tn),
-                       KOKKOS_LAMBDA(const long row) {
-    const int t = row % Tn;
-    T* p = att + row * Tn;
-    const T mx = math::row_max(p, t + 1);
-    for (int j = 0; j <= t; ++j) p[j] = math::fast_exp(p[j] - mx);
-    const T inv = T(1) / math::row_sum(p, t + 1);
-    for (int j = 0; j <= t; ++j) p[j] *= inv;
-    for (int j = t + 1; j < Tn; ++j) p[j] = 0;
-  });
+  if constexpr (HostLoops) {
+    Kokkos::parallel_for("attention::causal_softmax", RangePolicy(0, (long)B * nh * Tn),
+                         KOKKOS_LAMBDA(const long row) {
+      const int t = row % Tn;
+      T* p = att + row * Tn;
+      const T mx = math::row_max(p, t + 1);
+      for (int j = 0; j <= t; ++j) p[j] = math::fast_exp(p[j] - mx);
+      const T inv = T(1) / math::row_sum(p, t + 1);
+      for (int j = 0; j <= t; ++j) p[j] *= inv;
+      for (int j = t + 1; j < Tn; ++j) p[j] = 0;
+    });
+  } else {
+    Kokkos::parallel_for("attention::causal_softmax_team", row_team_policy((long)B * nh * Tn),
+                         KOKKOS_LAMBDA(const TeamMember& member) {
+      for_team_rows(member, (long)B * nh * Tn, [&](const long row) {
+        const int t = row % Tn;
+        T* p = att + row * Tn;
+        T mx = p[0];
+        Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, t + 1), [&](const int j, T& m) {
+          m = p[j] > m ? p[j] : m;
+        }, Kokkos::Max<T>(mx));
+        T sum = 0;
+        Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, t + 1), [&](const int j, T& a) {
+          p[j] = math::fast_exp(p[j] - mx);
+          a += p[j];
+        }, sum);  // the reduction orders the lanes' writes of p before the scaling below
+        const T inv = T(1) / sum;
+        Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, Tn), [&](const int j) {
+          p[j] = j <= t ? p[j] * inv : T(0);
+        });
+      });
+    });
+  }
   for (int b = 0; b < B; ++b)
     for (int g = 0; g < nkv; ++g) {
       const long bh = (long)b * nh + (long)g * group, bg = (long)b * nkv + g;
@@ -250,7 +273,7 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B
 }
 // dq is (B,nh,T,hd) (overwritten); dk, dv are (B,nkv,T,hd) (overwritten);
 // datt is (B,nh,T,T) scratch; dout is (B,nh,T,hd)
-template <class T>
+template <class T, bool HostLoops = kHostLoops>
 void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* att, const T* q,
                         const T* k, const T* v, int B, int Tn, int nh, int nkv, int hd) {
   const int group = nh / nkv;
@@ -265,15 +288,33 @@ void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* at
       matmul<T>('T', 'N', Tn, hd, GT, T(1), att + bh * as, dout + bh * qs, T(0), dv + bg * qs);
     }
   // dS = P * (dP - sum_j P_j dP_j) * scale
-  Kokkos::parallel_for("attention::softmax_backward", RangePolicy(0, (long)B * nh * Tn),
-                       KOKKOS_LAMBDA(const long row) {
-    const int t = row % Tn;
-    const T* p = att + row * Tn;
-    T* d = datt + row * Tn;
-    const T dot = math::row_dot(p, d, t + 1);
-    for (int j = 0; j <= t; ++j) d[j] = p[j] * (d[j] - dot) * scale;
-    for (int j = t + 1; j < Tn; ++j) d[j] = 0;
-  });
+  if constexpr (HostLoops) {
+    Kokkos::parallel_for("attention::softmax_backward", RangePolicy(0, (long)B * nh * Tn),
+                         KOKKOS_LAMBDA(const long row) {
+      const int t = row % Tn;
+      const T* p = att + row * Tn;
+      T* d = datt + row * Tn;
+      const T dot = math::row_dot(p, d, t + 1);
+      for (int j = 0; j <= t; ++j) d[j] = p[j] * (d[j] - dot) * scale;
+      for (int j = t + 1; j < Tn; ++j) d[j] = 0;
+    });
+  } else {
+    Kokkos::parallel_for("attention::softmax_backward_team", row_team_policy((long)B * nh * Tn),
+                         KOKKOS_LAMBDA(const TeamMember& member) {
+      for_team_rows(member, (long)B * nh * Tn, [&](const long row) {
+        const int t = row % Tn;
+        const T* p = att + row * Tn;
+        T* d = datt + row * Tn;
+        T dot = 0;
+        Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, t + 1), [&](const int j, T& a) {
+          a += p[j] * d[j];
+        }, dot);
+        Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, Tn), [&](const int j) {
+          d[j] = j <= t ? p[j] * (d[j] - dot) * scale : T(0);
+        });
+      });
+    });
+  }
   for (int b = 0; b < B; ++b)
     for (int g = 0; g < nkv; ++g) {
       const long bh = (long)b * nh + (long)g * group, bg = (long)b * nkv + g;

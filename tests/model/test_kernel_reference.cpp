@@ -147,3 +147,28 @@ TEST(KernelReference, CrossentropyTeamNest) {
       expect_close(to_host(dz_t.data(), NV), to_host(dz_h.data(), NV), "crossentropy team dlogits");
     }
 }
+
+TEST(KernelReference, AttentionSoftmaxTeamNest) {
+  // the full path with the team nests of its two softmax kernels against the host nests
+  const int shapes[][5] = {{2, 7, 4, 4, 6}, {1, 9, 4, 2, 4}, {3, 1, 4, 1, 2}, {1, 40, 2, 1, 8}};  // B,T,nh,nkv,hd
+  for (const auto& sh : shapes) {
+    const int B = sh[0], T = sh[1], nh = sh[2], nkv = sh[3], hd = sh[4];
+    const long nq = (long)B * nh * T * hd, nkvn = (long)B * nkv * T * hd, na = (long)B * nh * T * T;
+    auto q = to_device(random_vector(nq, 51)), k = to_device(random_vector(nkvn, 52));
+    auto v = to_device(random_vector(nkvn, 53)), dout = to_device(random_vector(nq, 54));
+    DeviceBuffer<double> out_h("oh", nq), out_t("ot", nq), att_h("ah", na), att_t("at", na);
+    attention_forward<double, true>(out_h.data(), att_h.data(), q.data(), k.data(), v.data(), B, T, nh, nkv, hd);
+    attention_forward<double, false>(out_t.data(), att_t.data(), q.data(), k.data(), v.data(), B, T, nh, nkv, hd);
+    expect_close(to_host(out_t.data(), nq), to_host(out_h.data(), nq), "attention team out");
+    expect_close(to_host(att_t.data(), na), to_host(att_h.data(), na), "attention team probabilities");
+    DeviceBuffer<double> dq_h("dqh", nq), dq_t("dqt", nq), dk_h("dkh", nkvn), dk_t("dkt", nkvn);
+    DeviceBuffer<double> dv_h("dvh", nkvn), dv_t("dvt", nkvn), datt_h("dh", na), datt_t("dt", na);
+    attention_backward<double, true>(dq_h.data(), dk_h.data(), dv_h.data(), datt_h.data(), dout.data(), att_h.data(),
+                                     q.data(), k.data(), v.data(), B, T, nh, nkv, hd);
+    attention_backward<double, false>(dq_t.data(), dk_t.data(), dv_t.data(), datt_t.data(), dout.data(),
+                                      att_h.data(), q.data(), k.data(), v.data(), B, T, nh, nkv, hd);
+    expect_close(to_host(dq_t.data(), nq), to_host(dq_h.data(), nq), "attention team dq");
+    expect_close(to_host(dk_t.data(), nkvn), to_host(dk_h.data(), nkvn), "attention team dk");
+    expect_close(to_host(dv_t.data(), nkvn), to_host(dv_h.data(), nkvn), "attention team dv");
+  }
+}
