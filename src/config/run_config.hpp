@@ -1,10 +1,11 @@
 // run_config.hpp: the resolved, validated content of one input deck.
 //
 // Deck (TOML) -> RunConfig (this struct, plain data, no Kokkos) -> model,
-// trainer and run file. Every field here corresponds to one deck key
-// `[section] key`, documented in doc/input-decks.md. Defaults below ARE the
-// deck defaults: the deck reader starts from a default-constructed RunConfig
-// and overwrites what the deck sets.
+// trainer and run file. Every field here is bound to one deck key
+// `[section] key` in the deck schema (src/deck/deck_schema.cpp), which gives
+// its range, allowed values and doc (doc/input-decks.md is generated from it).
+// Defaults below ARE the deck defaults: the reader starts from a
+// default-constructed RunConfig and overwrites what the deck sets.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +25,7 @@ struct RunSection {
 struct DataSection {
   std::string train_path;         // token file (doc/data-format.md)
   std::string valid_path;         // token file
-  std::string tokenizer = "byte"; // "byte" (registry; unknown values fail)
+  std::string tokenizer = "byte"; // tokenizer registry name (tokenizer_names())
   std::string manifest_path;      // manifest.toml of `fulcrum-data build`
   std::map<std::string, double> weights;  // source group -> mixture weight (sum > 0)
 };
@@ -56,9 +57,9 @@ struct MoeSection {
   double aux_loss_coef = 0.01;    // load-balancing loss coefficient
   double z_loss_coef = 0.001;     // router z-loss coefficient
   // Routing (doc/model.md, "Routing options"); the defaults are the paper's recipe.
-  std::string score_function = "softmax";        // "softmax" | "sigmoid" router scores
+  std::string score_function = "softmax";        // router scores (score_function_names())
   double route_scale = 1.0;                      // combine weights x route_scale
-  std::string balance_loss_scope = "micro_batch";  // "micro_batch" | "sequence" | "global"
+  std::string balance_loss_scope = "micro_batch";  // balance_loss_scope_names()
   bool bias_balancing = false;    // aux-loss-free balancing: per-expert selection bias
   double bias_update_rate = 1e-3; // u: b_e += u * sign(mean load - load_e) per step
 };
@@ -73,7 +74,7 @@ struct TrainSection {
   std::uint64_t batch_tokens = 8192;   // global batch in tokens per step
   int micro_batch_size = 4;       // sequences per micro-batch per rank
   double lr = 1e-3;               // peak learning rate
-  std::string lr_schedule = "wsd";     // "wsd" | "cosine"
+  std::string lr_schedule = "wsd";     // lr_schedule_names() (train/lr_schedule.hpp)
   double warmup_fraction = 0.01;  // of total steps, linear warm-up
   double decay_fraction = 0.1;    // of total steps, final decay phase (wsd)
   double final_lr_fraction = 0.1; // lr at the end / peak lr
@@ -87,15 +88,15 @@ struct TrainSection {
   std::uint64_t eval_tokens = 65536;   // held-out tokens per evaluation
   double divergence_factor = 3.0; // loss > factor * first loss => diverged
   int checkpoint_interval = 0;    // steps between checkpoints; 0 = only at the end and on SIGTERM/SIGUSR1
-  std::string precision = "auto";     // matrix products: "auto" | "fp32" | "bf16" (src/model/gemm.hpp)
-  std::string gemm_backend = "auto";  // "auto" | "kokkos" | "onednn" | "cublas"
+  std::string precision = "auto";     // matrix products: precision_names() (model/gemm.hpp)
+  std::string gemm_backend = "auto";  // "auto" or gemm_backend_names() (model/gemm.hpp)
 };
 
 // [parallel]
 struct ParallelSection {
   int world_size = 0;             // 0 = take from the launch; else must match
   int expert_parallel = 1;        // EP; DP = W / EP
-  std::string dispatcher = "local";    // "local" | "mpi_alltoall" | "nccl"
+  std::string dispatcher = "local";    // known_token_dispatcher_names()
 };
 
 // [output]
