@@ -189,7 +189,7 @@ TEST(CorpusBuild, BpeRoundTripOnEveryGroup) {
   check_round_trip(fx, fx.dir.file("out"), "bpe");
   // Arbitrary text, including characters never seen in training (byte fallback).
   const auto tok = fulcrum::BpeTokenizer::load(fx.dir.file("out/tokenizer.model"));
-  for (const std::string s : {std::string("  leading spaces\n\n\ttab  two  spaces \n"),
+  for (const std::string& s : {std::string("  leading spaces\n\n\ttab  two  spaces \n"),
                               std::string("日本語のテキスト ☃ \xF0\x9F\x98\x80 Ωmega"),
                               std::string("x"), std::string("\n"), std::string("   ")}) {
     EXPECT_EQ(tok.decode(tok.encode(s)), s);

@@ -142,7 +142,9 @@ void check_moe_layer(int ep, Routing routing) {
   if (routing == Routing::AllToFirstRankExperts) {
     EXPECT_EQ(dist.stats.assignments[2] + dist.stats.assignments[3], 0.0);
   }
-  if (routing == Routing::ExpertStarved) EXPECT_EQ(dist.stats.assignments[3], 0.0);
+  if (routing == Routing::ExpertStarved) {
+    EXPECT_EQ(dist.stats.assignments[3], 0.0);
+  }
   g.free();
 }
 
@@ -342,7 +344,9 @@ TEST(ExpertParallel, ReceiveBuffersSizedFromCounts) {
   auto d_idx = to_device(idx);
   d.dispatch(d_h.data(), d_idx.data(), N);
   EXPECT_EQ(d.capacity_rows(), (long)N * k) << "balanced routing needs N k rows per rank";
-  if (P > 1) EXPECT_LT(d.capacity_rows(), (long)P * N * k);
+  if (P > 1) {
+    EXPECT_LT(d.capacity_rows(), (long)P * N * k);
+  }
   // skewed: everything to rank 0's first expert; rank 0 grows to P N k rows
   std::vector<int> skew((long)N * k);
   for (int a = 0; a < N * k; ++a) skew[a] = a % 2;  // experts 0 and 1, both on rank 0
