@@ -404,7 +404,7 @@ void flash_forward_team(T* out, T* lse, const T* q, const T* k, const T* v, int 
         Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, jmax), [&](const int j, T& acc) {
           s[j] = math::fast_exp(s[j] - mx);
           acc += s[j];
-        }, sum);  // the reduction also orders the lanes' writes of s before the reads below
+        }, sum);  // lanes then read each other's s[j]: the reduction's warp shuffles are the sync point (unverified on a GPU)
         const T alpha = math::fast_exp(m(r) - mx);
         Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, hd), [&](const int d) {
           T acc = o[d] * alpha;
@@ -703,7 +703,7 @@ void flash_backward_team(T* dq, T* dk, T* dv, const T* dout, const T* lse, const
             const T dsj = pij * (dp - delta_i);
             ds[j] = bf16 ? math::round_bf16(dsj) : dsj;
           });
-          T order = 0;  // a vector reduction orders the lanes' writes of ds before the reads below
+          T order = 0;  // lanes then read each other's ds[j]: this reduction's warp shuffles are the sync point (unverified on a GPU)
           Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, jmax), [&](const int j, T& a) { a += ds[j]; },
                                   order);
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, hd), [&](const int d) {

@@ -257,7 +257,7 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B
         Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, t + 1), [&](const int j, T& a) {
           p[j] = math::fast_exp(p[j] - mx);
           a += p[j];
-        }, sum);  // the reduction orders the lanes' writes of p before the scaling below
+        }, sum);  // the scaling below reads only each lane's own p[j]
         const T inv = T(1) / sum;
         Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, Tn), [&](const int j) {
           p[j] = j <= t ? p[j] * inv : T(0);
