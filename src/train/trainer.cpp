@@ -750,26 +750,16 @@ void check_run_inputs(const LoadedDeck& deck, int world_size, bool resuming) {
                                        "' already exists (set output.overwrite = true to replace it)");
 }
 
-int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
+// Opens the data (bad input, no output yet, if it cannot be used), then the
+// run file (rank 0; the other ranks get a detached one) with the run's
+// identity and /config. From here on the run file records the outcome.
+RunFile open_run(const LoadedDeck& deck, const RunPlan& plan, const ParallelGroups& groups, bool resuming,
+                 std::unique_ptr<TrainingData>& data) {
   const RunConfig& cfg = deck.config;
-  int world_size = 1;
-  MPI_Comm_size(world, &world_size);
-  const bool resuming = should_resume(cfg, options);
-  check_run_inputs(deck, world_size, resuming);
-  check_mpi_device_memory(deck, world_size);
-  ParallelGroups groups = ParallelGroups::create(world, cfg.parallel.expert_parallel);
   const bool root = groups.world_rank == 0;
-  RunPlan plan = make_run_plan(cfg, world_size);
-  plan.shape.ep_size = groups.ep_size;
-  plan.shape.ep_rank = groups.ep_rank;
-  const auto t_start = Clock::now();
-  ProgressPrinter progress(options.quiet || !root);
-
-  // Everything below may fail for reasons outside the deck; from here on the
-  // run file exists (rank 0) and records the outcome.
+  const int world_size = groups.world_size;
   // Opening the data reads and checks every token (and, for a mixture, the
   // manifest, its checksums and the group names): still bad input, no output yet.
-  std::unique_ptr<TrainingData> data;
   try {
     data = open_training_data(cfg.data, cfg.model.seq_len);
   } catch (const DataError& e) {
@@ -807,6 +797,27 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   file.set_root_attr("expert_parallel", std::int64_t(groups.ep_size));
   write_config(file, cfg, plan);
   file.flush();
+
+  return file;
+}
+
+int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
+  const RunConfig& cfg = deck.config;
+  int world_size = 1;
+  MPI_Comm_size(world, &world_size);
+  const bool resuming = should_resume(cfg, options);
+  check_run_inputs(deck, world_size, resuming);
+  check_mpi_device_memory(deck, world_size);
+  ParallelGroups groups = ParallelGroups::create(world, cfg.parallel.expert_parallel);
+  const bool root = groups.world_rank == 0;
+  RunPlan plan = make_run_plan(cfg, world_size);
+  plan.shape.ep_size = groups.ep_size;
+  plan.shape.ep_rank = groups.ep_rank;
+  const auto t_start = Clock::now();
+  ProgressPrinter progress(options.quiet || !root);
+
+  std::unique_ptr<TrainingData> data;
+  RunFile file = open_run(deck, plan, groups, resuming, data);
 
   // The loop, as llm.c's: step, and at their intervals log, evaluate,
   // checkpoint; a stop signal checkpoints and ends the run (resumable).
