@@ -56,20 +56,26 @@ struct Routing {
 };
 
 Routing read_routing(const std::string& f) {
+  namespace layout = fulcrum::run_layout;
+  const auto routing = [](const char* name) { return layout::in_group(layout::kRouting, name); };
+  // absent datasets (dense runs; files of versions before the routing options) stay empty
+  const auto read_if_present = [&](const char* name) {
+    return has(f, routing(name)) ? read_dataset_1d(f, routing(name)) : std::vector<double>{};
+  };
   Routing r;
-  if (!has(f, "/routing/expert_share")) return r;
-  const auto d = read_dataset_dims(f, "/routing/expert_share");
+  if (!has(f, routing(layout::kExpertShare))) return r;
+  const auto d = read_dataset_dims(f, routing(layout::kExpertShare));
   r.S = d.at(0), r.L = d.at(1), r.E = d.at(2);
-  r.step = read_dataset_1d(f, "/routing/step");
-  r.share = read_dataset_1d(f, "/routing/expert_share");
-  r.max_violation = read_dataset_1d(f, "/routing/max_violation");
-  r.dropped = read_dataset_1d(f, "/routing/dropped_fraction");
-  r.entropy = read_dataset_1d(f, "/routing/router_entropy");
-  r.layer_index = read_dataset_1d(f, "/routing/layer_index");
-  if (has(f, "/routing/tokens_per_expert")) r.tokens_per_expert = read_dataset_1d(f, "/routing/tokens_per_expert");
-  if (has(f, "/routing/min_load")) r.min_load = read_dataset_1d(f, "/routing/min_load");
-  if (has(f, "/routing/topk_margin")) r.margin = read_dataset_1d(f, "/routing/topk_margin");
-  if (has(f, "/routing/router_bias")) r.bias = read_dataset_1d(f, "/routing/router_bias");
+  r.step = read_dataset_1d(f, routing(layout::kStepColumn));
+  r.share = read_dataset_1d(f, routing(layout::kExpertShare));
+  r.max_violation = read_dataset_1d(f, routing(layout::kMaxViolation));
+  r.dropped = read_dataset_1d(f, routing(layout::kDroppedFraction));
+  r.entropy = read_dataset_1d(f, routing(layout::kRouterEntropy));
+  r.layer_index = read_dataset_1d(f, routing(layout::kLayerIndex));
+  r.tokens_per_expert = read_if_present(layout::kTokensPerExpert);
+  r.min_load = read_if_present(layout::kMinLoad);
+  r.margin = read_if_present(layout::kTopkMargin);
+  r.bias = read_if_present(layout::kRouterBias);
   return r;
 }
 
@@ -167,22 +173,24 @@ int main(int argc, char** argv) {
   app.add_flag("--no-plots", no_plots, "print the summary only");
   CLI11_PARSE(app, argc, argv);
   try {
-    std::printf("run %s: %s, status %s\n", file.c_str(), attr_text(file, "/", "name").c_str(),
-                attr_text(file, "/", "status").c_str());
+    namespace layout = fulcrum::run_layout;
+    using layout::in_group;
+    std::printf("run %s: %s, status %s\n", file.c_str(), attr_text(file, layout::kRoot, "name").c_str(),
+                attr_text(file, layout::kRoot, layout::kStatusAttr).c_str());
     for (const char* k : {"params_total", "params_active", "num_experts", "num_active_experts", "score_function",
                           "route_scale", "balance_loss_scope", "aux_loss_coef", "bias_balancing",
                           "bias_update_rate"})
-      std::printf("  %-20s %s\n", k, attr_text(file, "/config", k).c_str());
+      std::printf("  %-20s %s\n", k, attr_text(file, layout::kConfig, k).c_str());
     for (const char* k : {"steps_completed", "tokens_seen", "final_train_loss", "final_val_loss",
                           "tokens_per_second", "wall_time_s"})
-      std::printf("  %-20s %s\n", k, attr_text(file, "/summary", k).c_str());
-    const auto step = read_dataset_1d(file, "/train/step");
-    const auto loss = read_dataset_1d(file, "/train/loss");
-    const auto lm = read_dataset_1d(file, "/train/lm_loss");
-    const auto aux = read_dataset_1d(file, "/train/aux_loss");
-    const auto lr = read_dataset_1d(file, "/train/lr");
-    const auto estep = read_dataset_1d(file, "/eval/step");
-    const auto val = read_dataset_1d(file, "/eval/val_loss");
+      std::printf("  %-20s %s\n", k, attr_text(file, layout::kSummary, k).c_str());
+    const auto step = read_dataset_1d(file, in_group(layout::kTrain, layout::kStepColumn));
+    const auto loss = read_dataset_1d(file, in_group(layout::kTrain, layout::kLossColumn));
+    const auto lm = read_dataset_1d(file, in_group(layout::kTrain, layout::kLmLossColumn));
+    const auto aux = read_dataset_1d(file, in_group(layout::kTrain, layout::kAuxLossColumn));
+    const auto lr = read_dataset_1d(file, in_group(layout::kTrain, layout::kLrColumn));
+    const auto estep = read_dataset_1d(file, in_group(layout::kEval, layout::kStepColumn));
+    const auto val = read_dataset_1d(file, in_group(layout::kEval, layout::kValLossColumn));
     if (!step.empty())
       std::printf("  train rows %zu: loss %.4f -> %.4f (lm %.4f, aux %.4g at the end)\n", step.size(),
                   loss.front(), loss.back(), lm.back(), aux.back());

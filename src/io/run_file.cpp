@@ -14,6 +14,7 @@
 namespace fulcrum {
 
 namespace layout = run_layout;
+using run_layout::in_group;
 
 namespace {
 
@@ -54,8 +55,6 @@ void check_name(const std::string& file, const std::string& kind, const std::str
     throw RunFileError("run file '" + file + "': invalid " + kind + " name '" + name +
                        "' (empty, '.', or contains '/')");
 }
-
-std::string in_group(const char* group, const char* name) { return std::string(group) + "/" + name; }
 
 std::int64_t rows_of(const h5::Group& root, const char* group) {
   const std::string step = in_group(group, layout::kStepColumn);

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 
 namespace fulcrum {
 
@@ -34,18 +35,33 @@ inline constexpr const char* kRouting = "/routing";
 inline constexpr std::array<const char*, 5> kCreatedGroups = {kConfig, kTrain, kEval, kTimers, kSummary};
 
 // /train and /eval columns: appendable 1-D datasets, int64 then float64.
-inline constexpr std::array<const char*, 2> kTrainIntColumns = {"step", "tokens"};
+inline constexpr const char* kStepColumn = "step";  // every row-per-record group has it
+inline constexpr const char* kTokensColumn = "tokens";
+inline constexpr const char* kFlopsColumn = "flops";
+inline constexpr const char* kLossColumn = "loss";
+inline constexpr const char* kLmLossColumn = "lm_loss";
+inline constexpr const char* kAuxLossColumn = "aux_loss";
+inline constexpr const char* kZLossColumn = "z_loss";
+inline constexpr const char* kLrColumn = "lr";
+inline constexpr const char* kGradNormColumn = "grad_norm";
+inline constexpr const char* kTokensPerSecondColumn = "tokens_per_second";
+inline constexpr const char* kValLossColumn = "val_loss";
+inline constexpr std::array<const char*, 2> kTrainIntColumns = {kStepColumn, kTokensColumn};
 inline constexpr std::array<const char*, 8> kTrainRealColumns = {
-    "flops", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens_per_second"};
-inline constexpr std::array<const char*, 2> kEvalIntColumns = {"step", "tokens"};
-inline constexpr std::array<const char*, 2> kEvalRealColumns = {"flops", "val_loss"};
+    kFlopsColumn, kLossColumn, kLmLossColumn, kAuxLossColumn, kZLossColumn, kLrColumn, kGradNormColumn,
+    kTokensPerSecondColumn};
+inline constexpr std::array<const char*, 2> kEvalIntColumns = {kStepColumn, kTokensColumn};
+inline constexpr std::array<const char*, 2> kEvalRealColumns = {kFlopsColumn, kValLossColumn};
 inline constexpr std::uint64_t kColumnChunkRows = 1024;
 
 // /routing (MoE runs): one row per snapshot.
-inline constexpr std::array<const char*, 2> kRoutingIntColumns = {"step", "tokens"};
+inline constexpr std::array<const char*, 2> kRoutingIntColumns = {kStepColumn, kTokensColumn};
 inline constexpr const char* kExpertShare = "expert_share";            // (S, L, E)
-inline constexpr std::array<const char*, 3> kRoutingLayerColumns = {  // (S, L)
-    "max_violation", "router_entropy", "dropped_fraction"};
+inline constexpr const char* kMaxViolation = "max_violation";          // (S, L)
+inline constexpr const char* kRouterEntropy = "router_entropy";        // (S, L)
+inline constexpr const char* kDroppedFraction = "dropped_fraction";    // (S, L)
+inline constexpr std::array<const char*, 3> kRoutingLayerColumns = {kMaxViolation, kRouterEntropy,
+                                                                    kDroppedFraction};
 inline constexpr const char* kTokensPerExpert = "tokens_per_expert";   // (S, L, E), optional
 inline constexpr const char* kMinLoad = "min_load";                    // (S, L), optional
 inline constexpr const char* kTopkMargin = "topk_margin";              // (S, L), optional
@@ -55,12 +71,12 @@ inline constexpr const char* kMoeLayersAttr = "n_moe_layers";
 inline constexpr const char* kExpertsAttr = "n_experts";
 inline constexpr std::uint64_t kRoutingChunkRows = 64;
 
-// The column every row-per-record group has, used to count and cut rows.
-inline constexpr const char* kStepColumn = "step";
-
 // Timer attributes in /timers: "<name>.seconds" and "<name>.calls".
 inline constexpr const char* kTimerSecondsSuffix = ".seconds";
 inline constexpr const char* kTimerCallsSuffix = ".calls";
+
+// "<group>/<name>", the path of a dataset in one of the groups above.
+inline std::string in_group(const char* group, const char* name) { return std::string(group) + "/" + name; }
 
 }  // namespace run_layout
 }  // namespace fulcrum
