@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/experts.hpp"
+#include "model/scratch_pool.hpp"
 #include "model/model_shape.hpp"
 #include "model/router.hpp"
 #include "model/token_dispatcher.hpp"
@@ -41,20 +42,23 @@ template <class T>
 class MoeLayer {
  public:
   // balance_comm: the ranks of one global batch (global balance-loss scope).
+  // grad_scratch: the model's pool that every MoE layer borrows its backward
+  // scratch from (routed and shared experts' dact, dh1, dh3); a layer built
+  // alone (tests) gets its own.
   MoeLayer(const ModelShape& s, int max_tokens, const std::string& dispatcher,
-           MPI_Comm ep_comm = MPI_COMM_SELF, MPI_Comm balance_comm = MPI_COMM_SELF)
+           MPI_Comm ep_comm = MPI_COMM_SELF, MPI_Comm balance_comm = MPI_COMM_SELF,
+           SharedScratchPool<T> grad_scratch = nullptr)
       : C_(s.d_model), E_(s.num_experts), k_(s.num_active), Ws_(s.shared_width()),
         router_(max_tokens, s.d_model, s.num_experts, s.num_active, s.renormalize_topk,
                 s.aux_loss_coef, s.z_loss_coef, router_options(s, balance_comm)),
         dispatcher_(make_token_dispatcher<T>(dispatcher, max_tokens, s.d_model, s.num_experts,
                                              s.num_active, s.capacity_factor, ep_comm)),
-        experts_((long)s.ep_size * max_tokens * s.num_active, s.d_model, s.d_expert),
+        experts_((long)max_tokens * s.num_active, s.d_model, s.d_expert),
         shared_h1_("moe::shared_h1", (long)max_tokens * Ws_),
         shared_h3_("moe::shared_h3", (long)max_tokens * Ws_),
         shared_act_("moe::shared_act", (long)max_tokens * Ws_),
-        shared_dact_("moe::shared_dact", (long)max_tokens * Ws_),
-        shared_dh1_("moe::shared_dh1", (long)max_tokens * Ws_),
-        shared_dh3_("moe::shared_dh3", (long)max_tokens * Ws_),
+        grad_scratch_(grad_scratch ? std::move(grad_scratch)
+                                   : std::make_shared<ScratchPool<T>>("moe::grad_scratch")),
         dtopk_weight_("moe::dtopk_weight", (long)max_tokens * s.num_active),
         device_stats_("moe::statistics", 2) {
     stats.reset(E_);
@@ -101,14 +105,20 @@ class MoeLayer {
   void backward(T* dh, const MoeWeights<T>& g, const T* dout, const T* h, const MoeWeights<T>& w,
                 int N, T dloss) {
     dispatcher_->combine_backward(dtopk_weight_.data(), dout, router_.topk_weight(), N);
+    const std::vector<int>& rows_per_expert = dispatcher_->tokens_per_local_expert();
+    long rows = 0;
+    for (int n : rows_per_expert) rows += n;
+    // one borrow for the layer: routed experts' scratch first, then the shared expert's (N,Ws) x 3
+    const long routed_scratch = experts_.backward_scratch(rows);
+    T* scratch = grad_scratch_->take(routed_scratch + 3L * N * Ws_);
     experts_.backward(dispatcher_->permuted_input_grad(), g.experts_w1, g.experts_w3, g.experts_w2,
                       dispatcher_->permuted_output_grad(), dispatcher_->permuted_input(),
-                      w.experts_w1, w.experts_w3, w.experts_w2,
-                      dispatcher_->tokens_per_local_expert());
+                      w.experts_w1, w.experts_w3, w.experts_w2, rows_per_expert, scratch);
     dispatcher_->dispatch_backward(dh, N);
+    T* shared_scratch = scratch + routed_scratch;
     if (Ws_ > 0)
-      swiglu_backward<T>(dh, g.shared_w1, g.shared_w3, g.shared_w2, shared_dact_.data(),
-                         shared_dh1_.data(), shared_dh3_.data(), dout, shared_h1_.data(),
+      swiglu_backward<T>(dh, g.shared_w1, g.shared_w3, g.shared_w2, shared_scratch,
+                         shared_scratch + (long)N * Ws_, shared_scratch + 2L * N * Ws_, dout, shared_h1_.data(),
                          shared_h3_.data(), shared_act_.data(), h, w.shared_w1, w.shared_w3,
                          w.shared_w2, N, C_, Ws_);
     router_.backward(dh, g.router, dtopk_weight_.data(), h, w.router, N, dloss);
@@ -166,7 +176,8 @@ class MoeLayer {
   Router<T> router_;
   std::unique_ptr<TokenDispatcher<T>> dispatcher_;
   Experts<T> experts_;
-  DeviceBuffer<T> shared_h1_, shared_h3_, shared_act_, shared_dact_, shared_dh1_, shared_dh3_;
+  DeviceBuffer<T> shared_h1_, shared_h3_, shared_act_;  // (N,Ws) kept for backward
+  SharedScratchPool<T> grad_scratch_;
   DeviceBuffer<T> dtopk_weight_;
   DeviceBuffer<double> device_stats_;  // [entropy_sum, margin_sum] since the last reset
 };

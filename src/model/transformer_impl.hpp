@@ -33,8 +33,11 @@ void Transformer<T>::allocate_activations(const std::string& dispatcher) {
   logits_ = DeviceBuffer<T>("act::logits", N * V);
   lse_ = DeviceBuffer<T>("act::logsumexp", N);
   moe_.resize(L);
+  // one backward scratch pool for every MoE layer (their backwards run one after another)
+  auto moe_grad_scratch = std::make_shared<ScratchPool<T>>("moe::grad_scratch");
   for (int l = 0; l < s_.n_layers; ++l)
-    if (s_.is_moe_layer(l)) moe_[l] = std::make_unique<MoeLayer<T>>(s_, (int)N, dispatcher, ep_comm_, balance_comm_);
+    if (s_.is_moe_layer(l))
+      moe_[l] = std::make_unique<MoeLayer<T>>(s_, (int)N, dispatcher, ep_comm_, balance_comm_, moe_grad_scratch);
   proj_q_ = DeviceBuffer<T>("grad::proj_q", N * nh * hd);
   proj_k_ = DeviceBuffer<T>("grad::proj_k", N * nkv * hd);
   proj_v_ = DeviceBuffer<T>("grad::proj_v", N * nkv * hd);

@@ -1,6 +1,7 @@
 #include "train/run_plan.hpp"
 
 #include "model/attention_kernel.hpp"
+#include "model/model_memory.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -93,6 +94,19 @@ std::vector<std::pair<std::string, ConfigValue>> describe_run(const RunConfig& c
       {"attention_kernel", std::string(attention_kernel_name(attention_kernel_for(p.shape, c.train.micro_batch_size)))},
       {"cpu_isa", host_cpu_isa()},
   };
+  // Memory of one rank, estimated before anything is allocated
+  // (model_memory.hpp); the run file's /summary/peak_kokkos_bytes is the
+  // measured counterpart of memory_estimate_bytes.
+  MemoryEstimateInputs mem;
+  mem.micro_batch = c.train.micro_batch_size;
+  mem.bf16_products = p.gemm.precision == Precision::bf16;
+  mem.distributed_dispatcher = c.parallel.dispatcher != "local";
+  mem.flash_attention = attention_kernel_for(p.shape, c.train.micro_batch_size) == AttentionKernel::flash;
+  ModelShape rank_shape = p.shape;  // one rank's share: routed experts over expert_parallel ranks
+  rank_shape.ep_size = c.parallel.expert_parallel;
+  const MemoryEstimate m = estimate_rank_memory(rank_shape, mem);
+  kv.emplace_back("memory_estimate_bytes", I(std::llround(m.kokkos_bytes)));
+  for (const auto& [part, bytes] : m.parts) kv.emplace_back("memory_" + part + "_bytes", I(std::llround(bytes)));
   return kv;
 }
 

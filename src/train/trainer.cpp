@@ -17,6 +17,7 @@
 #include "data/token_file.hpp"
 #include "fulcrum_version.hpp"
 #include "io/run_file.hpp"
+#include "model/kokkos_memory.hpp"
 #include "model/transformer.hpp"
 #include "train/adamw.hpp"
 #include "train/checkpoint.hpp"
@@ -520,6 +521,12 @@ class TrainingSession {
       peak_rss = static_cast<double>(ru.ru_maxrss) * 1024.0;  // Linux: KiB
       if (groups_.world_size > 1) MPI_Allreduce(MPI_IN_PLACE, &peak_rss, 1, MPI_DOUBLE, MPI_MAX, groups_.world);
     }
+    // Peak bytes allocated through Kokkos by the largest rank (device memory
+    // in CUDA builds): the measured counterpart of --describe's
+    // memory_estimate_bytes. NaN when a Kokkos Tools library owns the callbacks.
+    const KokkosMemoryUse kokkos_mem = kokkos_memory_use();
+    double peak_kokkos = kokkos_mem.tracked ? static_cast<double>(kokkos_mem.peak) : std::nan("");
+    if (groups_.world_size > 1) MPI_Allreduce(MPI_IN_PLACE, &peak_kokkos, 1, MPI_DOUBLE, MPI_MAX, groups_.world);
     const double wall = seconds_since(t_start);
     double final_train = std::nan("");
     if (!logged_lm_.empty()) {
@@ -547,6 +554,7 @@ class TrainingSession {
         file_.set_summary("model_flops_per_second", mean_tps * M_);
         file_.set_summary("nonmatrix_share", nonmatrix_share);
         file_.set_summary("peak_rss_bytes", peak_rss);
+        file_.set_summary("peak_kokkos_bytes", peak_kokkos);
         if (exit_code_ != kExitPreempted) file_.set_root_attr("end_time", iso8601_utc_now());
         file_.set_status(status_);  // "running" after a pre-emption: the run is not over
         file_.flush();
@@ -560,10 +568,10 @@ class TrainingSession {
     std::snprintf(summary, sizeof summary,
                   "FULCRUM_SUMMARY run=%s status=%s steps=%lld tokens=%.0f final_train_loss=%.5f "
                   "final_val_loss=%.5f tokens_per_s=%.1f model_flops_per_s=%.4e nonmatrix_share=%.3f "
-                  "peak_rss_mib=%.0f wall_s=%.1f step_s=%.2f data_s=%.2f forward_s=%.2f backward_s=%.2f "
+                  "peak_rss_mib=%.0f peak_kokkos_mib=%.0f wall_s=%.1f step_s=%.2f data_s=%.2f forward_s=%.2f backward_s=%.2f "
                   "exchange_s=%.2f optimizer_s=%.2f eval_s=%.2f io_s=%.2f checkpoint_s=%.2f file=%s",
                   cfg_.run.name.c_str(), status_.c_str(), (long long)step_, tokens_seen_, final_train, last_val_,
-                  mean_tps, mean_tps * M_, nonmatrix_share, peak_rss / 1048576.0, wall, step_time,
+                  mean_tps, mean_tps * M_, nonmatrix_share, peak_rss / 1048576.0, peak_kokkos / 1048576.0, wall, step_time,
                   timers_.seconds("data"), timers_.seconds("forward"), timers_.seconds("backward"),
                   timers_.seconds("exchange"), timers_.seconds("optimizer"), timers_.seconds("eval"),
                   timers_.seconds("io"), timers_.seconds("checkpoint"), file_.path().c_str());
@@ -815,6 +823,8 @@ int train(const LoadedDeck& deck, const TrainOptions& options, MPI_Comm world) {
   plan.shape.ep_rank = groups.ep_rank;
   const auto t_start = Clock::now();
   ProgressPrinter progress(options.quiet || !root);
+  track_kokkos_memory();  // this run's peak of Kokkos allocations (/summary/peak_kokkos_bytes)
+  reset_kokkos_memory_peak();
 
   std::unique_ptr<TrainingData> data;
   RunFile file = open_run(deck, plan, groups, resuming, data);

@@ -287,7 +287,9 @@ TEST(RouterOptions, SigmoidWeightsAndBiasOnlySelects) {
     const double s0 = sg(idx[t * k]), s1 = sg(idx[t * k + 1]);
     EXPECT_GE(s0, s1);
     for (int e = 0; e < E; ++e)
-      if (e != idx[t * k] && e != idx[t * k + 1]) EXPECT_LE(sg(e), s1);
+      if (e != idx[t * k] && e != idx[t * k + 1]) {
+        EXPECT_LE(sg(e), s1);
+      }
     EXPECT_NEAR(w[t * k], 2.5 * s0 / (s0 + s1), 1e-14);
     EXPECT_NEAR(w[t * k] + w[t * k + 1], 2.5, 1e-14);
   }
@@ -444,7 +446,9 @@ TEST(MoeEquivalence, EqualsNaivePerTokenLoop) {
       for (int c = 0; c < C; ++c) EXPECT_NEAR(got[(long)t * C + c], y[c], 1e-12) << "token " << t << " cap " << cap;
     }
     EXPECT_DOUBLE_EQ(layer.stats.dropped, (double)dropped);
-    if (cap > 0) EXPECT_GT(dropped, 0) << "the capacity case must actually drop tokens";
+    if (cap > 0) {
+      EXPECT_GT(dropped, 0) << "the capacity case must actually drop tokens";
+    }
   }
 }
 
@@ -565,8 +569,9 @@ void check_dispatch_scan(const std::vector<int>& idx, int N, int k, int E, doubl
   // the permuted rows are the tokens' rows at those positions
   const std::vector<double> in = to_host(d.permuted_input(), (long)want.offset[E] * C);
   for (long a = 0; a < NK; ++a)
-    if (want.position[a] >= 0)
+    if (want.position[a] >= 0) {
       for (int c = 0; c < C; ++c) ASSERT_EQ(in[(long)want.position[a] * C + c], h[(a / k) * C + c]) << a;
+    }
 }
 
 }  // namespace
