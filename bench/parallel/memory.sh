@@ -8,6 +8,8 @@
 # the routed experts' training state from the accounting (parameters,
 # gradients, AdamW moments, bf16 copy), and checks EP = 4 against R + X / 4
 # (goal: measured <= 1.5x; worst-case-sized exchange buffers would break it).
+# Also prints, per EP, the peak of the Kokkos allocations of the largest rank
+# against --describe's memory_estimate_bytes (balanced routing).
 #
 #   bench/parallel/memory.sh [BUILD_DIR] [STEPS]
 set -euo pipefail
@@ -30,11 +32,18 @@ layers=$(describe n_layers)
 precision=$(describe precision)
 routed=$((32 * 3 * 256 * 512 * layers))
 state_bytes=$([ "$precision" = bf16 ] && echo 18 || echo 16)  # fp32 param, grad, m, v (+ bf16 copy)
-peak() {  # ranks -> peak RSS bytes of the largest rank
-  mpiexec -n "$1" --oversubscribe --bind-to none "$TRAIN" input_decks/quickstart.toml --quiet "${MODEL[@]}" \
-    --set parallel.expert_parallel="$1" --set parallel.dispatcher="$([ "$1" = 1 ] && echo local || echo mpi_alltoall)" \
-    --set output.dir="$OUT/ep$1" | sed -n 's/^FULCRUM_SUMMARY.* peak_rss_mib=\([0-9.]*\).*/\1/p' |
-    awk '{ printf "%.0f", $1 * 1048576 }'
+dispatcher_for() { [ "$1" = 1 ] && echo local || echo mpi_alltoall; }
+peak() {  # ranks -> peak RSS bytes of the largest rank; prints the Kokkos peak and the estimate to stderr
+  local line
+  line=$(mpiexec -n "$1" --oversubscribe --bind-to none "$TRAIN" input_decks/quickstart.toml --quiet "${MODEL[@]}" \
+    --set parallel.expert_parallel="$1" --set parallel.dispatcher="$(dispatcher_for "$1")" \
+    --set output.dir="$OUT/ep$1" | grep '^FULCRUM_SUMMARY')
+  local est
+  est=$("$TRAIN" input_decks/quickstart.toml "${MODEL[@]}" --set parallel.expert_parallel="$1" \
+    --set parallel.dispatcher="$(dispatcher_for "$1")" --describe | sed -n 's/^memory_estimate_bytes = //p')
+  echo "$line" | sed -n 's/.* peak_kokkos_mib=\([0-9.]*\).*/\1/p' |
+    awk -v ep="$1" -v est="$est" '{ printf "BENCH_MEMORY_KOKKOS ep=%d peak_kokkos_mib=%.0f describe_estimate_mib=%.0f ratio=%.3f\n", ep, $1, est / 1048576, $1 * 1048576 / est }' >&2
+  echo "$line" | sed -n 's/.* peak_rss_mib=\([0-9.]*\).*/\1/p' | awk '{ printf "%.0f", $1 * 1048576 }'
 }
 p1=$(peak 1); p2=$(peak 2); p4=$(peak 4)
 /usr/bin/python3 - "$p1" "$p2" "$p4" "$layers" "$routed" "$state_bytes" "$precision" <<'PY'
