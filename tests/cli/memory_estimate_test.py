@@ -38,14 +38,14 @@ CASES = [
 
 def describe(args, deck, sets):
     cmd = [args.train, deck, "--describe"] + [a for s in sets for a in ("--set", s)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=args.source_dir).stdout
     kv = dict(re.findall(r"^(\S+) = (.*)$", out, re.M))
     return kv
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--train", required=True)
+    p.add_argument("--train", required=True, type=os.path.abspath)
     p.add_argument("--source-dir", required=True)
     p.add_argument("--mpiexec")
     args = p.parse_args()
@@ -67,7 +67,8 @@ def main():
             cmd += [a for s in sets for a in ("--set", s)]
             if ranks > 1:
                 cmd = [args.mpiexec, "-n", str(ranks), "--oversubscribe", "--bind-to", "none"] + cmd
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            # the decks' data paths are relative to the source tree
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=args.source_dir)
             if r.returncode != 0:
                 print(f"{name}: run failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
                 failures += 1
