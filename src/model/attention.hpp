@@ -449,16 +449,20 @@ void flash_attention_backward_delta(T* delta, const T* dout, const T* out, int B
   const TeamPolicy policy = detail::flash_policy<HostLoops>((long)B * nh, 0, level);
   Kokkos::parallel_for("flash_attention::backward_delta", policy, KOKKOS_LAMBDA(const TeamMember& member) {
     const long bh = member.league_rank(), b = bh / nh, h = bh % nh;
+    // captured here, not first inside `if constexpr` (nvcc refuses that in an extended lambda)
+    T* const drow = delta + bh * Tn;
+    const T* const dO = dout;
+    const T* const O = out;
     auto row = [&](const int t) {
       const long off = heads_major ? (bh * Tn + t) * hd : ((b * Tn + t) * nh + h) * hd;
       if constexpr (HostLoops) {
-        delta[bh * Tn + t] = math::row_dot(dout + off, out + off, hd);
+        drow[t] = math::row_dot(dO + off, O + off, hd);
       } else {
         T acc = 0;
         Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, hd), [&](const int d, T& a) {
-          a += dout[off + d] * out[off + d];
+          a += dO[off + d] * O[off + d];
         }, acc);
-        Kokkos::single(Kokkos::PerThread(member), [&]() { delta[bh * Tn + t] = acc; });
+        Kokkos::single(Kokkos::PerThread(member), [&]() { drow[t] = acc; });
       }
     };
     if constexpr (HostLoops) {
