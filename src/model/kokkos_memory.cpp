@@ -7,8 +7,6 @@
 
 #include <Kokkos_Core.hpp>
 
-#include <cstring>
-#include <map>
 #include <mutex>
 
 namespace fulcrum {
@@ -18,27 +16,20 @@ struct Counters {
   std::mutex lock;
   bool installed = false;
   std::uint64_t current = 0, peak = 0;
-  std::map<std::string, std::uint64_t> by_space, by_space_at_peak;
 } counters;
 
-void on_allocate(const Kokkos::Profiling::SpaceHandle space, const char* /*label*/, const void* /*ptr*/,
+void on_allocate(const Kokkos::Profiling::SpaceHandle /*space*/, const char* /*label*/, const void* /*ptr*/,
                  const std::uint64_t bytes) {
   std::lock_guard<std::mutex> g(counters.lock);
   counters.current += bytes;
-  counters.by_space[std::string(space.name, strnlen(space.name, sizeof(space.name)))] += bytes;
-  if (counters.current > counters.peak) {
-    counters.peak = counters.current;
-    counters.by_space_at_peak = counters.by_space;
-  }
+  if (counters.current > counters.peak) counters.peak = counters.current;
 }
 
-void on_deallocate(const Kokkos::Profiling::SpaceHandle space, const char* /*label*/, const void* /*ptr*/,
+void on_deallocate(const Kokkos::Profiling::SpaceHandle /*space*/, const char* /*label*/, const void* /*ptr*/,
                    const std::uint64_t bytes) {
   std::lock_guard<std::mutex> g(counters.lock);
   // Views allocated before tracking began are freed too: never go below 0.
   counters.current -= bytes < counters.current ? bytes : counters.current;
-  auto& s = counters.by_space[std::string(space.name, strnlen(space.name, sizeof(space.name)))];
-  s -= bytes < s ? bytes : s;
 }
 
 }  // namespace
@@ -57,7 +48,6 @@ void track_kokkos_memory() {
 void reset_kokkos_memory_peak() {
   std::lock_guard<std::mutex> g(counters.lock);
   counters.peak = counters.current;
-  counters.by_space_at_peak = counters.by_space;
 }
 
 KokkosMemoryUse kokkos_memory_use() {
@@ -66,9 +56,6 @@ KokkosMemoryUse kokkos_memory_use() {
   u.tracked = counters.installed;
   u.current = counters.current;
   u.peak = counters.peak;
-  std::uint64_t most = 0;
-  for (const auto& [name, bytes] : counters.by_space_at_peak)
-    if (bytes > most) most = bytes, u.space = name;
   return u;
 }
 

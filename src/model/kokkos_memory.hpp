@@ -11,7 +11,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 
 namespace fulcrum {
 
@@ -19,7 +18,6 @@ struct KokkosMemoryUse {
   bool tracked = false;        // false: a Kokkos Tools library owns the callbacks
   std::uint64_t current = 0;   // bytes allocated now, all memory spaces
   std::uint64_t peak = 0;      // largest `current` seen since tracking began
-  std::string space;           // name of the memory space with most bytes at peak ("Host", "Cuda", ...)
 };
 
 // Installs the allocation callbacks. Call once, after Kokkos::initialize and

@@ -80,8 +80,7 @@ def main():
                 continue
             files = [f for f in os.listdir(out) if f.endswith(".h5") and "checkpoint" not in f]
             with h5py.File(os.path.join(out, files[0]), "r") as f:
-                measured = float(f["summary"].attrs["peak_kokkos_bytes"]) if "peak_kokkos_bytes" in f["summary"].attrs \
-                    else float(f["summary/peak_kokkos_bytes"][()])
+                measured = float(f["summary"].attrs["peak_kokkos_bytes"])
             ratio = measured / estimate
             ok = lo <= ratio <= hi
             print(f"{name}: attention={kv['attention_kernel']} estimate={estimate / 2**20:.2f} MiB "
