@@ -152,6 +152,14 @@ void gemm_f32(char ta, char tb, int M, int N, int K, float alpha, const float* A
   g_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+void gemm_grouped_f32(char ta, char tb, float alpha, float beta, const std::vector<GemmProblem>& problems) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (g_active) g_active->gemm_grouped(ta, tb, alpha, beta, problems);
+  else
+    for (const GemmProblem& p : problems) kokkos_matmul<float>(ta, tb, p.M, p.N, p.K, alpha, p.A, p.B, beta, p.C);
+  g_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 double gemm_seconds() { return kCudaBuild ? -1.0 : g_seconds; }
 
 }  // namespace fulcrum

@@ -42,6 +42,18 @@ struct GemmConfigError : std::runtime_error {
   GemmConfigError(std::string k, const std::string& what) : std::runtime_error(what), key(std::move(k)) {}
 };
 
+// One product of a grouped call: C (M,N) = alpha op(A) op(B) + beta C, with
+// the transposes, alpha and beta of the call (row-major, contiguous; the
+// argument convention of matmul() in kokkos_types.hpp).
+template <class T>
+struct MatmulProblem {
+  int M, N, K;
+  const T* A;
+  const T* B;
+  T* C;
+};
+using GemmProblem = MatmulProblem<float>;
+
 // One backend instance: computes C (M,N) = alpha op(A) op(B) + beta C on
 // row-major contiguous float buffers in its precision. Same argument
 // convention as matmul() in kokkos_types.hpp.
@@ -52,6 +64,15 @@ class GemmBackend {
   // router's products: routing decisions must not depend on bf16 rounding).
   virtual void gemm(char trans_a, char trans_b, int M, int N, int K, float alpha, const float* A, const float* B,
                     float beta, float* C, bool keep_fp32) = 0;
+  // A group of products with the same transposes, alpha and beta and sizes
+  // that differ per problem: the routed experts' products of one weight
+  // matrix (experts.hpp), one problem per local expert. Default: one gemm()
+  // per problem (oneDNN 2.6 and Kokkos Kernels have no grouped product);
+  // cuBLAS 12.5+ issues the whole group as one call.
+  virtual void gemm_grouped(char trans_a, char trans_b, float alpha, float beta,
+                            const std::vector<GemmProblem>& problems) {
+    for (const GemmProblem& p : problems) gemm(trans_a, trans_b, p.M, p.N, p.K, alpha, p.A, p.B, beta, p.C, false);
+  }
   virtual std::string name() const = 0;
   virtual Precision precision() const = 0;
   // What actually runs (e.g. "oneDNN 2.6.3 brg:avx512_core_bf16"), for the run file.
@@ -126,5 +147,7 @@ double gemm_seconds();
 // C (M,N) = alpha op(A) op(B) + beta C through the active backend.
 void gemm_f32(char trans_a, char trans_b, int M, int N, int K, float alpha, const float* A, const float* B,
               float beta, float* C, bool keep_fp32 = false);
+// A group of products through the active backend's gemm_grouped().
+void gemm_grouped_f32(char trans_a, char trans_b, float alpha, float beta, const std::vector<GemmProblem>& problems);
 
 }  // namespace fulcrum

@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include <Kokkos_Core.hpp>
 #include <KokkosBlas3_gemm.hpp>
@@ -227,6 +228,17 @@ inline void matmul(char trans_a, char trans_b, int M, int N, int K, T alpha,
     if (active_gemm_backend()) return gemm_f32(trans_a, trans_b, M, N, K, alpha, A, B, beta, C);
   }
   kokkos_matmul<T>(trans_a, trans_b, M, N, K, alpha, A, B, beta, C);
+}
+// A group of products sharing transposes, alpha and beta (the routed
+// experts' products of one weight matrix, one problem per local expert):
+// one grouped call through the gemm layer for float, a loop of KokkosBlas
+// products for double.
+template <class T>
+inline void grouped_matmul(char trans_a, char trans_b, T alpha, T beta, const std::vector<MatmulProblem<T>>& problems) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (active_gemm_backend()) return gemm_grouped_f32(trans_a, trans_b, alpha, beta, problems);
+  }
+  for (const MatmulProblem<T>& p : problems) kokkos_matmul<T>(trans_a, trans_b, p.M, p.N, p.K, alpha, p.A, p.B, beta, p.C);
 }
 // The same product, always in fp32 operands (the router: top-k choices must
 // not flip with bf16 rounding; doc/model.md "Mixed precision").

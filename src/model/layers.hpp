@@ -329,6 +329,29 @@ void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* at
 }
 
 // ---------------------------------------------------------------- SwiGLU
+// The elementwise part of SwiGLU over `count` entries: act = silu(h1) * h3,
+// silu(z) = z sigmoid(z). The routed experts (experts.hpp) call it once over
+// all their rows, between grouped products.
+template <class T>
+void swiglu_activation_forward(T* act, const T* h1, const T* h3, long count) {
+  Kokkos::parallel_for("swiglu::activation", RangePolicy(0, count), KOKKOS_LAMBDA(const long i) {
+    const T z = h1[i];
+    const T sig = T(1) / (T(1) + math::fast_exp(-z));
+    act[i] = z * sig * h3[i];
+  });
+}
+// Its backward: dh3 = dact silu(z), dh1 = dact h3 sigmoid(z) (1 + z (1 - sigmoid(z))).
+template <class T>
+void swiglu_activation_backward(T* dh1, T* dh3, const T* dact, const T* h1, const T* h3, long count) {
+  Kokkos::parallel_for("swiglu::activation_backward", RangePolicy(0, count), KOKKOS_LAMBDA(const long i) {
+    const T z = h1[i];
+    const T sig = T(1) / (T(1) + math::fast_exp(-z));
+    const T silu = z * sig;
+    dh3[i] = dact[i] * silu;
+    dh1[i] = dact[i] * h3[i] * sig * (T(1) + z * (T(1) - sig));
+  });
+}
+
 // swiglu(h) = (silu(h w1^T) * (h w3^T)) w2^T, width W.
 // out is (N,C) (out = beta*out + result), h1, h3, act are (N,W) (kept for
 // backward), inp is (N,C), w1, w3 are (W,C), w2 is (C,W)
@@ -338,11 +361,7 @@ void swiglu_forward(T* out, T* h1, T* h3, T* act, const T* inp, const T* w1, con
   if (N == 0) return;
   matmul<T>('N', 'T', N, W, C, T(1), inp, w1, T(0), h1);
   matmul<T>('N', 'T', N, W, C, T(1), inp, w3, T(0), h3);
-  Kokkos::parallel_for("swiglu::activation", RangePolicy(0, (long)N * W), KOKKOS_LAMBDA(const long i) {
-    const T z = h1[i];
-    const T sig = T(1) / (T(1) + math::fast_exp(-z));
-    act[i] = z * sig * h3[i];
-  });
+  swiglu_activation_forward<T>(act, h1, h3, (long)N * W);
   matmul<T>('N', 'T', N, C, W, T(1), act, w2, beta, out);
 }
 // dinp is (N,C) (+=); dw1, dw3 are (W,C) (+=); dw2 is (C,W) (+=); dout is (N,C);
@@ -354,14 +373,7 @@ void swiglu_backward(T* dinp, T* dw1, T* dw3, T* dw2, T* dact, T* dh1, T* dh3, c
   if (N == 0) return;
   matmul<T>('T', 'N', C, W, N, T(1), dout, act, T(1), dw2);
   matmul<T>('N', 'N', N, W, C, T(1), dout, w2, T(0), dact);
-  Kokkos::parallel_for("swiglu::activation_backward", RangePolicy(0, (long)N * W),
-                       KOKKOS_LAMBDA(const long i) {
-    const T z = h1[i];
-    const T sig = T(1) / (T(1) + math::fast_exp(-z));
-    const T silu = z * sig;
-    dh3[i] = dact[i] * silu;
-    dh1[i] = dact[i] * h3[i] * sig * (T(1) + z * (T(1) - sig));
-  });
+  swiglu_activation_backward<T>(dh1, dh3, dact, h1, h3, (long)N * W);
   matmul<T>('T', 'N', W, C, N, T(1), dh1, inp, T(1), dw1);
   matmul<T>('T', 'N', W, C, N, T(1), dh3, inp, T(1), dw3);
   matmul<T>('N', 'N', N, C, W, T(1), dh1, w1, T(1), dinp);

@@ -20,6 +20,7 @@
 
 #include "model/expert_parallel.hpp"
 #include "model/row_exchange.hpp"
+#include "model/scratch_pool.hpp"
 #include "model/token_dispatcher.hpp"
 
 namespace fulcrum {
@@ -125,8 +126,8 @@ class MpiAlltoallTokenDispatcher : public TokenDispatcher<T> {
   // so a fluctuating load does not reallocate every micro-batch). Contents
   // are not kept: called only in dispatch, before anything is received.
   void reserve_rows(long rows) {
-    if (rows <= capacity_rows_ && capacity_rows_ > 0) return;
-    const long cap = std::max<long>(1, std::max(rows, capacity_rows_ + capacity_rows_ / 4));
+    const long cap = grown_row_capacity(rows, capacity_rows_);
+    if (cap == capacity_rows_) return;
     Kokkos::fence();
     input_ = DeviceBuffer<T>("a2a::input", cap * C_);
     output_ = DeviceBuffer<T>("a2a::output", cap * C_);

@@ -6,6 +6,7 @@
 // holds: with expert parallelism the rows a rank receives vary per step.
 #pragma once
 
+#include <algorithm>
 #include <memory>
 #include <string>
 
@@ -31,6 +32,16 @@ class ScratchPool {
   const char* label_;
   DeviceBuffer<T> buffer_;
 };
+
+// The row capacity a kept, grow-only buffer (the routed experts' activations,
+// the expert-parallel receive buffers) needs for `rows` rows when it now holds
+// `capacity`: unchanged when they fit, else at least `rows` and 25% over the
+// old capacity, so a load that fluctuates between micro-batches does not
+// reallocate every time. Never the worst case (every peer sending every token).
+inline long grown_row_capacity(long rows, long capacity) {
+  if (rows <= capacity && capacity > 0) return capacity;
+  return std::max<long>(1, std::max(rows, capacity + capacity / 4));
+}
 
 template <class T>
 using SharedScratchPool = std::shared_ptr<ScratchPool<T>>;

@@ -471,6 +471,73 @@ TEST(MoeEquivalence, OneExpertTop1EqualsDenseSwiGLU) {
   EXPECT_NEAR(l.aux, s.aux_loss_coef, 1e-14);  // E * f * P = 1 * 1 * 1
 }
 
+// The routed experts' grouped products (one grouped call per weight matrix,
+// one SwiGLU kernel over all rows) against the per-expert SwiGLU the layer
+// used before, on every gemm backend and precision of this build: the same
+// products in the same order, so forward and backward must be bit-identical.
+// Experts with no rows (first, middle, last) have no product.
+TEST(MoeExperts, GroupedProductsEqualPerExpertSwiGLUOnEveryBackend) {
+  const int C = 24, De = 20;
+  const std::vector<int> rows_per_expert{0, 5, 17, 0, 1, 9, 0};
+  const int El = (int)rows_per_expert.size();
+  const long rows = std::accumulate(rows_per_expert.begin(), rows_per_expert.end(), 0L);
+  const long wsz = (long)De * C;
+  std::vector<GemmChoice> choices;
+  for (const auto& b : available_gemm_backends()) {
+    choices.push_back(resolve_gemm(b, "fp32"));
+    if (b != "kokkos" && native_bf16(b)) choices.push_back(resolve_gemm(b, "bf16"));
+  }
+  auto floats = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
+  for (const GemmChoice& choice : choices) {
+    SCOPED_TRACE(choice.backend + std::string(" ") + precision_name(choice.precision));
+    ScopedGemm scope(choice);
+    auto inp = to_device(floats(random_vector(rows * C, 1)));
+    auto dout = to_device(floats(random_vector(rows * C, 2)));
+    auto w1 = to_device(floats(random_vector(El * wsz, 3, 0.2)));
+    auto w3 = to_device(floats(random_vector(El * wsz, 4, 0.2)));
+    auto w2 = to_device(floats(random_vector(El * wsz, 5, 0.2)));
+    const auto g0 = floats(random_vector(El * wsz, 6));  // gradients accumulate (+=) onto these
+    // grouped
+    Experts<float> experts(3, C, De);  // a small hint: forward must grow its buffers
+    DeviceBuffer<float> out("out", rows * C), dinp("dinp", rows * C), scratch("scratch", experts.backward_scratch(rows));
+    auto dw1 = to_device(g0), dw3 = to_device(g0), dw2 = to_device(g0);
+    Kokkos::deep_copy(out, std::nanf(""));  // both are overwritten (beta = 0), never read
+    Kokkos::deep_copy(dinp, std::nanf(""));
+    experts.forward(out.data(), inp.data(), w1.data(), w3.data(), w2.data(), rows_per_expert);
+    experts.backward(dinp.data(), dw1.data(), dw3.data(), dw2.data(), dout.data(), inp.data(), w1.data(), w3.data(),
+                     w2.data(), rows_per_expert, scratch.data());
+    // per expert, as before
+    DeviceBuffer<float> ref_out("ref_out", rows * C), ref_dinp("ref_dinp", rows * C);
+    DeviceBuffer<float> h1("h1", rows * De), h3("h3", rows * De), act("act", rows * De);
+    DeviceBuffer<float> dact("dact", rows * De), dh1("dh1", rows * De), dh3("dh3", rows * De);
+    auto rw1 = to_device(g0), rw3 = to_device(g0), rw2 = to_device(g0);
+    long row = 0;
+    for (int e = 0; e < El; ++e) {
+      const int n = rows_per_expert[e];
+      swiglu_forward<float>(ref_out.data() + row * C, h1.data() + row * De, h3.data() + row * De,
+                            act.data() + row * De, inp.data() + row * C, w1.data() + e * wsz, w3.data() + e * wsz,
+                            w2.data() + e * wsz, n, C, De, 0.0f);
+      swiglu_backward<float>(ref_dinp.data() + row * C, rw1.data() + e * wsz, rw3.data() + e * wsz,
+                             rw2.data() + e * wsz, dact.data() + row * De, dh1.data() + row * De,
+                             dh3.data() + row * De, dout.data() + row * C, h1.data() + row * De,
+                             h3.data() + row * De, act.data() + row * De, inp.data() + row * C, w1.data() + e * wsz,
+                             w3.data() + e * wsz, w2.data() + e * wsz, n, C, De);
+      row += n;
+    }
+    auto same = [](const char* what, const float* a, const float* b, std::size_t n) {
+      const auto x = to_host(a, n), y = to_host(b, n);
+      std::size_t differ = 0;
+      for (std::size_t i = 0; i < n; ++i) differ += x[i] != y[i];
+      EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << n << " entries differ";
+    };
+    same("out", out.data(), ref_out.data(), rows * C);
+    same("dinp", dinp.data(), ref_dinp.data(), rows * C);
+    same("dw1", dw1.data(), rw1.data(), El * wsz);
+    same("dw3", dw3.data(), rw3.data(), El * wsz);
+    same("dw2", dw2.data(), rw2.data(), El * wsz);
+  }
+}
+
 TEST(MoeDispatch, UnknownDispatcherListsValidOnes) {
   const ModelShape s = moe_shape(4, 2, 0, 4, 4, false, 0.0);
   try {
