@@ -381,13 +381,15 @@ void swiglu_backward(T* dinp, T* dw1, T* dw3, T* dw2, T* dact, T* dh1, T* dh3, c
 }
 
 // ---------------------------------------------------------------- cross-entropy
-// Returns the mean loss over the N positions. logits is (N,V), targets is (N);
-// lse is (N) (written): each row's log-sum-exp, which the backward reuses.
+// logits is (N,V), targets is (N); lse is (N) (written): each row's
+// log-sum-exp, which the backward reuses. The sum over rows of
+// lse - z[target] goes to `result`, a Kokkos::Sum reducer: into a host double
+// (crossentropy_forward, which waits for it) or into a device scalar
+// (crossentropy_forward_device, which does not).
 // Team nest: the row log-sum-exps by a thread per row (vector max and sum
-// over V), then the mean over rows as a second, cheap reduction.
-template <class T, bool HostLoops = kHostLoops>
-double crossentropy_forward(T* lse, const T* logits, const int* targets, int N, int V) {
-  double total = 0;
+// over V), then the sum over rows as a second, cheap reduction.
+template <class T, bool HostLoops, class SumReducer>
+void crossentropy_forward_sum(T* lse, const SumReducer& result, const T* logits, const int* targets, int N, int V) {
   if constexpr (HostLoops) {
     Kokkos::parallel_reduce("crossentropy::forward", RangePolicy(0, N),
                             KOKKOS_LAMBDA(const int n, double& acc) {
@@ -396,7 +398,7 @@ double crossentropy_forward(T* lse, const T* logits, const int* targets, int N, 
       const T l = mx + math::log(math::row_sum_exp(z, V, mx));
       lse[n] = l;
       acc += static_cast<double>(l - z[targets[n]]);
-    }, total);
+    }, result);
   } else {
     Kokkos::parallel_for("crossentropy::forward_lse_team", row_team_policy(N), KOKKOS_LAMBDA(const TeamMember& member) {
       for_team_rows(member, N, [&](const long n) {
@@ -414,9 +416,25 @@ double crossentropy_forward(T* lse, const T* logits, const int* targets, int N, 
     });
     Kokkos::parallel_reduce("crossentropy::forward_sum", RangePolicy(0, N), KOKKOS_LAMBDA(const int n, double& acc) {
       acc += static_cast<double>(lse[n] - logits[(long)n * V + targets[n]]);
-    }, total);
+    }, result);
   }
+}
+// Returns the mean loss over the N positions (waits for the device).
+template <class T, bool HostLoops = kHostLoops>
+double crossentropy_forward(T* lse, const T* logits, const int* targets, int N, int V) {
+  double total = 0;
+  crossentropy_forward_sum<T, HostLoops>(lse, Kokkos::Sum<double, Kokkos::HostSpace>(total), logits, targets, N, V);
   return total / N;
+}
+// The same mean loss left in device memory: loss[0] = sum / N, the sum
+// reduced into `total` (a device scalar), so a training step need not wait
+// for the device (transformer_impl.hpp reads the loss at log steps only).
+template <class T, bool HostLoops = kHostLoops>
+void crossentropy_forward_device(T* lse, double* loss, const Kokkos::View<double, MemSpace>& total, const T* logits,
+                                 const int* targets, int N, int V) {
+  crossentropy_forward_sum<T, HostLoops>(lse, Kokkos::Sum<double, MemSpace>(total), logits, targets, N, V);
+  const double* sum = total.data();
+  Kokkos::parallel_for("crossentropy::mean", RangePolicy(0, 1), KOKKOS_LAMBDA(const int) { loss[0] = *sum / N; });
 }
 // dlogits is (N,V) (overwritten) = d(dloss * mean loss)/dlogits = dloss (softmax - onehot) / N;
 // lse is (N), from crossentropy_forward on the same logits

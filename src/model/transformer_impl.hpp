@@ -57,26 +57,6 @@ void Transformer<T>::allocate_activations(const std::string& dispatcher) {
   dlogits_ = DeviceBuffer<T>("grad::dlogits", N * V);
 }
 
-// Mean cross-entropy with the sum reduced into device memory: the
-// layers.hpp kernel (crossentropy_forward: same lse, same order of the sum)
-// without its host read, so a training step does not wait on the device.
-// lse is (N) (written), loss_sums[0] = mean loss.
-template <class T>
-void crossentropy_forward_device(T* lse, double* loss_sums, const Kokkos::View<double, MemSpace>& total,
-                                 const T* logits, const int* targets, int N, int V) {
-  Kokkos::parallel_reduce("crossentropy::forward", RangePolicy(0, N), KOKKOS_LAMBDA(const int n, double& acc) {
-    const T* z = logits + (long)n * V;
-    const T mx = math::row_max(z, V);
-    const T l = mx + math::log(math::row_sum_exp(z, V, mx));
-    lse[n] = l;
-    acc += static_cast<double>(l - z[targets[n]]);
-  }, Kokkos::Sum<double, MemSpace>(total));
-  const double* sum = total.data();
-  Kokkos::parallel_for("crossentropy::mean", RangePolicy(0, 1), KOKKOS_LAMBDA(const int) {
-    loss_sums[0] = *sum / N;
-  });
-}
-
 template <class T>
 ModelLosses Transformer<T>::forward() {
   forward_device();
@@ -146,6 +126,7 @@ void Transformer<T>::forward_device() {
   }
   rmsnorm_forward<T>(lnf_.data(), rstdf_.data(), resid + s_.n_layers * big_NC, weights_.lnf_w, N, C, s_.norm_eps);
   matmul<T>('N', 'T', N, V, C, T(1), lnf_.data(), weights_.lm_head, T(0), logits_.data());
+  // loss_sums[0] = mean loss, reduced in device memory (no wait for the device; layers.hpp)
   crossentropy_forward_device<T>(lse_.data(), loss_sums, ce_sum_, logits_.data(), targets_.data(), N, V);
 }
 

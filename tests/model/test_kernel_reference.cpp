@@ -172,3 +172,32 @@ TEST(KernelReference, AttentionSoftmaxTeamNest) {
     expect_close(to_host(dv_t.data(), nkvn), to_host(dv_h.data(), nkvn), "attention team dv");
   }
 }
+
+// ---------------------------------------------------------------- cross-entropy: the model's use
+// The model's loss (crossentropy_forward_device: the sum reduced into a device
+// scalar, the mean written to device memory) against crossentropy_forward
+// (the sum returned to the host), in each nest: the one implementation, so
+// the same bits, lse included.
+TEST(KernelReference, CrossentropyDeviceSumMatchesHostReturn) {
+  for (int N : {1, 9, 64})
+    for (int V : {1, 13, 257}) {
+      const long NV = (long)N * V;
+      auto z = to_device(random_vector(NV, 43, 3.0));
+      std::vector<int> t(N);
+      for (int n = 0; n < N; ++n) t[n] = (n * 5 + 3) % V;
+      DeviceBuffer<int> targets("targets", N);
+      copy_to_device(targets.data(), t);
+      auto check = [&](auto host_loops) {
+        constexpr bool HL = decltype(host_loops)::value;
+        DeviceBuffer<double> lse_r("lr", N), lse_d("ld", N), loss("loss", 3);
+        Kokkos::View<double, MemSpace> total("total");
+        const double returned = crossentropy_forward<double, HL>(lse_r.data(), z.data(), targets.data(), N, V);
+        crossentropy_forward_device<double, HL>(lse_d.data(), loss.data(), total, z.data(), targets.data(), N, V);
+        const double device = to_host(loss.data(), 3)[0];
+        EXPECT_EQ(device, returned) << "HostLoops " << HL << " N " << N << " V " << V;
+        EXPECT_EQ(to_host(lse_d.data(), N), to_host(lse_r.data(), N)) << "HostLoops " << HL;
+      };
+      check(std::true_type{});
+      check(std::false_type{});
+    }
+}
