@@ -61,7 +61,106 @@ struct reduction_identity<fulcrum::RouterSums> {
 
 namespace fulcrum {
 
+// ---------------------------------------------------------------- row helpers
+// Top-k of one token by repeated selection on key_e = score(e) (+ bias_e):
+// largest first, ties -> lower index. idx, w: the token's k slots (w = the
+// selected scores), wsum: their sum in selection order. Returns the top-k
+// margin, key of the k-th pick minus the best unselected key (0 when k >= E).
+// The host nest per token; the team nest for a token with a NaN key.
+template <class T, class Score>
+KOKKOS_INLINE_FUNCTION T router_topk_serial(const Score& score, const T* bias, bool use_bias, int E, int k,
+                                            int* idx, T* w, T& wsum) {
+  T kth = 0, margin = 0;
+  wsum = 0;
+  for (int j = 0; j <= k && j < E; ++j) {
+    int best = -1;
+    T best_key = 0;
+    for (int e = 0; e < E; ++e) {
+      bool taken = false;
+      for (int i = 0; i < j && i < k; ++i) taken = taken || (idx[i] == e);
+      if (taken) continue;
+      const T key = use_bias ? score(e) + bias[e] : score(e);
+      if (best < 0 || key > best_key) {
+        best = e;
+        best_key = key;
+      }
+    }
+    if (j == k) {  // the best unselected expert: the top-k margin
+      margin = kth - best_key;
+      break;
+    }
+    kth = best_key;
+    idx[j] = best;
+    w[j] = score(best);
+    wsum += w[j];
+  }
+  return margin;
+}
+
+// The combine weights from the selected scores: / wsum (renormalised), x scale.
 template <class T>
+KOKKOS_INLINE_FUNCTION void router_finish_weights(T* w, int k, T wsum, bool renorm, bool scaled, T scale) {
+  if (renorm)
+    for (int j = 0; j < k; ++j) w[j] /= wsum;
+  if (scaled)
+    for (int j = 0; j < k; ++j) w[j] *= scale;
+}
+
+// One candidate of the team nest's top-k: its key (score + bias), score and
+// expert index; idx < 0 is the empty candidate.
+template <class T>
+struct RouterPick {
+  T key;
+  T score;
+  int idx;
+  // (key a, index a) ranks before (key b, index b): larger key, ties -> lower
+  // index. A strict total order for non-NaN keys, so the j-th pick of the
+  // repeated selection is the first candidate ranked after the (j-1)-th.
+  KOKKOS_INLINE_FUNCTION static bool before(T ka, int ia, T kb, int ib) { return ka > kb || (ka == kb && ia < ib); }
+};
+
+// Vector reduction of RouterPick: the first candidate in the order above.
+// The join is commutative and associative (a minimum in a total order), so
+// any lane layout or tree shape picks the same expert as the serial scan.
+template <class T>
+struct RouterPickReducer {
+  using reducer = RouterPickReducer<T>;
+  using value_type = RouterPick<T>;
+  using result_view_type = Kokkos::View<value_type, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
+  KOKKOS_INLINE_FUNCTION explicit RouterPickReducer(value_type& v) : value_(&v) {}
+  KOKKOS_INLINE_FUNCTION void join(value_type& dest, const value_type& src) const {
+    if (src.idx >= 0 && (dest.idx < 0 || value_type::before(src.key, src.idx, dest.key, dest.idx))) dest = src;
+  }
+#if KOKKOS_VERSION < 40000
+  // Kokkos 3.x joins through volatile references
+  KOKKOS_INLINE_FUNCTION void join(volatile value_type& dest, const volatile value_type& src) const {
+    if (src.idx >= 0 && (dest.idx < 0 || value_type::before(src.key, src.idx, dest.key, dest.idx))) {
+      dest.key = src.key;
+      dest.score = src.score;
+      dest.idx = src.idx;
+    }
+  }
+#endif
+  KOKKOS_INLINE_FUNCTION void init(value_type& v) const {
+    v.key = T(0);
+    v.score = T(0);
+    v.idx = -1;
+  }
+  KOKKOS_INLINE_FUNCTION value_type& reference() const { return *value_.data(); }
+  KOKKOS_INLINE_FUNCTION result_view_type view() const { return value_; }
+  KOKKOS_INLINE_FUNCTION bool references_scalar() const { return true; }
+
+ private:
+  result_view_type value_;
+};
+
+// Row kernels in two loop nests (kokkos_types.hpp, kHostLoops): HostLoops =
+// true, a token per work item, loops over the E experts; HostLoops = false
+// (the default on device backends), a thread per token (for_team_rows),
+// vector lanes over the experts. Same algorithm and outputs; the top-k picks
+// are the same experts (same order, same tie-breaking) in both.
+template <class T, bool HostLoops = kHostLoops>
 class Router {
  public:
   // max_tokens N bounds the micro-batch; E experts, top-k.
@@ -80,6 +179,8 @@ class Router {
         step_counts_("router::step_counts", num_experts),
         global_counts_dev_("router::global_counts", num_experts), out_("router::losses", kLossSlots),
         sums_("router::sums"), fp_sum_("router::fp_sum"),
+        token_entropy_("router::token_entropy", HostLoops ? 0 : max_tokens),
+        token_margin_("router::token_margin", HostLoops ? 0 : max_tokens),
         bias_host_(num_experts, 0.0), global_counts_(num_experts, 0.0) {
     opt_.renormalize = renormalize || options.sigmoid;
     const int segments = opt_.scope == RouterOptions::Sequence && opt_.seq_len > 0
@@ -118,61 +219,147 @@ class Router {
     const bool scaled = opt_.route_scale != 1.0;
     matmul_fp32<T>('N', 'T', N, E, C_, T(1), h, w_router, T(0), logits);
     // sums over tokens of lse^2, entropy and margin, reduced into device memory
-    Kokkos::parallel_reduce("router::scores_topk", RangePolicy(0, N),
-                            KOKKOS_LAMBDA(const int t, RouterSums& acc) {
-      const T* z = logits + (long)t * E;
-      T* p = probs + (long)t * E;   // routing distribution (aux loss, entropy)
-      T* s = scores + (long)t * E;  // selection and combine scores (== p for softmax)
-      T mx = z[0];
-      for (int e = 1; e < E; ++e) mx = z[e] > mx ? z[e] : mx;
-      T sum = 0;
-      for (int e = 0; e < E; ++e) sum += math::exp(z[e] - mx);
-      const T l = mx + math::log(sum);
-      lse[t] = l;
-      acc.lse_sq += static_cast<double>(l) * static_cast<double>(l);
-      if (sigmoid) {
-        T ssum = 0;
-        for (int e = 0; e < E; ++e) {
-          s[e] = T(1) / (T(1) + math::exp(-z[e]));
-          ssum += s[e];
-        }
-        for (int e = 0; e < E; ++e) p[e] = s[e] / ssum;
-      } else {
-        for (int e = 0; e < E; ++e) p[e] = math::exp(z[e] - l);
-      }
-      T h_t = 0;
-      for (int e = 0; e < E; ++e)
-        if (p[e] > T(0)) h_t -= p[e] * math::log(p[e]);
-      acc.entropy += static_cast<double>(h_t);
-      // top-k by repeated selection on score (+ bias): largest first, ties -> lower index
-      T wsum = 0, kth = 0;
-      for (int j = 0; j <= k && j < E; ++j) {
-        int best = -1;
-        T best_key = 0;
-        for (int e = 0; e < E; ++e) {
-          bool taken = false;
-          for (int i = 0; i < j && i < k; ++i) taken = taken || (topk_idx[(long)t * k + i] == e);
-          if (taken) continue;
-          const T key = use_bias ? s[e] + bias[e] : s[e];
-          if (best < 0 || key > best_key) {
-            best = e;
-            best_key = key;
+    if constexpr (HostLoops) {
+      Kokkos::parallel_reduce("router::scores_topk", RangePolicy(0, N),
+                              KOKKOS_LAMBDA(const int t, RouterSums& acc) {
+        const T* z = logits + (long)t * E;
+        T* p = probs + (long)t * E;   // routing distribution (aux loss, entropy)
+        T* s = scores + (long)t * E;  // selection and combine scores (== p for softmax)
+        T mx = z[0];
+        for (int e = 1; e < E; ++e) mx = z[e] > mx ? z[e] : mx;
+        T sum = 0;
+        for (int e = 0; e < E; ++e) sum += math::exp(z[e] - mx);
+        const T l = mx + math::log(sum);
+        lse[t] = l;
+        acc.lse_sq += static_cast<double>(l) * static_cast<double>(l);
+        if (sigmoid) {
+          T ssum = 0;
+          for (int e = 0; e < E; ++e) {
+            s[e] = T(1) / (T(1) + math::exp(-z[e]));
+            ssum += s[e];
           }
+          for (int e = 0; e < E; ++e) p[e] = s[e] / ssum;
+        } else {
+          for (int e = 0; e < E; ++e) p[e] = math::exp(z[e] - l);
         }
-        if (j == k) {  // the best unselected expert: the top-k margin
-          acc.margin += static_cast<double>(kth - best_key);
-          break;
-        }
-        kth = best_key;
-        topk_idx[(long)t * k + j] = best;
-        topk_w[(long)t * k + j] = s[best];
-        wsum += s[best];
-      }
-      if (renorm)
-        for (int j = 0; j < k; ++j) topk_w[(long)t * k + j] /= wsum;
-      if (scaled)
-        for (int j = 0; j < k; ++j) topk_w[(long)t * k + j] *= scale;
-    }, Kokkos::Sum<RouterSums, MemSpace>(sums_));
+        T h_t = 0;
+        for (int e = 0; e < E; ++e)
+          if (p[e] > T(0)) h_t -= p[e] * math::log(p[e]);
+        acc.entropy += static_cast<double>(h_t);
+        // top-k by repeated selection on score (+ bias): largest first, ties -> lower index
+        int* idx = topk_idx + (long)t * k;
+        T* w = topk_w + (long)t * k;
+        T wsum;
+        const T margin = router_topk_serial<T>([&](const int e) { return s[e]; }, bias, use_bias, E, k, idx, w, wsum);
+        if (k < E) acc.margin += static_cast<double>(margin);
+        router_finish_weights(w, k, wsum, renorm, scaled, scale);
+      }, Kokkos::Sum<RouterSums, MemSpace>(sums_));
+    } else {
+      // A thread per token, vector lanes over the experts. Lane e % (vector
+      // length) owns z[e], p[e], s[e] in every vector loop below, and whatever
+      // a lane needs of other experts reaches it through a vector reduction
+      // (broadcast to all lanes), never through memory another lane wrote:
+      // no lane synchronisation needed. Per-token statistics go to
+      // token_entropy/margin (and lse), summed over tokens in a second pass.
+      T* tok_entropy = token_entropy_.data();
+      T* tok_margin = token_margin_.data();
+      Kokkos::parallel_for("router::scores_topk_team", row_team_policy(N), KOKKOS_LAMBDA(const TeamMember& member) {
+        for_team_rows(member, N, [&](const long t) {
+          const T* z = logits + t * E;
+          T* p = probs + t * E;   // routing distribution (aux loss, entropy)
+          T* s = scores + t * E;  // selection and combine scores (== p for softmax)
+          T mx = z[0];
+          Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, E), [&](const int e, T& m) {
+            m = z[e] > m ? z[e] : m;
+          }, Kokkos::Max<T>(mx));
+          T sum = 0;
+          Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, E), [&](const int e, T& a) {
+            a += math::exp(z[e] - mx);
+          }, sum);
+          const T l = mx + math::log(sum);
+          if (sigmoid) {
+            // s = sigmoid(z), p = s / sum s
+            T ssum = 0;
+            Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, E), [&](const int e, T& a) {
+              s[e] = T(1) / (T(1) + math::exp(-z[e]));
+              a += s[e];
+            }, ssum);
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, E), [&](const int e) { p[e] = s[e] / ssum; });
+          } else {
+            // p = softmax(z) = exp(z - lse)
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, E), [&](const int e) { p[e] = math::exp(z[e] - l); });
+          }
+          // entropy H = -sum_e p_e log p_e (terms with p_e = 0 are 0)
+          T h_t = 0;
+          Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, E), [&](const int e, T& a) {
+            if (p[e] > T(0)) a -= p[e] * math::log(p[e]);
+          }, h_t);
+          int* idx = topk_idx + t * k;
+          T* w = topk_w + t * k;
+          // A NaN key is not ordered: the serial scan then picks the first
+          // untaken expert if its key is NaN and skips NaN keys otherwise.
+          // Such a token (a diverged run) takes the serial selection on one
+          // lane, scores recomputed from z (the same expressions as above),
+          // so both nests pick the same experts even then.
+          int nan_keys = 0;
+          Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, E), [&](const int e, int& c) {
+            const T key = use_bias ? s[e] + bias[e] : s[e];
+            c += key != key;
+          }, nan_keys);
+          if (nan_keys > 0) {
+            Kokkos::single(Kokkos::PerThread(member), [&]() {
+              auto score = [&](const int e) {
+                return sigmoid ? T(1) / (T(1) + math::exp(-z[e])) : math::exp(z[e] - l);
+              };
+              T wsum;
+              const T margin = router_topk_serial<T>(score, bias, use_bias, E, k, idx, w, wsum);
+              router_finish_weights(w, k, wsum, renorm, scaled, scale);
+              lse[t] = l;
+              tok_entropy[t] = h_t;
+              tok_margin[t] = margin;
+            });
+            return;
+          }
+          // Top-k as k vector reductions (+1 for the margin): pick j is the
+          // first expert, in the order (larger key, then lower index), ranked
+          // after pick j-1; i.e. the serial scan's choice among the untaken.
+          T wsum = 0, kth = 0, margin = 0;
+          RouterPick<T> prev{T(0), T(0), -1};
+          for (int j = 0; j <= k && j < E; ++j) {
+            RouterPick<T> best{T(0), T(0), -1};
+            Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, E), [&](const int e, RouterPick<T>& b) {
+              const T key = use_bias ? s[e] + bias[e] : s[e];
+              if (prev.idx >= 0 && !RouterPick<T>::before(prev.key, prev.idx, key, e)) return;  // taken
+              if (b.idx < 0 || RouterPick<T>::before(key, e, b.key, b.idx)) b = RouterPick<T>{key, s[e], e};
+            }, RouterPickReducer<T>(best));
+            if (j == k) {  // the best unselected expert: the top-k margin
+              margin = kth - best.key;
+              break;
+            }
+            kth = best.key;
+            Kokkos::single(Kokkos::PerThread(member), [&]() {
+              idx[j] = best.idx;
+              w[j] = best.score;
+            });
+            wsum += best.score;
+            prev = best;
+          }
+          // the lane that wrote w above finishes it
+          Kokkos::single(Kokkos::PerThread(member), [&]() {
+            router_finish_weights(w, k, wsum, renorm, scaled, scale);
+            lse[t] = l;
+            tok_entropy[t] = h_t;
+            tok_margin[t] = margin;
+          });
+        });
+      });
+      // the per-token sums in token order, as the host nest adds them
+      Kokkos::parallel_reduce("router::scores_topk_sums", RangePolicy(0, N), KOKKOS_LAMBDA(const int t, RouterSums& acc) {
+        acc.lse_sq += static_cast<double>(lse[t]) * static_cast<double>(lse[t]);
+        acc.entropy += static_cast<double>(tok_entropy[t]);
+        if (k < E) acc.margin += static_cast<double>(tok_margin[t]);
+      }, Kokkos::Sum<RouterSums, MemSpace>(sums_));
+    }
 
     // Per segment (the micro-batch, or each sequence) and expert: f (counts)
     // and P (mean probability), one thread per pair: deterministic.
@@ -302,52 +489,115 @@ class Router {
     const T aux_scale = static_cast<T>(aux_grad_scale_) * dloss;
     // d z / d logit_{t,e} = z_coef * 2 lse_t softmax_{t,e} / N
     const T z_scale = static_cast<T>(2.0 * z_coef_ / N) * dloss;
-    Kokkos::parallel_for("router::backward", RangePolicy(0, N), KOKKOS_LAMBDA(const int t) {
-      const T* p = probs + (long)t * E;
-      const T* s = scores + (long)t * E;
-      T* dz = dlogits + (long)t * E;
-      const T* w = cw + (long)(t / Tseg) * E;
-      const int* idx = topk_idx + (long)t * k;
-      const T* dw = dtopk_weight + (long)t * k;
-      if (!sigmoid) {
-        // dp: from the combine weights (top-k only), then the aux loss term
-        for (int e = 0; e < E; ++e) dz[e] = aux_scale * w[e];
-        if (renorm) {
-          // w_j = r p_j / s, s = sum_i p_i: dp_j = (r dw_j - sum_i dw_i w_i) / s
-          T sm = 0, dot = 0;
-          for (int j = 0; j < k; ++j) {
-            sm += p[idx[j]];
-            dot += dw[j] * topk_w[(long)t * k + j];
+    if constexpr (HostLoops) {
+      Kokkos::parallel_for("router::backward", RangePolicy(0, N), KOKKOS_LAMBDA(const int t) {
+        const T* p = probs + (long)t * E;
+        const T* s = scores + (long)t * E;
+        T* dz = dlogits + (long)t * E;
+        const T* w = cw + (long)(t / Tseg) * E;
+        const int* idx = topk_idx + (long)t * k;
+        const T* dw = dtopk_weight + (long)t * k;
+        if (!sigmoid) {
+          // dp: from the combine weights (top-k only), then the aux loss term
+          for (int e = 0; e < E; ++e) dz[e] = aux_scale * w[e];
+          if (renorm) {
+            // w_j = r p_j / s, s = sum_i p_i: dp_j = (r dw_j - sum_i dw_i w_i) / s
+            T sm = 0, dot = 0;
+            for (int j = 0; j < k; ++j) {
+              sm += p[idx[j]];
+              dot += dw[j] * topk_w[(long)t * k + j];
+            }
+            for (int j = 0; j < k; ++j) dz[idx[j]] += (r * dw[j] - dot) / sm;
+          } else {
+            for (int j = 0; j < k; ++j) dz[idx[j]] += r * dw[j];
           }
-          for (int j = 0; j < k; ++j) dz[idx[j]] += (r * dw[j] - dot) / sm;
+          // softmax backward: dlogit = p (dp - sum p dp), plus the z-loss term
+          T dot = 0;
+          for (int e = 0; e < E; ++e) dot += p[e] * dz[e];
+          for (int e = 0; e < E; ++e) dz[e] = p[e] * (dz[e] - dot) + z_scale * lse[t] * p[e];
         } else {
-          for (int j = 0; j < k; ++j) dz[idx[j]] += r * dw[j];
+          // aux term through p_e = s_e / S_all: ds_e = (dp_e - sum_i dp_i p_i) / S_all
+          T sall = 0, dot = 0;
+          for (int e = 0; e < E; ++e) {
+            sall += s[e];
+            dot += aux_scale * w[e] * p[e];
+          }
+          for (int e = 0; e < E; ++e) dz[e] = (aux_scale * w[e] - dot) / sall;
+          // combine weights w_j = r s_j / sum_topk s (always normalised)
+          T sm = 0, dotw = 0;
+          for (int j = 0; j < k; ++j) {
+            sm += s[idx[j]];
+            dotw += dw[j] * topk_w[(long)t * k + j];
+          }
+          for (int j = 0; j < k; ++j) dz[idx[j]] += (r * dw[j] - dotw) / sm;
+          // sigmoid backward, plus the z-loss term (softmax of the logits)
+          const T* z = logits + (long)t * E;
+          for (int e = 0; e < E; ++e)
+            dz[e] = dz[e] * s[e] * (T(1) - s[e]) + z_scale * lse[t] * math::exp(z[e] - lse[t]);
         }
-        // softmax backward: dlogit = p (dp - sum p dp), plus the z-loss term
-        T dot = 0;
-        for (int e = 0; e < E; ++e) dot += p[e] * dz[e];
-        for (int e = 0; e < E; ++e) dz[e] = p[e] * (dz[e] - dot) + z_scale * lse[t] * p[e];
-      } else {
-        // aux term through p_e = s_e / S_all: ds_e = (dp_e - sum_i dp_i p_i) / S_all
-        T sall = 0, dot = 0;
-        for (int e = 0; e < E; ++e) {
-          sall += s[e];
-          dot += aux_scale * w[e] * p[e];
-        }
-        for (int e = 0; e < E; ++e) dz[e] = (aux_scale * w[e] - dot) / sall;
-        // combine weights w_j = r s_j / sum_topk s (always normalised)
-        T sm = 0, dotw = 0;
-        for (int j = 0; j < k; ++j) {
-          sm += s[idx[j]];
-          dotw += dw[j] * topk_w[(long)t * k + j];
-        }
-        for (int j = 0; j < k; ++j) dz[idx[j]] += (r * dw[j] - dotw) / sm;
-        // sigmoid backward, plus the z-loss term (softmax of the logits)
-        const T* z = logits + (long)t * E;
-        for (int e = 0; e < E; ++e)
-          dz[e] = dz[e] * s[e] * (T(1) - s[e]) + z_scale * lse[t] * math::exp(z[e] - lse[t]);
-      }
-    });
+      });
+    } else {
+      // A thread per token, vector lanes over the experts; lane e % (vector
+      // length) owns dz[e]. The k top-k terms (inputs, read-only here) are
+      // summed by every lane in order j; expert e's combine term is added by
+      // its own lane (an expert is picked at most once per token).
+      Kokkos::parallel_for("router::backward_team", row_team_policy(N), KOKKOS_LAMBDA(const TeamMember& member) {
+        for_team_rows(member, N, [&](const long t) {
+          const T* p = probs + t * E;
+          const T* s = scores + t * E;
+          T* dz = dlogits + t * E;
+          const T* w = cw + (t / Tseg) * E;
+          const int* idx = topk_idx + t * k;
+          const T* dw = dtopk_weight + t * k;
+          const T* tw = topk_w + t * k;
+          const T lse_t = lse[t];
+          if (!sigmoid) {
+            // dp_e = aux_scale w_e + (combine term if e is picked):
+            //   renormalised, w_j = r p_j / sm, sm = sum_i p_i: dp_j = (r dw_j - sum_i dw_i w_i) / sm
+            //   otherwise w_j = r p_j: dp_j = r dw_j
+            T sm = 0, dotw = 0;
+            if (renorm)
+              for (int j = 0; j < k; ++j) {
+                sm += p[idx[j]];
+                dotw += dw[j] * tw[j];
+              }
+            // softmax backward: dlogit = p (dp - sum p dp), plus the z-loss term
+            T dot = 0;
+            Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, E), [&](const int e, T& a) {
+              T d = aux_scale * w[e];
+              for (int j = 0; j < k; ++j)
+                if (idx[j] == e) d += renorm ? (r * dw[j] - dotw) / sm : r * dw[j];
+              dz[e] = d;
+              a += p[e] * dz[e];
+            }, dot);
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, E), [&](const int e) {
+              dz[e] = p[e] * (dz[e] - dot) + z_scale * lse_t * p[e];
+            });
+          } else {
+            // aux term through p_e = s_e / S_all: ds_e = (dp_e - sum_i dp_i p_i) / S_all
+            T sall = 0, dot = 0;
+            Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, E), [&](const int e, T& a) { a += s[e]; }, sall);
+            Kokkos::parallel_reduce(Kokkos::ThreadVectorRange(member, E), [&](const int e, T& a) {
+              a += aux_scale * w[e] * p[e];
+            }, dot);
+            // combine weights w_j = r s_j / sum_topk s (always normalised)
+            T sm = 0, dotw = 0;
+            for (int j = 0; j < k; ++j) {
+              sm += s[idx[j]];
+              dotw += dw[j] * tw[j];
+            }
+            // sigmoid backward ds/dz = s (1 - s), plus the z-loss term (softmax of the logits)
+            const T* z = logits + t * E;
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, E), [&](const int e) {
+              T d = (aux_scale * w[e] - dot) / sall;
+              for (int j = 0; j < k; ++j)
+                if (idx[j] == e) d += (r * dw[j] - dotw) / sm;
+              dz[e] = d * s[e] * (T(1) - s[e]) + z_scale * lse_t * math::exp(z[e] - lse_t);
+            });
+          }
+        });
+      });
+    }
     matmul_fp32<T>('T', 'N', E, C_, N, T(1), dlogits, h, T(1), dw_router);
     matmul_fp32<T>('N', 'N', N, C_, E, T(1), dlogits, w_router, T(1), dh);
   }
@@ -402,6 +652,7 @@ class Router {
   DeviceBuffer<double> out_;                // (kLossSlots) the last forward's losses
   Kokkos::View<RouterSums, MemSpace> sums_;
   Kokkos::View<double, MemSpace> fp_sum_;
+  DeviceBuffer<T> token_entropy_, token_margin_;  // (N) team nest: per-token statistics
   std::vector<double> bias_host_, global_counts_;
   double global_tokens_ = 0;
   double aux_grad_scale_ = 0;

@@ -1,11 +1,16 @@
 // Rewritten kernels (src/model/layers.hpp) against their previous, simpler
-// implementations (reference_kernels.hpp) in double precision on odd shapes.
+// implementations (reference_kernels.hpp) in double precision on odd shapes,
+// and the team nests of the row kernels (layers.hpp, router.hpp) against
+// their host nests.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <random>
+#include <string>
 
 #include "model/layers.hpp"
+#include "model/router.hpp"
 #include "reference_kernels.hpp"
 #include "test_helpers.hpp"
 
@@ -171,6 +176,151 @@ TEST(KernelReference, AttentionSoftmaxTeamNest) {
     expect_close(to_host(dk_t.data(), nkvn), to_host(dk_h.data(), nkvn), "attention team dk");
     expect_close(to_host(dv_t.data(), nkvn), to_host(dv_h.data(), nkvn), "attention team dv");
   }
+}
+
+// ---------------------------------------------------------------- router
+// The router's team nests (HostLoops = false) against its host nests, in
+// double: the same top-k experts in the same order, the same outputs and
+// gradients. "tied" inputs take h and w_router from {-1, -1/2, 0, 1/2, 1} with
+// C = 3, so every logit is exact (any summation order) and many are equal:
+// equal scores, broken by the lower expert index in both nests.
+namespace {
+std::vector<double> dyadic_vector(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int> dist(-2, 2);
+  std::vector<double> v(n);
+  for (auto& x : v) x = 0.5 * dist(gen);
+  return v;
+}
+
+struct RouterCase {
+  int N, C, E, k;
+  bool sigmoid, renorm, bias, tied;
+  double scale;
+  int scope;
+};
+
+std::string describe(const RouterCase& c) {
+  return "N=" + std::to_string(c.N) + " E=" + std::to_string(c.E) + " k=" + std::to_string(c.k) +
+         (c.sigmoid ? " sigmoid" : " softmax") + (c.renorm ? " renorm" : "") + (c.bias ? " bias" : "") +
+         (c.tied ? " tied" : "") + " scale=" + std::to_string(c.scale) + " scope=" + std::to_string(c.scope);
+}
+
+RouterOptions router_options(const RouterCase& c) {
+  RouterOptions o;
+  o.sigmoid = c.sigmoid;
+  o.route_scale = c.scale;
+  o.bias = c.bias;
+  o.scope = c.scope;
+  o.seq_len = c.scope == RouterOptions::Sequence ? 3 : 0;  // sequences of 3 tokens, the last one shorter
+  return o;
+}
+
+// a within 1e-12 of b, or both NaN
+void expect_router_close(const std::vector<double>& a, const std::vector<double>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(b[i])) {
+      ASSERT_TRUE(std::isnan(a[i])) << what << " at " << i;
+      continue;
+    }
+    ASSERT_NEAR(a[i], b[i], 1e-12 * (1 + std::abs(b[i]))) << what << " at " << i;
+  }
+}
+
+// One forward (and backward unless skipped) of both nests on the same
+// inputs; h is (N,C), w is (E,C).
+void check_router_nests(const RouterCase& c, const std::vector<double>& h, const std::vector<double>& w,
+                        bool backward = true) {
+  SCOPED_TRACE(describe(c));
+  const int N = c.N, C = c.C, E = c.E, k = c.k;
+  const RouterOptions o = router_options(c);
+  Router<double, true> rh(N, C, E, k, c.renorm, 0.05, 0.01, o);
+  Router<double, false> rt(N, C, E, k, c.renorm, 0.05, 0.01, o);
+  if (c.bias) {
+    // tied: dyadic biases, so equal scores with equal biases stay tied keys
+    std::vector<double> b = c.tied ? dyadic_vector(E, 90 + E) : random_vector(E, 90 + E, 0.05);
+    if (c.tied)
+      for (auto& x : b) x *= 0.25;
+    rh.set_bias(b);
+    rt.set_bias(b);
+  }
+  auto d_h = to_device(h), d_w = to_device(w);
+  const auto lh = rh.forward(d_h.data(), d_w.data(), N);
+  const auto lt = rt.forward(d_h.data(), d_w.data(), N);
+  const long NE = (long)N * E, Nk = (long)N * k;
+  const auto idx_h = to_host(rh.topk_idx(), Nk), idx_t = to_host(rt.topk_idx(), Nk);
+  ASSERT_EQ(idx_t, idx_h) << "router team top-k experts";
+  expect_router_close(to_host(rt.topk_weight(), Nk), to_host(rh.topk_weight(), Nk), "router team topk_weight");
+  expect_router_close(to_host(rt.probs(), NE), to_host(rh.probs(), NE), "router team probs");
+  expect_router_close(to_host(rt.logits(), NE), to_host(rh.logits(), NE), "router team logits");
+  expect_router_close({lt.aux, lt.z, lt.entropy, lt.margin}, {lh.aux, lh.z, lh.entropy, lh.margin},
+                      "router team losses (aux, z, entropy, margin)");
+  EXPECT_EQ(rt.step_counts(), rh.step_counts()) << "router team step counts";
+  if (!backward) return;
+  const auto dtw = to_device(random_vector(Nk, 95));
+  auto dh_h = to_device(random_vector((long)N * C, 96)), dh_t = to_device(random_vector((long)N * C, 96));
+  auto dw_h = to_device(random_vector((long)E * C, 97)), dw_t = to_device(random_vector((long)E * C, 97));
+  rh.backward(dh_h.data(), dw_h.data(), dtw.data(), d_h.data(), d_w.data(), N, 0.7);
+  rt.backward(dh_t.data(), dw_t.data(), dtw.data(), d_h.data(), d_w.data(), N, 0.7);
+  expect_router_close(to_host(dh_t.data(), (long)N * C), to_host(dh_h.data(), (long)N * C), "router team dh");
+  expect_router_close(to_host(dw_t.data(), (long)E * C), to_host(dw_h.data(), (long)E * C), "router team dw_router");
+}
+}  // namespace
+
+TEST(KernelReference, RouterTeamNest) {
+  int cases = 0, tied_rows = 0;
+  for (int E : {5, 13, 64})
+    for (int k : {1, 2, 3, E == 5 ? 5 : 6})
+      for (int N : {1, 7, 33})
+        for (int variant = 0; variant < 16; ++variant) {
+          RouterCase c;
+          c.N = N;
+          c.E = E;
+          c.k = k;
+          c.sigmoid = variant & 1;
+          c.renorm = variant & 2;
+          c.bias = variant & 4;
+          c.tied = variant & 8;
+          c.C = c.tied ? 3 : 8;
+          c.scale = (variant % 3 == 0) ? 2.5 : 1.0;
+          c.scope = (variant + N + k) % 3;  // micro-batch, sequence, global (over MPI_COMM_SELF)
+          const std::uint64_t seed = 1000 * E + 100 * k + 10 * N + variant;
+          const auto h = c.tied ? dyadic_vector((long)N * c.C, seed) : random_vector((long)N * c.C, seed);
+          const auto w = c.tied ? dyadic_vector((long)E * c.C, seed + 7) : random_vector((long)E * c.C, seed + 7);
+          if (c.tied) {  // how many tokens have a tie among their logits (the test must exercise ties)
+            for (int t = 0; t < N; ++t) {
+              std::vector<double> z(E);
+              for (int e = 0; e < E; ++e)
+                for (int i = 0; i < c.C; ++i) z[e] += h[t * c.C + i] * w[e * c.C + i];
+              std::sort(z.begin(), z.end());
+              tied_rows += std::adjacent_find(z.begin(), z.end()) != z.end();
+            }
+          }
+          check_router_nests(c, h, w);
+          if (HasFatalFailure()) return;
+          ++cases;
+        }
+  EXPECT_EQ(cases, 3 * 4 * 3 * 16);
+  EXPECT_GT(tied_rows, 100);
+}
+
+TEST(KernelReference, RouterTeamNestNaNScores) {
+  // A NaN score is not ordered; the serial scan picks the first untaken
+  // expert when its key is NaN and skips NaN keys otherwise. The team nest
+  // must pick the same experts (and stay inside 0..E-1).
+  const int N = 7, C = 4, E = 5, k = 3;
+  for (int nan_expert : {0, 2})
+    for (bool sigmoid : {false, true}) {
+      RouterCase c{N, C, E, k, sigmoid, false, false, false, 1.0, RouterOptions::MicroBatch};
+      auto h = random_vector((long)N * C, 71), w = random_vector((long)E * C, 72);
+      for (int i = 0; i < C; ++i) w[nan_expert * C + i] = std::nan("");  // one expert's logits NaN
+      check_router_nests(c, h, w, false);
+      // one token's logits all NaN
+      auto w2 = random_vector((long)E * C, 73);
+      for (int i = 0; i < C; ++i) h[3 * C + i] = std::nan("");
+      check_router_nests(c, h, w2, false);
+    }
 }
 
 // ---------------------------------------------------------------- cross-entropy: the model's use
