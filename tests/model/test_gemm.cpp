@@ -114,6 +114,65 @@ TEST(Gemm, EveryBackendMatchesNaiveProduct) {
   }
 }
 
+// Grouped products (gemm_grouped: the routed experts' products, sizes that
+// change per problem and per call) against the naive product on every
+// backend and precision: M and K vary per problem (as the experts' row counts
+// do), N is the weight side; beta = 0 over NaN garbage; operands outside and
+// (for B) inside the registered weights, whose bf16 copy the backend uses.
+TEST(Gemm, GroupedProductsMatchNaiveProduct) {
+  const int N = 17;
+  const int sizes[][2] = {{7, 5}, {1, 33}, {65, 1}, {130, 64}, {3, 200}};  // (M, K) per problem
+  for (const GemmChoice& choice : every_backend_and_precision()) {
+    auto be = make_gemm_backend(choice);
+    const bool bf16 = be->precision() == Precision::bf16;
+    unsigned seed = 100;
+    for (char ta : {'N', 'T'})
+      for (char tb : {'N', 'T'})
+        for (float beta : {0.0f, 1.0f})
+          for (bool b_in_weights : {false, true}) {
+            std::vector<Case> cases;
+            std::vector<std::vector<float>> A, B, C0;
+            long b_total = 0;
+            for (const auto& mk : sizes) {
+              cases.push_back({ta, tb, mk[0], N, mk[1], 0.5f, beta});
+              A.push_back(random_floats((std::size_t)mk[0] * mk[1], seed++));
+              B.push_back(random_floats((std::size_t)mk[1] * N, seed++));
+              C0.push_back(random_floats((std::size_t)mk[0] * N, seed++));
+              if (beta == 0)
+                for (auto& x : C0.back()) x = std::nanf("");
+              b_total += (long)B.back().size();
+            }
+            // all B operands in one buffer (the experts' weights lie in one parameter buffer)
+            std::vector<float> all_b;
+            for (const auto& b : B) all_b.insert(all_b.end(), b.begin(), b.end());
+            DeviceBuffer<float> dB("B", b_total);
+            copy_to_device(dB.data(), all_b);
+            if (b_in_weights) be->set_weights(dB.data(), b_total);
+            else be->set_weights(nullptr, 0);
+            std::vector<DeviceBuffer<float>> dA, dC;
+            std::vector<GemmProblem> problems;
+            long b_offset = 0;
+            for (std::size_t i = 0; i < cases.size(); ++i) {
+              dA.push_back(to_device(A[i]));
+              dC.push_back(to_device(C0[i]));
+              problems.push_back({cases[i].M, N, cases[i].K, dA[i].data(), dB.data() + b_offset, dC[i].data()});
+              b_offset += (long)B[i].size();
+            }
+            be->gemm_grouped(ta, tb, 0.5f, beta, problems);
+            for (std::size_t i = 0; i < cases.size(); ++i) {
+              const auto want = naive(cases[i], A[i], B[i], C0[i], bf16);
+              const auto got = to_host(dC[i].data(), C0[i].size());
+              const double tol = 1e-5 * std::sqrt((double)cases[i].K + 1) * 4;
+              for (std::size_t j = 0; j < want.size(); ++j)
+                ASSERT_NEAR(got[j], want[j], tol * (1 + std::abs(want[j])))
+                    << be->implementation() << " grouped " << ta << tb << " problem " << i << " M=" << cases[i].M
+                    << " K=" << cases[i].K << " beta=" << beta << " B in weights=" << b_in_weights << " at " << j;
+            }
+          }
+    be->set_weights(nullptr, 0);
+  }
+}
+
 TEST(Gemm, EmptyDimensions) {
   for (const GemmChoice& choice : every_backend_and_precision()) {
     auto be = make_gemm_backend(choice);

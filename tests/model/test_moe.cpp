@@ -474,7 +474,7 @@ TEST(MoeEquivalence, OneExpertTop1EqualsDenseSwiGLU) {
 // The routed experts' grouped products (one grouped call per weight matrix,
 // one SwiGLU kernel over all rows) against the per-expert SwiGLU the layer
 // used before, on every gemm backend and precision of this build: the same
-// products in the same order, so forward and backward must be bit-identical.
+// products (each run alone), so forward and backward must be bit-identical.
 // Experts with no rows (first, middle, last) have no product.
 TEST(MoeExperts, GroupedProductsEqualPerExpertSwiGLUOnEveryBackend) {
   const int C = 24, De = 20;
@@ -506,22 +506,36 @@ TEST(MoeExperts, GroupedProductsEqualPerExpertSwiGLUOnEveryBackend) {
     experts.forward(out.data(), inp.data(), w1.data(), w3.data(), w2.data(), rows_per_expert);
     experts.backward(dinp.data(), dw1.data(), dw3.data(), dw2.data(), dout.data(), inp.data(), w1.data(), w3.data(),
                      w2.data(), rows_per_expert, scratch.data());
-    // per expert, as before
+    // per expert, as the layer did before (the per-expert SwiGLU of
+    // layers.hpp: zeroed dinp, += per product), each product issued alone as
+    // a one-problem grouped call so it runs the same backend kernel
     DeviceBuffer<float> ref_out("ref_out", rows * C), ref_dinp("ref_dinp", rows * C);
     DeviceBuffer<float> h1("h1", rows * De), h3("h3", rows * De), act("act", rows * De);
     DeviceBuffer<float> dact("dact", rows * De), dh1("dh1", rows * De), dh3("dh3", rows * De);
     auto rw1 = to_device(g0), rw3 = to_device(g0), rw2 = to_device(g0);
+    auto product = [](char ta, char tb, int M, int N, int K, const float* A, const float* B, float beta, float* Cm) {
+      grouped_matmul<float>(ta, tb, 1.0f, beta, {MatmulProblem<float>{M, N, K, A, B, Cm}});
+    };
     long row = 0;
     for (int e = 0; e < El; ++e) {
       const int n = rows_per_expert[e];
-      swiglu_forward<float>(ref_out.data() + row * C, h1.data() + row * De, h3.data() + row * De,
-                            act.data() + row * De, inp.data() + row * C, w1.data() + e * wsz, w3.data() + e * wsz,
-                            w2.data() + e * wsz, n, C, De, 0.0f);
-      swiglu_backward<float>(ref_dinp.data() + row * C, rw1.data() + e * wsz, rw3.data() + e * wsz,
-                             rw2.data() + e * wsz, dact.data() + row * De, dh1.data() + row * De,
-                             dh3.data() + row * De, dout.data() + row * C, h1.data() + row * De,
-                             h3.data() + row * De, act.data() + row * De, inp.data() + row * C, w1.data() + e * wsz,
-                             w3.data() + e * wsz, w2.data() + e * wsz, n, C, De);
+      if (n > 0) {
+        const float *x = inp.data() + row * C, *dy = dout.data() + row * C;
+        const float *W1 = w1.data() + e * wsz, *W3 = w3.data() + e * wsz, *W2 = w2.data() + e * wsz;
+        float *H1 = h1.data() + row * De, *H3 = h3.data() + row * De, *Act = act.data() + row * De;
+        float *dAct = dact.data() + row * De, *dH1 = dh1.data() + row * De, *dH3 = dh3.data() + row * De;
+        product('N', 'T', n, De, C, x, W1, 0.0f, H1);
+        product('N', 'T', n, De, C, x, W3, 0.0f, H3);
+        swiglu_activation_forward<float>(Act, H1, H3, (long)n * De);
+        product('N', 'T', n, C, De, Act, W2, 0.0f, ref_out.data() + row * C);
+        product('T', 'N', C, De, n, dy, Act, 1.0f, rw2.data() + e * wsz);
+        product('N', 'N', n, De, C, dy, W2, 0.0f, dAct);
+        swiglu_activation_backward<float>(dH1, dH3, dAct, H1, H3, (long)n * De);
+        product('T', 'N', De, C, n, dH1, x, 1.0f, rw1.data() + e * wsz);
+        product('T', 'N', De, C, n, dH3, x, 1.0f, rw3.data() + e * wsz);
+        product('N', 'N', n, C, De, dH1, W1, 1.0f, ref_dinp.data() + row * C);
+        product('N', 'N', n, C, De, dH3, W3, 1.0f, ref_dinp.data() + row * C);
+      }
       row += n;
     }
     auto same = [](const char* what, const float* a, const float* b, std::size_t n) {
