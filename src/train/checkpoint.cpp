@@ -48,6 +48,7 @@ std::vector<float> gather_full(const std::vector<float>& local, const std::vecto
   MPI_Gather(local.data() + replicated, (int)expert_region, MPI_FLOAT, all_experts.data(), (int)expert_region,
              MPI_FLOAT, 0, g.ep);
   std::vector<float> full;
+  full.reserve((std::size_t)replicated + all_experts.size());
   for (const auto& t : layout) {
     if (!t.is_expert) {
       full.insert(full.end(), local.begin() + t.offset, local.begin() + t.offset + t.size);
@@ -81,68 +82,20 @@ void save_checkpoint(const std::string& path, Transformer<float>& model, AdamW<f
                      const TrainerState& state, const ParallelGroups& g) {
   Kokkos::fence();
   const auto& layout = model.layout();
-  std::vector<float> full[3] = {gather_full(host_copy(model.params()), layout, g),
-                                gather_full(host_copy(optimizer.first_moment()), layout, g),
-                                gather_full(host_copy(optimizer.second_moment()), layout, g)};
-  std::string error;
-  if (g.world_rank == 0) {
-    const std::string tmp = path + ".tmp";
-    std::optional<h5::File> file;
+  // One tensor set in host memory at a time (gathered, written, freed): the
+  // three full sets at once more than doubled a run's peak RSS (a 53M-parameter
+  // model: 2.5 GiB resident against 0.9 GiB of Kokkos allocations).
+  const DeviceBuffer<float>* const sets[3] = {&model.params(), &optimizer.first_moment(),
+                                              &optimizer.second_moment()};
+  const std::string tmp = path + ".tmp";
+  std::optional<h5::File> file;
+  Fnv1a sum;
+  std::string error;  // rank 0's first failure; the other ranks keep taking part in the gathers
+  auto on_rank0 = [&](const auto& work) {
+    if (g.world_rank != 0 || !error.empty()) return;
     errno = 0;
     try {
-      std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-      file = h5::File::create(tmp, h5::File::Create::truncate, kLabel);
-      Fnv1a sum;
-      {
-        h5::Group root = file->root();
-        for (int k = 0; k < 3; ++k) {
-          h5::Group tensors = root.require_group(kGroups[k]);
-          long off = 0;
-          for (const auto& t : layout) {
-            std::vector<std::uint64_t> dims(t.shape.begin(), t.shape.end());
-            if (t.is_expert) dims[0] *= g.ep_size;  // full tensor
-            tensors.write_dataset(t.name, full[k].data() + off, dims);
-            sum.add(full[k].data() + off, sizeof(float) * t.full_size);
-            off += t.full_size;
-          }
-        }
-        sum.add(state.logged_lm.data(), sizeof(double) * state.logged_lm.size());
-        sum.add(state.routing.data(), sizeof(double) * state.routing.size());
-        sum.add(state.router_bias.data(), sizeof(double) * state.router_bias.size());
-        const double scalars[4] = {(double)state.step, (double)state.optimizer_steps, state.tokens_seen,
-                                   state.first_loss};
-        sum.add(scalars, sizeof scalars);
-        h5::Group st = root.require_group("state");
-        st.write_dataset("logged_lm", state.logged_lm);
-        st.write_dataset("routing", state.routing);
-        if (!state.router_bias.empty()) st.write_dataset("router_bias", state.router_bias);
-        root.set_attr("format", kFormat);
-        root.set_attr("format_version", kFormatVersion);
-        root.set_attr("step", std::int64_t{state.step});
-        root.set_attr("optimizer_steps", std::int64_t{state.optimizer_steps});
-        root.set_attr("tokens_seen", state.tokens_seen);
-        root.set_attr("first_loss", state.first_loss);
-        root.set_attr("last_val_loss", state.last_val_loss);
-        root.set_attr("fingerprint", state.fingerprint);
-        root.set_attr("saved_expert_parallel", std::int64_t{g.ep_size});
-        root.set_attr("checksum_fnv1a64", hex64(sum.h));
-      }  // every object closed before the file, so close() really closes it
-      file->close();
-      file.reset();
-      // durability: the data, then the rename, then the directory entry
-      const int fd = ::open(tmp.c_str(), O_RDONLY);
-      if (fd < 0 || ::fsync(fd) != 0) {
-        if (fd >= 0) ::close(fd);
-        throw CheckpointError("checkpoint '" + tmp + "': fsync failed: " + std::strerror(errno));
-      }
-      ::close(fd);
-      if (std::rename(tmp.c_str(), path.c_str()) != 0)
-        throw CheckpointError("checkpoint '" + path + "': rename failed: " + std::strerror(errno));
-      const int dfd = ::open(std::filesystem::path(path).parent_path().c_str(), O_RDONLY);
-      if (dfd >= 0) {
-        ::fsync(dfd);
-        ::close(dfd);
-      }
+      work();
     } catch (const std::exception& e) {
       // HDF5 keeps the system error in errno for failed writes (ENOSPC, EACCES)
       const bool from_hdf5 = dynamic_cast<const h5::Error*>(&e) != nullptr;
@@ -151,12 +104,71 @@ void save_checkpoint(const std::string& path, Transformer<float>& model, AdamW<f
       // On a full disk H5Fclose cannot flush and leaves the file open: empty it
       // first, so its blocks are freed (the run file still has room to finish)
       // and the close succeeds.
-      std::filesystem::resize_file(tmp, 0, ec);
+      if (file) std::filesystem::resize_file(tmp, 0, ec);
       file.reset();
       std::filesystem::remove(tmp, ec);  // the previous checkpoint stays intact
       error = e.what() + why;
     }
+  };
+  on_rank0([&] {
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    file = h5::File::create(tmp, h5::File::Create::truncate, kLabel);
+  });
+  for (int k = 0; k < 3; ++k) {
+    const std::vector<float> full = gather_full(host_copy(*sets[k]), layout, g);  // collective over g.ep
+    on_rank0([&] {
+      h5::Group tensors = file->root().require_group(kGroups[k]);
+      long off = 0;
+      for (const auto& t : layout) {
+        std::vector<std::uint64_t> dims(t.shape.begin(), t.shape.end());
+        if (t.is_expert) dims[0] *= g.ep_size;  // full tensor
+        tensors.write_dataset(t.name, full.data() + off, dims);
+        sum.add(full.data() + off, sizeof(float) * t.full_size);
+        off += t.full_size;
+      }
+    });
   }
+  on_rank0([&] {
+    {
+      h5::Group root = file->root();
+      sum.add(state.logged_lm.data(), sizeof(double) * state.logged_lm.size());
+      sum.add(state.routing.data(), sizeof(double) * state.routing.size());
+      sum.add(state.router_bias.data(), sizeof(double) * state.router_bias.size());
+      const double scalars[4] = {(double)state.step, (double)state.optimizer_steps, state.tokens_seen,
+                                 state.first_loss};
+      sum.add(scalars, sizeof scalars);
+      h5::Group st = root.require_group("state");
+      st.write_dataset("logged_lm", state.logged_lm);
+      st.write_dataset("routing", state.routing);
+      if (!state.router_bias.empty()) st.write_dataset("router_bias", state.router_bias);
+      root.set_attr("format", kFormat);
+      root.set_attr("format_version", kFormatVersion);
+      root.set_attr("step", std::int64_t{state.step});
+      root.set_attr("optimizer_steps", std::int64_t{state.optimizer_steps});
+      root.set_attr("tokens_seen", state.tokens_seen);
+      root.set_attr("first_loss", state.first_loss);
+      root.set_attr("last_val_loss", state.last_val_loss);
+      root.set_attr("fingerprint", state.fingerprint);
+      root.set_attr("saved_expert_parallel", std::int64_t{g.ep_size});
+      root.set_attr("checksum_fnv1a64", hex64(sum.h));
+    }  // every object closed before the file, so close() really closes it
+    file->close();
+    file.reset();
+    // durability: the data, then the rename, then the directory entry
+    const int fd = ::open(tmp.c_str(), O_RDONLY);
+    if (fd < 0 || ::fsync(fd) != 0) {
+      if (fd >= 0) ::close(fd);
+      throw CheckpointError("checkpoint '" + tmp + "': fsync failed: " + std::strerror(errno));
+    }
+    ::close(fd);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+      throw CheckpointError("checkpoint '" + path + "': rename failed: " + std::strerror(errno));
+    const int dfd = ::open(std::filesystem::path(path).parent_path().c_str(), O_RDONLY);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+  });
   agree_on_error(error, g.world);
 }
 
