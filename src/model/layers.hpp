@@ -7,7 +7,9 @@
 // labelled "<layer>::<what>". The exact definition is doc/model.md.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 #include "model/kokkos_types.hpp"
 
@@ -23,17 +25,117 @@ void embedding_forward(T* out, const int* tokens, const T* wte, int N, int C) {
   });
 }
 // dwte is (V,C) (+=), dout is (N,C). A token may repeat in the batch, so
-// rows of dwte receive several adds: a work item per column c adds the
-// tokens in order n = 0..N-1, so every element is summed in one fixed order
-// and no two work items touch one element. (Atomic adds per (n, c) gave
-// thread-dependent sums under Kokkos-OpenMP: two identical runs differed in
-// about 2% of all gradients, found by the OpenMP race check.) On Serial this
-// is the order the atomic loop had: results are unchanged there.
-template <class T>
-void embedding_backward(T* dwte, const T* dout, const int* tokens, int N, int C) {
-  Kokkos::parallel_for("embedding::backward", RangePolicy(0, C), KOKKOS_LAMBDA(const int c) {
-    for (long n = 0; n < N; ++n) dwte[(long)tokens[n] * C + c] += dout[n * C + c];
-  });
+// rows of dwte receive several adds; every element dwte[v,c] adds the
+// dout[n,c] of v's positions n in increasing order, so it is summed in one
+// fixed order in both nests, whatever the thread count (atomic adds per
+// (n, c) gave thread-dependent sums under Kokkos-OpenMP: two identical runs
+// differed in about 2% of all gradients), and the two nests give the same
+// bits. Host nest: a work item per column c adds the tokens n = 0..N-1 (on
+// Serial the order the atomic loop had). Device nest: the positions sorted
+// by id by a stable counting sort (below), then a work item per (id present
+// in the batch, column) adds that id's positions in order: parallel over
+// (ids, C) rather than C.
+//
+// The device nest's sort, without atomics: the N positions split into
+// `chunks` consecutive chunks; counts per (id, chunk) by a sequential pass
+// per chunk; their exclusive scan in (id, chunk) order gives each chunk's
+// first slot for each id; a sequential pass per chunk places its positions
+// at those slots. Ids in increasing order, and within an id the chunks in
+// order and each chunk's positions in order: positions increase within an
+// id (stable). A second scan lists the ids present and where each starts.
+// (The MoE dispatcher's sort by expert, token_dispatcher.hpp, is the same
+// scheme; here the (id, chunk) table is capped at kMaxCounts entries, as the
+// vocabulary may be large.)
+struct EmbeddingBackwardScratch {
+  static constexpr int kChunkTokens = 64;        // positions per chunk aimed at
+  static constexpr long kMaxCounts = 1L << 22;   // cap of vocab * chunks (16 MiB of counts)
+  int max_tokens = 0, vocab = 0, chunks = 0;
+  DeviceBuffer<int> counts;     // (vocab*chunks + 1) counts per (id, chunk), then their exclusive scan
+  DeviceBuffer<int> sorted;     // (max_tokens) positions ordered by id, increasing within an id
+  DeviceBuffer<int> ids;        // (min(max_tokens, vocab)) the ids present, increasing
+  DeviceBuffer<int> begin;      // (min(max_tokens, vocab) + 1) each present id's first slot in sorted; then N
+  Kokkos::View<int, MemSpace> present;  // how many ids are present
+  EmbeddingBackwardScratch() = default;
+  // For up to max_tokens positions of ids in [0, vocab). Allocates only for
+  // the device nest (device_nest: the default nest of this backend is it).
+  EmbeddingBackwardScratch(int max_tokens_, int vocab_, bool device_nest = !kHostLoops)
+      : max_tokens(max_tokens_), vocab(vocab_) {
+    if (!device_nest) return;
+    const long by_tokens = ((long)max_tokens + kChunkTokens - 1) / kChunkTokens;
+    const long by_memory = kMaxCounts / (vocab > 0 ? vocab : 1);
+    chunks = (int)std::max(1L, std::min(by_tokens, by_memory));
+    const long distinct = std::min<long>(max_tokens, vocab);
+    counts = DeviceBuffer<int>("embedding::sort_counts", (long)vocab * chunks + 1);
+    sorted = DeviceBuffer<int>("embedding::sort_positions", max_tokens);
+    ids = DeviceBuffer<int>("embedding::sort_ids", distinct);
+    begin = DeviceBuffer<int>("embedding::sort_begin", distinct + 1);
+    present = Kokkos::View<int, MemSpace>("embedding::sort_present");
+  }
+};
+
+// tokens is (N), ids in [0, sort.vocab); sort is used by the device nest only
+// (allocated for at least N positions).
+template <class T, bool HostLoops = kHostLoops>
+void embedding_backward(T* dwte, const T* dout, const int* tokens, int N, int C,
+                        const EmbeddingBackwardScratch& sort) {
+  if (N <= 0 || C <= 0) return;
+  if constexpr (HostLoops) {
+    Kokkos::parallel_for("embedding::backward", RangePolicy(0, C), KOKKOS_LAMBDA(const int c) {
+      for (long n = 0; n < N; ++n) dwte[(long)tokens[n] * C + c] += dout[n * C + c];
+    });
+  } else {
+    if (sort.chunks == 0 || N > sort.max_tokens)
+      throw std::invalid_argument("embedding_backward: sort scratch not allocated for this many tokens");
+    const int V = sort.vocab, P = sort.chunks;
+    const int len = (N + P - 1) / P;  // positions per chunk
+    const long VP = (long)V * P;
+    int* counts = sort.counts.data();
+    int* sorted = sort.sorted.data();
+    int* ids = sort.ids.data();
+    int* begin = sort.begin.data();
+    int* present = sort.present.data();
+    Kokkos::parallel_for("embedding::backward_clear", RangePolicy(0, VP + 1),
+                         KOKKOS_LAMBDA(const long i) { counts[i] = 0; });
+    Kokkos::parallel_for("embedding::backward_count", RangePolicy(0, P), KOKKOS_LAMBDA(const int p) {
+      const int n_end = (p + 1) * len < N ? (p + 1) * len : N;
+      for (int n = p * len; n < n_end; ++n) ++counts[(long)tokens[n] * P + p];
+    });
+    // exclusive, in place: counts[v*P + p] = first slot of chunk p's positions of id v; counts[V*P] = N
+    Kokkos::parallel_scan("embedding::backward_offsets", RangePolicy(0, VP + 1),
+                          KOKKOS_LAMBDA(const long i, int& update, const bool final) {
+      const int here = counts[i];
+      if (final) counts[i] = update;
+      update += here;
+    });
+    Kokkos::parallel_scan("embedding::backward_ids", RangePolicy(0, V + 1),
+                          KOKKOS_LAMBDA(const int v, int& update, const bool final) {
+      const int here = v < V && counts[(long)(v + 1) * P] > counts[(long)v * P] ? 1 : 0;
+      if (final) {
+        if (here) {
+          ids[update] = v;
+          begin[update] = counts[(long)v * P];
+        }
+        if (v == V) {
+          begin[update] = N;
+          *present = update;
+        }
+      }
+      update += here;
+    });
+    Kokkos::parallel_for("embedding::backward_place", RangePolicy(0, P), KOKKOS_LAMBDA(const int p) {
+      const int n_end = (p + 1) * len < N ? (p + 1) * len : N;
+      for (int n = p * len; n < n_end; ++n) sorted[counts[(long)tokens[n] * P + p]++] = n;
+    });
+    const long distinct = std::min<long>(N, V);
+    Kokkos::parallel_for("embedding::backward_rows", RangePolicy(0, distinct * C), KOKKOS_LAMBDA(const long i) {
+      const long u = i / C, c = i % C;
+      if (u >= *present) return;
+      T* w = dwte + (long)ids[u] * C + c;
+      T acc = *w;
+      for (int s = begin[u]; s < begin[u + 1]; ++s) acc += dout[(long)sorted[s] * C + c];
+      *w = acc;
+    });
+  }
 }
 
 // ---------------------------------------------------------------- RMSNorm

@@ -260,6 +260,7 @@ class Transformer {
   DeviceBuffer<T> dffn_act_, dffn_h1_, dffn_h3_;  // (N,F)
   DeviceBuffer<T> dlogits_;                    // (N,V)
   DeviceBuffer<T> norm_partial_;               // (ceil(N/kNormRowBlock),C) RMSNorm weight-gradient partials
+  EmbeddingBackwardScratch embed_sort_;        // the embedding backward's token sort (device backends)
   DeviceBuffer<double> losses_{"model::losses", 3};  // [lm, aux, z] of the last forward
   Kokkos::View<double, MemSpace> ce_sum_{"model::crossentropy_sum"};
 };

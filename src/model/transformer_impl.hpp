@@ -55,6 +55,7 @@ void Transformer<T>::allocate_activations(const std::string& dispatcher) {
   dffn_h1_ = DeviceBuffer<T>("grad::dffn_h1", N * F);
   dffn_h3_ = DeviceBuffer<T>("grad::dffn_h3", N * F);
   dlogits_ = DeviceBuffer<T>("grad::dlogits", N * V);
+  embed_sort_ = EmbeddingBackwardScratch((int)N, (int)V);  // allocates on device backends only
 }
 
 template <class T>
@@ -194,7 +195,7 @@ void Transformer<T>::backward(T dloss) {
     matmul<T>('N', 'N', N, C, nkv * hd, T(1), proj_v_.data(), w.wv, T(1), dln);
     rmsnorm_backward<T>(dresid, gl.ln1_w, norm_partial_.data(), dln, x, w.ln1_w, rstd1_.data() + (long)l * B_ * Tn, N, C);
   }
-  embedding_backward<T>(g.wte, dresid, tokens_.data(), N, C);
+  embedding_backward<T>(g.wte, dresid, tokens_.data(), N, C, embed_sort_);
 }
 
 }  // namespace fulcrum

@@ -351,3 +351,65 @@ TEST(KernelReference, CrossentropyDeviceSumMatchesHostReturn) {
       check(std::false_type{});
     }
 }
+
+// ---------------------------------------------------------------- embedding backward: the two nests
+// The device nest (stable counting sort by id, then a work item per (id,
+// column)) against the host nest (a work item per column) and a plain loop:
+// all add each row's positions in increasing order, so dwte (+=, non-zero
+// before) must have the same bits. The scratch is sized once for more tokens
+// than any call and reused, as the model does.
+TEST(KernelReference, EmbeddingBackwardNestsBitIdentical) {
+  struct Case {
+    int N, V, C;
+    const char* what;
+  };
+  const Case cases[] = {
+      {1, 1, 3, "single token, vocab 1"},
+      {9, 1, 4, "vocab 1, every position the same id"},
+      {1, 50, 5, "single token"},
+      {9, 11, 5, "repeats, ids absent"},
+      {201, 13, 7, "N odd, several chunks, one id frequent"},
+      {333, 500, 17, "most ids absent"},
+      {1000, (int)(EmbeddingBackwardScratch::kMaxCounts / 3 + 1), 2, "large vocab: chunks capped by memory"},
+  };
+  for (const Case& k : cases) {
+    const int N = k.N, V = k.V, C = k.C;
+    std::vector<int> t(N);
+    for (int n = 0; n < N; ++n) {
+      const unsigned h = (unsigned)n * 2654435761u + 12345u;
+      t[n] = (int)((h >> 7) % (unsigned)V);
+      if (V == 13 && n % 3 != 1) t[n] = 4;                  // one id in two thirds of the positions
+      if (V == 500) t[n] = (int)(((h >> 7) % 37) * 13 % V);  // 37 ids of 500
+    }
+    DeviceBuffer<int> tokens("tokens", N);
+    copy_to_device(tokens.data(), t);
+    auto dout = to_device(random_vector((long)N * C, 81));
+    const std::vector<double> w0 = random_vector((long)V * C, 82);
+    auto dwte_h = to_device(w0), dwte_d = to_device(w0);
+    const EmbeddingBackwardScratch sort(N + 7, V, true);
+    ASSERT_GE(sort.chunks, 1);
+    // twice: all N positions, then the first (N+1)/2 (a smaller batch, same scratch)
+    std::vector<double> ref = w0;
+    const std::vector<double> d = to_host(dout.data(), (long)N * C);
+    for (int n_call : {N, (N + 1) / 2}) {
+      embedding_backward<double, true>(dwte_h.data(), dout.data(), tokens.data(), n_call, C, sort);
+      embedding_backward<double, false>(dwte_d.data(), dout.data(), tokens.data(), n_call, C, sort);
+      for (int n = 0; n < n_call; ++n)
+        for (int c = 0; c < C; ++c) ref[(long)t[n] * C + c] += d[(long)n * C + c];
+    }
+    const std::vector<double> h = to_host(dwte_h.data(), (long)V * C), dv = to_host(dwte_d.data(), (long)V * C);
+    long differ = 0, differ_ref = 0;
+    for (long i = 0; i < (long)V * C; ++i) {
+      differ += std::memcmp(&h[i], &dv[i], sizeof(double)) != 0;
+      differ_ref += std::memcmp(&h[i], &ref[i], sizeof(double)) != 0;
+    }
+    EXPECT_EQ(differ, 0) << k.what << ": device nest against host nest, chunks " << sort.chunks;
+    EXPECT_EQ(differ_ref, 0) << k.what << ": host nest against the plain loop";
+  }
+  // the device nest refuses more tokens than its scratch holds
+  const EmbeddingBackwardScratch small(4, 3, true);
+  DeviceBuffer<int> tokens("tokens", 5);
+  DeviceBuffer<double> dwte("dwte", 3), dout("dout", 5);
+  EXPECT_THROW((embedding_backward<double, false>(dwte.data(), dout.data(), tokens.data(), 5, 1, small)),
+               std::invalid_argument);
+}
