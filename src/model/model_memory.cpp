@@ -3,7 +3,16 @@
 // (tests/cli/memory_estimate_test.py fails when the two drift apart).
 #include "model/model_memory.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 namespace fulcrum {
+
+double embedding_sort_bytes(double tokens, double vocab) {
+  const double chunks =
+      std::max(1.0, std::min(std::ceil(tokens / 64), std::floor((double)(1L << 22) / std::max(1.0, vocab))));
+  return 4 * (vocab * chunks + 1 + tokens + 2 * std::min(tokens, vocab) + 1);
+}
 
 MemoryEstimate estimate_rank_memory(const ModelShape& s, const MemoryEstimateInputs& in) {
   const double fb = in.float_bytes;
@@ -42,6 +51,11 @@ MemoryEstimate estimate_rank_memory(const ModelShape& s, const MemoryEstimateInp
   const double norm_blocks = (N + 63) / 64;
   add("gradient_scratch",
       fb * (N * hd * (3 * nh + 4 * nkv) + 3 * N * C + 3 * N * F + norm_blocks * C + T * hd) + 8 * N);
+
+  // device backends only (layers.hpp EmbeddingBackwardScratch): embedding::sort_counts
+  // (vocab*chunks + 1), sort_positions (N), sort_ids (min(N,V)), sort_begin (min(N,V) + 1), int;
+  // chunks of 64 positions, vocab*chunks capped at 2^22
+  if (in.device_nests) add("embedding_sort", embedding_sort_bytes(N, V));
 
   if (Lm > 0) {
     const double E = s.num_experts, k = s.num_active, De = s.d_expert, Ws = s.shared_width();

@@ -23,7 +23,8 @@ namespace fulcrum {
 
 struct MemoryEstimate {
   // (part, bytes), printed by --describe as memory_<part>_bytes: parameters_state,
-  // activations, attention, logits, gradient_scratch, moe_layers, moe_grad_scratch (Kokkos), bf16_weight_copy (host)
+  // activations, attention, logits, gradient_scratch, embedding_sort (device backends), moe_layers,
+  // moe_grad_scratch (Kokkos), bf16_weight_copy (host)
   std::vector<std::pair<std::string, double>> parts;
   double kokkos_bytes = 0;  // sum of the parts allocated through Kokkos (device memory on a GPU)
   double host_bytes = 0;    // the gemm backend's bf16 weight copy (host memory, oneDNN)
@@ -35,8 +36,14 @@ struct MemoryEstimateInputs {
   bool bf16_products = false;       // precision bf16: one bf16 copy of the weights
   bool distributed_dispatcher = false;  // mpi_alltoall / nccl (receive buffers sized from counts)
   bool flash_attention = false;     // attention_kernel_for(...) == flash
+  bool device_nests = false;        // a device backend (GPU): the embedding backward's sort buffers
 };
 
 MemoryEstimate estimate_rank_memory(const ModelShape& shape, const MemoryEstimateInputs& in);
+
+// Bytes of the embedding backward's sort buffers (layers.hpp
+// EmbeddingBackwardScratch, device backends only) for `tokens` positions and
+// a vocabulary of `vocab`.
+double embedding_sort_bytes(double tokens, double vocab);
 
 }  // namespace fulcrum

@@ -1,6 +1,7 @@
 #include "train/run_plan.hpp"
 
 #include "model/attention_kernel.hpp"
+#include "model/kokkos_types.hpp"
 #include "model/model_memory.hpp"
 
 #include <cmath>
@@ -102,6 +103,7 @@ std::vector<std::pair<std::string, ConfigValue>> describe_run(const RunConfig& c
   mem.bf16_products = p.gemm.precision == Precision::bf16;
   mem.distributed_dispatcher = c.parallel.dispatcher != "local";
   mem.flash_attention = attention_kernel_for(p.shape, c.train.micro_batch_size) == AttentionKernel::flash;
+  mem.device_nests = !kHostLoops;
   ModelShape rank_shape = p.shape;  // one rank's share: routed experts over expert_parallel ranks
   rank_shape.ep_size = c.parallel.expert_parallel;
   const MemoryEstimate m = estimate_rank_memory(rank_shape, mem);

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "model/layers.hpp"
+#include "model/model_memory.hpp"
 #include "model/router.hpp"
 #include "reference_kernels.hpp"
 #include "test_helpers.hpp"
@@ -412,4 +413,16 @@ TEST(KernelReference, EmbeddingBackwardNestsBitIdentical) {
   DeviceBuffer<double> dwte("dwte", 3), dout("dout", 5);
   EXPECT_THROW((embedding_backward<double, false>(dwte.data(), dout.data(), tokens.data(), 5, 1, small)),
                std::invalid_argument);
+}
+
+// --describe's memory estimate counts the sort buffers of device backends
+// (model_memory.cpp embedding_sort_bytes) as EmbeddingBackwardScratch
+// allocates them: small and large vocabularies, the 2^22 cap, one token.
+TEST(KernelReference, EmbeddingSortBuffersMatchTheMemoryEstimate) {
+  const int shapes[][2] = {{2048, 257}, {1, 7}, {8192, 50304}, {130, 3}, {4096, (int)(EmbeddingBackwardScratch::kMaxCounts / 5)}};
+  for (const auto& nv : shapes) {
+    const EmbeddingBackwardScratch sort(nv[0], nv[1], true);
+    const double allocated = 4.0 * (sort.counts.extent(0) + sort.sorted.extent(0) + sort.ids.extent(0) + sort.begin.extent(0));
+    EXPECT_EQ(embedding_sort_bytes(nv[0], nv[1]), allocated) << "tokens " << nv[0] << ", vocab " << nv[1];
+  }
 }
