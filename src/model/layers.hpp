@@ -466,19 +466,20 @@ void swiglu_forward(T* out, T* h1, T* h3, T* act, const T* inp, const T* w1, con
   swiglu_activation_forward<T>(act, h1, h3, (long)N * W);
   matmul<T>('N', 'T', N, C, W, T(1), act, w2, beta, out);
 }
-// dinp is (N,C) (+=); dw1, dw3 are (W,C) (+=); dw2 is (C,W) (+=); dout is (N,C);
-// dact is (N,W) scratch; dh1, dh3 are (N,W) scratch
+// dinp is (N,C) (dinp = dinp_beta * dinp + result: 1 adds, 0 overwrites
+// without reading, so a caller needs no zeroing pass); dw1, dw3 are (W,C) (+=);
+// dw2 is (C,W) (+=); dout is (N,C); dact is (N,W) scratch; dh1, dh3 are (N,W) scratch
 template <class T>
 void swiglu_backward(T* dinp, T* dw1, T* dw3, T* dw2, T* dact, T* dh1, T* dh3, const T* dout,
                      const T* h1, const T* h3, const T* act, const T* inp, const T* w1,
-                     const T* w3, const T* w2, int N, int C, int W) {
+                     const T* w3, const T* w2, int N, int C, int W, T dinp_beta = T(1)) {
   if (N == 0) return;
   matmul<T>('T', 'N', C, W, N, T(1), dout, act, T(1), dw2);
   matmul<T>('N', 'N', N, W, C, T(1), dout, w2, T(0), dact);
   swiglu_activation_backward<T>(dh1, dh3, dact, h1, h3, (long)N * W);
   matmul<T>('T', 'N', W, C, N, T(1), dh1, inp, T(1), dw1);
   matmul<T>('T', 'N', W, C, N, T(1), dh3, inp, T(1), dw3);
-  matmul<T>('N', 'N', N, C, W, T(1), dh1, w1, T(1), dinp);
+  matmul<T>('N', 'N', N, C, W, T(1), dh1, w1, dinp_beta, dinp);
   matmul<T>('N', 'N', N, C, W, T(1), dh3, w3, T(1), dinp);
 }
 

@@ -161,12 +161,12 @@ void Transformer<T>::backward(T dloss) {
     T* att = att_.extent(0) ? att_.data() + l * att_stride : nullptr;  // full attention only
     T* attn_out = attn_out_.data() + l * big_Nq;
     // FFN block: xout = mid + ffn(ln2(mid)); dresid holds d xout.
-    zero(dln, (std::size_t)N * C);
-    if (!s_.is_moe_layer(l)) {
+    if (!s_.is_moe_layer(l)) {  // dln = d ln2, written (beta = 0) by the FFN's input gradient
       swiglu_backward<T>(dln, gl.w1, gl.w3, gl.w2, dffn_act_.data(), dffn_h1_.data(), dffn_h3_.data(),
                          dresid, ffn_h1_.data() + l * big_NF, ffn_h3_.data() + l * big_NF,
-                         ffn_act_.data() + l * big_NF, ln2, w.w1, w.w3, w.w2, N, C, F);
-    } else {
+                         ffn_act_.data() + l * big_NF, ln2, w.w1, w.w3, w.w2, N, C, F, T(0));
+    } else {  // the MoE layer adds its parts (routed, shared, router) into dln
+      zero(dln, (std::size_t)N * C);
       moe_[l]->backward(dln, gl.moe, dresid, ln2, w.moe, N, dloss);
     }
     rmsnorm_backward<T>(dresid, gl.ln2_w, norm_partial_.data(), dln, mid, w.ln2_w, rstd2_.data() + (long)l * B_ * Tn, N, C);

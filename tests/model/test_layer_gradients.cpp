@@ -114,9 +114,10 @@ TEST(LayerGradients, SwiGLU) {
   };
   loss();
   auto d_x = to_device(x), d1 = to_device(w1), d3 = to_device(w3), d2 = to_device(w2), d_R = to_device(R);
+  Kokkos::deep_copy(dx, std::nan(""));  // dinp_beta = 0 overwrites dx without reading it (the dense FFN's use)
   swiglu_backward<double>(dx.data(), dw1.data(), dw3.data(), dw2.data(), s1.data(), s2.data(), s3.data(),
                           d_R.data(), h1.data(), h3.data(), act.data(), d_x.data(), d1.data(), d3.data(),
-                          d2.data(), N, C, W);
+                          d2.data(), N, C, W, 0.0);
   expect_gradient_matches("x", x, to_host(dx.data(), N * C), loss);
   expect_gradient_matches("w1", w1, to_host(dw1.data(), W * C), loss);
   expect_gradient_matches("w3", w3, to_host(dw3.data(), W * C), loss);
