@@ -49,6 +49,13 @@ class Experts {
     }));
   }
 
+  // Rows of one forward or backward: the sum of the split.
+  static long total_rows(const std::vector<int>& rows_per_expert) {
+    long rows = 0;
+    for (int n : rows_per_expert) rows += n;
+    return rows;
+  }
+
   // Elements of gradient scratch backward needs for `rows` rows: dact, dh1, dh3 (rows,De).
   long backward_scratch(long rows) const { return 3 * rows * De_; }
 
@@ -90,11 +97,6 @@ class Experts {
   }
 
  private:
-  static long total_rows(const std::vector<int>& rows_per_expert) {
-    long rows = 0;
-    for (int n : rows_per_expert) rows += n;
-    return rows;
-  }
   long weight_size() const { return (long)De_ * C_; }  // one expert's w1, w3 or w2
 
   // The problems of one grouped call: problem(e, first row, rows) for every

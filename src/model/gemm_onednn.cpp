@@ -52,16 +52,21 @@ memory::desc operand_desc(char trans, memory::dim r, memory::dim c, dt type) {
   return trans == 'N' ? memory::desc({r, c}, type, {c, 1}) : memory::desc({r, c}, type, {1, r});
 }
 
-// fp32 -> bf16 with round to nearest even (the rounding of oneDNN's reorder
-// and of vcvtneps2bf16), NaN kept a quiet NaN. Written without branches so the
-// compiler vectorises it.
+// fp32 -> bf16 as the cached reorder (to_bf16) converts on the machines that
+// run bf16 (vcvtneps2bf16): round to nearest even, fp32 denormals to a signed
+// zero (measured: the reorder gives 0x0000 for 1e-39), NaN kept a quiet NaN.
+// (The bf16 dot-product instructions treat denormal inputs as zero anyway, so
+// products agree either way.) Written without branches so the compiler
+// vectorises it.
 void round_to_bf16(const float* src, long n, std::uint16_t* dst) {
   for (long i = 0; i < n; ++i) {
     std::uint32_t u;
     std::memcpy(&u, src + i, sizeof u);
     const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
     const std::uint32_t quiet_nan = (u >> 16) | 0x40u;
-    dst[i] = static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+    const std::uint32_t signed_zero = (u & 0x80000000u) >> 16;
+    const bool is_nan = (u & 0x7fffffffu) > 0x7f800000u, is_denormal = (u & 0x7f800000u) == 0;
+    dst[i] = static_cast<std::uint16_t>(is_nan ? quiet_nan : is_denormal ? signed_zero : rounded);
   }
 }
 
@@ -121,12 +126,17 @@ class OnednnGemm final : public GemmBackend {
   // reorder primitive per size either); weight operands use the bf16 copy.
   void gemm_grouped(char ta, char tb, float alpha, float beta, const std::vector<GemmProblem>& problems) override {
     const dt type = precision_ == Precision::bf16 ? dt::bf16 : dt::f32;
+    Product* prim = nullptr;  // looked up once per N (the same for every problem of the experts' calls)
+    int prim_n = -1;
     for (const GemmProblem& p : problems) {
       if (p.M == 0 || p.N == 0 || p.K == 0) {  // nothing to multiply: gemm() handles C = beta C
         gemm(ta, tb, p.M, p.N, p.K, alpha, p.A, p.B, beta, p.C, false);
         continue;
       }
-      Product& prim = product(ta, tb, DNNL_RUNTIME_DIM_VAL, p.N, DNNL_RUNTIME_DIM_VAL, alpha, beta, type);
+      if (p.N != prim_n) {
+        prim = &product(ta, tb, DNNL_RUNTIME_DIM_VAL, p.N, DNNL_RUNTIME_DIM_VAL, alpha, beta, type);
+        prim_n = p.N;
+      }
       const memory::desc a_desc = operand_desc(ta, p.M, p.K, type), b_desc = operand_desc(tb, p.K, p.N, type);
       memory a_mem, b_mem;
       if (type == dt::bf16) {
@@ -137,7 +147,7 @@ class OnednnGemm final : public GemmBackend {
         b_mem = memory(b_desc, engine_, const_cast<float*>(p.B));
       }
       memory c_mem(memory::desc({p.M, p.N}, dt::f32, {p.N, 1}), engine_, p.C);
-      prim.prim.execute(stream_, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
+      prim->prim.execute(stream_, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
       stream_.wait();
     }
   }

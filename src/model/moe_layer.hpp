@@ -106,8 +106,7 @@ class MoeLayer {
                 int N, T dloss) {
     dispatcher_->combine_backward(dtopk_weight_.data(), dout, router_.topk_weight(), N);
     const std::vector<int>& rows_per_expert = dispatcher_->tokens_per_local_expert();
-    long rows = 0;
-    for (int n : rows_per_expert) rows += n;
+    const long rows = Experts<T>::total_rows(rows_per_expert);
     // one borrow for the layer: routed experts' scratch first, then the shared expert's (N,Ws) x 3
     const long routed_scratch = experts_.backward_scratch(rows);
     T* scratch = grad_scratch_->take(routed_scratch + 3L * N * Ws_);
